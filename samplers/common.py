@@ -1,0 +1,117 @@
+"""Helpers shared by every sampler: argument checks, NFE counting, device/generator resolution, progress bars.
+
+Every sampler in this package has the signature ``sampler(sde, score_fn, shape, ..., generator=None,
+device=None, progress=False) -> (x, nfe)``; these helpers keep that contract in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Sequence, TypeVar
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sde_lib import SDE, ScoreFn
+
+T_ = TypeVar("T_")
+
+
+class CountingScoreFn:
+    """Wrap ``score_fn(x, t)`` and count its calls: ``nfe`` is the number of (batched) score evaluations made."""
+
+    def __init__(self, score_fn: ScoreFn):
+        if not callable(score_fn):
+            raise ValueError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}")
+        self.score_fn = score_fn  # the wrapped score function
+        self.nfe = 0  # evaluations so far
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        score = self.score_fn(x, t)
+        if score.shape != x.shape:
+            raise ValueError(f"score_fn returned shape {tuple(score.shape)}, expected the shape of x {tuple(x.shape)}")
+        return score
+
+
+def check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` as a tuple ``(B, ...)`` of positive integers, else ``ValueError``."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"shape must be a sequence of positive integers (B, ...), got {shape!r}") from None
+    if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+        raise ValueError(f"shape must be a non-empty sequence of positive integers (B, ...), got {shape!r}")
+    return shape
+
+
+def check_eps(eps: float, sde: SDE, name: str = "eps") -> float:
+    """``eps`` (the smallest time integrated to) as a float in the open interval ``(0, T)``, else ``ValueError``."""
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in (0, T) = (0, {sde.T}), got {eps!r}") from None
+    if not 0.0 < eps < sde.T:
+        raise ValueError(f"{name} must lie in (0, T) = (0, {sde.T}), got {eps}")
+    return eps
+
+
+def check_positive(name: str, value: float) -> float:
+    """``value`` as a float > 0, else ``ValueError`` naming the parameter."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def check_choice(name: str, value: str, allowed: Iterable[str]) -> str:
+    """``value`` if it is one of ``allowed``, else ``ValueError`` listing the allowed values."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def resolve_device(
+    device: torch.device | str | None, generator: torch.Generator | None = None, x: Tensor | None = None
+) -> torch.device:
+    """The device to sample on: ``device`` if given, else that of ``x``, else that of ``generator``, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if x is not None:
+        return x.device
+    if generator is not None:
+        return generator.device
+    return torch.device("cpu")
+
+
+def initial_state(
+    sde: SDE,
+    shape: tuple[int, ...],
+    x_init: Tensor | None,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    name: str = "x_init",
+) -> Tensor:
+    """``x_init`` checked against ``shape`` and moved to ``device``, or a fresh draw from the prior."""
+    if x_init is None:
+        return sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
+    if tuple(x_init.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(x_init.shape)} but shape={shape}")
+    return x_init.to(device=device)
+
+
+def time_batch(t: float | Tensor, batch: int, like: Tensor) -> Tensor:
+    """Time ``t`` as a ``(batch,)`` tensor with the dtype and device of ``like``."""
+    return torch.full((batch,), float(t), dtype=like.dtype, device=like.device)
+
+
+def progress_bar(iterable: Iterable[T_], enabled: bool, desc: str, total: int | None = None) -> Iterator[T_]:
+    """``iterable`` wrapped in a tqdm progress bar when ``enabled``."""
+    if not enabled:
+        return iter(iterable)
+    return iter(tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True))

@@ -1,0 +1,33 @@
+"""Forward diffusions of score-based generative modelling (Song et al., ICLR 2021).
+
+``SDE`` is the abstract interface; ``VPSDE``, ``subVPSDE`` and ``VESDE`` are the three SDEs of the
+paper with the 2021 reference's names and defaults; ``get_sde(config)`` builds one from an
+ml-collections config and ``register_sde`` adds new ones.
+"""
+
+from .base import SDE, LinearSDE, ReverseSDE, ScoreFn, batch_broadcast
+from .diffusions import COSINE_DEFAULT_T, VP_SCHEDULES, VESDE, VPSDE, subVPSDE
+from .gaussian_mixture import GaussianMixture
+from .registry import available_sdes, config_value, get_sde, register_sde
+from .schedules import CosineSchedule, LinearSchedule, NoiseSchedule
+
+__all__ = [
+    "SDE",
+    "GaussianMixture",
+    "LinearSDE",
+    "ReverseSDE",
+    "ScoreFn",
+    "VPSDE",
+    "subVPSDE",
+    "VESDE",
+    "VP_SCHEDULES",
+    "COSINE_DEFAULT_T",
+    "NoiseSchedule",
+    "LinearSchedule",
+    "CosineSchedule",
+    "batch_broadcast",
+    "get_sde",
+    "register_sde",
+    "available_sdes",
+    "config_value",
+]
