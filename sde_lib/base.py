@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -33,9 +34,9 @@ def batch_broadcast(v: Tensor, x: Tensor) -> Tensor:
 
 def check_positive_int(name: str, value: int) -> int:
     """Return ``value`` if it is an integer >= 1, else raise ``ValueError`` naming the parameter."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_finite_positive(name: str, value: float) -> float:

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .base import LinearSDE, batch_broadcast
+from .base import LinearSDE, batch_broadcast, check_positive_int
 
 
 class GaussianMixture:
@@ -74,6 +74,7 @@ class GaussianMixture:
         dtype: torch.dtype = torch.float32,
     ) -> tuple[Tensor, Tensor]:
         """``n`` i.i.d. samples ``(n, *E)`` and the index ``(n,)`` of the component each was drawn from."""
+        check_positive_int("n", n)
         if device is None:
             device = generator.device if generator is not None else "cpu"
         k = torch.multinomial(self.weights.to(device), n, replacement=True, generator=generator)

@@ -1,0 +1,131 @@
+"""Every invalid argument of sde_lib raises ValueError with a message that names the parameter."""
+
+import ml_collections
+import pytest
+import torch
+
+import sde_lib
+
+ALL_SDES = [
+    lambda: sde_lib.VPSDE(),
+    lambda: sde_lib.VPSDE(schedule="cosine"),
+    lambda: sde_lib.subVPSDE(),
+    lambda: sde_lib.VESDE(),
+    lambda: sde_lib.VESDE(exact_marginal=True),
+]
+SDE_IDS = ["vp", "vp_cosine", "subvp", "ve", "ve_exact"]
+
+
+@pytest.mark.parametrize("cls", [sde_lib.VPSDE, sde_lib.subVPSDE])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(beta_min=-0.1), "beta_min"),
+        (dict(beta_max=-1.0), "beta_max"),
+        (dict(beta_max=0.0), "beta_max"),
+        (dict(beta_min=5.0, beta_max=1.0), "beta_min must be <= beta_max"),
+        (dict(beta_min=float("nan")), "beta_min"),
+        (dict(beta_max=float("inf")), "beta_max"),
+        (dict(N=0), "N must be an integer"),
+        (dict(N=-3), "N must be an integer"),
+        (dict(N=2.5), "N must be an integer"),
+        (dict(N=1000.0), "N must be an integer"),
+        (dict(N=True), "N must be an integer"),
+        (dict(N="1000"), "N must be an integer"),
+        (dict(schedule="quadratic"), "schedule must be one of"),
+        (dict(schedule="cosine", T=1.0), "T must be < 1"),
+        (dict(schedule="cosine", T=1.5), "T must be < 1"),
+        (dict(schedule="cosine", T=0.0), "T must be"),
+        (dict(schedule="cosine", cosine_s=0.0), "cosine_s"),
+        (dict(schedule="cosine", cosine_s=-0.01), "cosine_s"),
+        (dict(T=-1.0), "T must be"),
+    ],
+)
+def test_vp_family_constructor_errors(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(sigma_min=-0.01), "sigma_min"),
+        (dict(sigma_min=0.0), "sigma_min"),
+        (dict(sigma_max=-50.0), "sigma_max"),
+        (dict(sigma_min=50.0, sigma_max=0.01), "sigma_min must be < sigma_max"),
+        (dict(sigma_min=1.0, sigma_max=1.0), "sigma_min must be < sigma_max"),
+        (dict(sigma_max=float("inf")), "sigma_max"),
+        (dict(N=0), "N must be an integer"),
+        (dict(N=10.5), "N must be an integer"),
+    ],
+)
+def test_ve_constructor_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sde_lib.VESDE(**kwargs)
+
+
+def test_schedule_error_lists_the_known_schedules():
+    with pytest.raises(ValueError, match=r"schedule must be one of \('linear', 'cosine'\), got 'quadratic'"):
+        sde_lib.VPSDE(schedule="quadratic")
+
+
+def test_get_sde_unknown_name_lists_the_known_ones():
+    config = ml_collections.ConfigDict({"training": {"sde": "edm"}, "model": {}})
+    with pytest.raises(ValueError, match=r"config.training.sde='edm'.*known: .*subvpsde.*vesde.*vpsde"):
+        sde_lib.get_sde(config)
+
+
+@pytest.mark.parametrize("make", ALL_SDES, ids=SDE_IDS)
+@pytest.mark.parametrize(
+    "t,match",
+    [
+        (torch.full((3,), 0.5), r"t must have shape \(4,\)"),  # fewer times than batch elements
+        (torch.full((4, 1), 0.5), r"t must have shape \(4,\)"),  # (B, 1) instead of (B,)
+        (torch.full((2, 2), 0.5), r"t must have shape \(4,\)"),
+        (torch.tensor([0.1, 0.2, -1e-3, 0.3]), r"t must lie in \[0, T\]"),
+        (torch.tensor([0.1, 0.2, 1.5, 0.3]), r"t must lie in \[0, T\]"),
+        (torch.tensor([0.1, float("nan"), 0.2, 0.3]), r"t must lie in \[0, T\]"),
+    ],
+)
+def test_time_validation_in_every_method(make, t, match):
+    """sde, marginal_prob, discretize and the reverse SDE/ODE all check t against the batch and [0, T]."""
+    sde = make()
+    x = torch.zeros(4, 2)
+    reverse = sde.reverse(lambda x, t: -x)
+    methods = [sde.sde, sde.marginal_prob, sde.discretize, reverse.sde, reverse.discretize]
+    for method in methods:
+        with pytest.raises(ValueError, match=match):
+            method(x, t)
+
+
+def test_time_just_above_T_is_rejected_for_cosine():
+    sde = sde_lib.VPSDE(schedule="cosine")
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T\] = \[0, 0.9946\]"):
+        sde.marginal_prob(torch.zeros(1, 2), torch.tensor([0.995]))
+
+
+@pytest.mark.parametrize("make", ALL_SDES, ids=SDE_IDS)
+def test_reverse_rejects_bad_score_fn(make):
+    sde = make()
+    x, t = torch.zeros(4, 2), torch.full((4,), 0.5)
+    with pytest.raises(ValueError, match="score_fn must be callable"):
+        sde.reverse(None)
+    for probability_flow in (False, True):
+        for wrong in (lambda x, t: x[:, :1], lambda x, t: x.flatten(), lambda x, t: x[None]):
+            reverse = sde.reverse(wrong, probability_flow=probability_flow)
+            with pytest.raises(ValueError, match=r"score_fn returned shape .* expected the shape of x \(4, 2\)"):
+                reverse.sde(x, t)
+            with pytest.raises(ValueError, match=r"score_fn returned shape"):
+                reverse.discretize(x, t)
+
+
+@pytest.mark.parametrize("make", ALL_SDES, ids=SDE_IDS)
+def test_prior_argument_errors(make):
+    sde = make()
+    for shape in [(), (0, 2), (3, -1), (2.5, 2)]:
+        with pytest.raises(ValueError, match="shape must be"):
+            sde.prior_sampling(shape)
+    with pytest.raises(ValueError, match="z must be a tensor"):
+        sde.prior_logp(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="x must be a tensor"):
+        sde.marginal_prob(torch.tensor(1.0), torch.tensor(0.5))
