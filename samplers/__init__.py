@@ -1,5 +1,64 @@
-"""Samplers for score-based SDE models: every sampler is ``fn(sde, score_fn, shape, ...) -> (x, nfe)``."""
+"""Samplers and likelihoods for score-based SDE models.
 
+Every sampler is a plain function ``sampler(sde, score_fn, shape, ..., generator=None, device=None,
+progress=False) -> (x, nfe)``, where ``score_fn(x, t)`` takes ``x`` of shape ``(B, ...)`` and ``t`` of shape
+``(B,)`` and ``nfe`` is the number of batched score evaluations made:
+
+* :func:`pc_sample`: predictor-corrector sampling with registered predictors and correctors ([SDE] Alg. 1).
+* :func:`ode_sample` / :func:`ode_encode`: the probability-flow ODE ([SDE] eq. 13) with adaptive solvers.
+* :func:`sde_sample`: the reverse-time SDE ([SDE] eq. 6) integrated by torchsde.
+* :func:`adaptive_sde_sample`: adaptive-step reverse-SDE solver (Jolicoeur-Martineau et al., 2021).
+* :func:`fast_sample`: few-step exponential integrators / Heun for the probability-flow ODE.
+
+:func:`log_likelihood` and :func:`bits_per_dim` give exact likelihoods through the same ODE.
+"""
+
+from .adaptive import adaptive_sde_sample
 from .common import CountingScoreFn
+from .fast import fast_sample
+from .likelihood import BitsPerDim, bits_per_dim, dequantized_bits_per_dim, hutchinson_probe, log_likelihood, uniform_dequantize
+from .ode import denoise_step, ode_encode, ode_sample, probability_flow_drift
+from .odeint import ODE_METHODS, SCIPY_METHODS, TORCH_METHODS, ODESolution, odeint
+from .pc import (
+    Corrector,
+    Predictor,
+    available_correctors,
+    available_predictors,
+    get_corrector,
+    get_predictor,
+    pc_sample,
+    register_corrector,
+    register_predictor,
+)
+from .sde_solvers import sde_sample
 
-__all__ = ["CountingScoreFn"]
+__all__ = [
+    "pc_sample",
+    "ode_sample",
+    "ode_encode",
+    "sde_sample",
+    "adaptive_sde_sample",
+    "fast_sample",
+    "log_likelihood",
+    "bits_per_dim",
+    "dequantized_bits_per_dim",
+    "uniform_dequantize",
+    "hutchinson_probe",
+    "BitsPerDim",
+    "Predictor",
+    "Corrector",
+    "register_predictor",
+    "register_corrector",
+    "get_predictor",
+    "get_corrector",
+    "available_predictors",
+    "available_correctors",
+    "odeint",
+    "ODESolution",
+    "ODE_METHODS",
+    "TORCH_METHODS",
+    "SCIPY_METHODS",
+    "probability_flow_drift",
+    "denoise_step",
+    "CountingScoreFn",
+]

@@ -37,8 +37,18 @@ from torch import Tensor
 
 from sde_lib import SDE, ReverseSDE, ScoreFn, batch_broadcast
 
-from .common import CountingScoreFn, check_eps, check_positive, check_shape, initial_state, resolve_device
-from .sde_solvers import TimeProgress, check_denoise, check_sde, tweedie_denoise
+from .common import (
+    CountingScoreFn,
+    TimeProgress,
+    check_denoise,
+    check_eps,
+    check_positive,
+    check_sde,
+    check_shape,
+    initial_state,
+    resolve_device,
+    tweedie_denoise,
+)
 
 #: 8-bit quantization levels; the default ``atol`` is one level of the data range, as in [GGF] (0.0078 for
 #: data in [-1, 1], 0.0039 for data in [0, 1]).

@@ -34,9 +34,8 @@ import scipy.integrate
 import scipy.sparse
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .common import check_choice, check_positive
+from .common import TimeProgress, check_choice, check_positive
 
 State = Union[Tensor, tuple[Tensor, ...]]
 ODEFunc = Callable[..., State]
@@ -185,30 +184,6 @@ def _between(t: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.minimum(torch.maximum(t, torch.minimum(a, b)), torch.maximum(a, b))
 
 
-class _TimeProgress:
-    """A tqdm bar over the fraction of the time interval covered by the slowest sample."""
-
-    def __init__(self, enabled: bool, desc: str, t0: float, t1: float):
-        self.bar = tqdm(total=1.0, desc=desc, leave=False, dynamic_ncols=True, bar_format="{l_bar}{bar}| [{elapsed}{postfix}]") if enabled else None
-        self.t0, self.t1, self.done = t0, t1, 0.0
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"t={t0:.5g}")
-
-    def update(self, t: float) -> None:
-        if self.bar is None or self.t1 == self.t0:
-            return
-        frac = min(max((t - self.t0) / (self.t1 - self.t0), 0.0), 1.0)
-        self.bar.set_postfix_str(f"t={t:.5g}", refresh=False)
-        if frac > self.done:
-            self.bar.update(frac - self.done)
-            self.done = frac
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-# ---------------------------------------------------------------------------------------------- torch Runge-Kutta
 def runge_kutta_step(
     tableau: ButcherTableau,
     func: ODEFunc,
@@ -293,7 +268,7 @@ def _adaptive_runge_kutta(
     atol: float,
     args: tuple[Tensor, ...],
     max_steps: int,
-    progress: _TimeProgress,
+    progress: TimeProgress,
 ) -> ODESolution:
     """Integrate every sample from ``t0[i]`` to ``t1[i]`` with its own adaptive step (see the module docstring)."""
     batch = t0.shape[0]
@@ -319,7 +294,7 @@ def _adaptive_runge_kutta(
 
     for iteration in range(max_steps + 1):
         num_active, num_underflow, slowest = _host_summary(active, h, t, t0, t1, tiny)
-        progress.update(slowest)
+        progress.advance_to(slowest)
         if num_active == 0:
             break
         if iteration == max_steps:
@@ -382,7 +357,7 @@ def _scipy_solve(
     rtol: float,
     atol: float,
     args: tuple[Tensor, ...],
-    progress: _TimeProgress,
+    progress: TimeProgress,
 ) -> ODESolution:
     """:func:`scipy.integrate.solve_ivp` on the flattened batch (numpy round trip per evaluation).
 
@@ -399,7 +374,7 @@ def _scipy_solve(
     def rhs(t: float, flat: np.ndarray) -> np.ndarray:
         nonlocal nfe
         nfe += 1
-        progress.update(float(t))
+        progress.advance_to(float(t))
         y = _unpack(torch.from_numpy(flat).to(device=like[0].device, dtype=like[0].dtype).reshape(batch, dim), like)
         tt = torch.full((batch,), min(max(float(t), lo), hi), dtype=like[0].dtype, device=like[0].device)
         return _pack(_call(func, tt, y, single, args)).reshape(-1).to(torch.float64).cpu().numpy()
@@ -455,7 +430,7 @@ def odeint(
     t0v, t1v = _time_batch(t0, batch, parts[0], "t0"), _time_batch(t1, batch, parts[0], "t1")
     if method in SCIPY_METHODS and (bool((t0v != t0v[0]).any()) or bool((t1v != t1v[0]).any())):
         raise ValueError(f"method={method!r} (scipy) integrates the whole batch over one interval: t0 and t1 must be numbers")
-    bar = _TimeProgress(progress, desc, float(t0v[0]), float(t1v[0]))
+    bar = TimeProgress(progress, float(t0v[0]), float(t1v[0]), desc)
     try:
         if method in SCIPY_METHODS:
             return _scipy_solve(func, parts, single, float(t0v[0]), float(t1v[0]), method, rtol, atol, args, bar)

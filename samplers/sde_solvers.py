@@ -24,19 +24,22 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torchsde
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from sde_lib import SDE, LinearSDE, ReverseSDE, ScoreFn, batch_broadcast
+from sde_lib import SDE, ReverseSDE, ScoreFn, batch_broadcast
 
 from .common import (
     CountingScoreFn,
+    TimeProgress,
     check_choice,
+    check_denoise,
     check_eps,
     check_positive,
     check_shape,
     initial_state,
+    check_sde,
     resolve_device,
     time_batch,
+    tweedie_denoise,
 )
 
 #: torchsde method -> SDE form it integrates. Additive noise makes the Ito and Stratonovich forms equal, so
@@ -69,62 +72,6 @@ _LEVY_AREA = {"srk": "space-time", "log_ode": "foster"}
 #: Fixed steps are stretched by this factor so that rounding in torchsde's time accumulation cannot add a
 #: spurious tiny last step; the last step is clipped to the end time (a relative change of ~1e-9).
 _STEP_STRETCH = 1.0 + 1e-9
-
-
-# ---------------------------------------------------------------------------------------------- shared helpers
-def tweedie_denoise(sde: LinearSDE, score_fn: ScoreFn, x: Tensor, t: float) -> Tensor:
-    """Posterior mean ``E[x(0) | x(t) = x] = (x + sigma(t)^2 score(x, t)) / alpha(t)`` (Tweedie's formula).
-
-    Exact for the kernel ``N(alpha(t) x(0), sigma(t)^2 I)`` of a linear SDE [SDE, eq. (29)] and the exact
-    score; one score evaluation. (The 2021 reference instead returns the noise-free mean of one last
-    reverse-diffusion step, and Jolicoeur-Martineau et al. 2021 use ``x + sigma^2 score`` without ``1 / alpha``;
-    all agree to ``O(eps)``.)
-    """
-    tt = time_batch(t, x.shape[0], x)
-    alpha, sigma = sde.marginal_coeffs(tt)
-    return (x + batch_broadcast(sigma.square(), x) * score_fn(x, tt)) / batch_broadcast(alpha, x)
-
-
-def check_denoise(sde: SDE, denoise: bool) -> bool:
-    """``denoise`` as a bool; ``ValueError`` if it is requested for an SDE without a Gaussian linear kernel."""
-    if denoise and not isinstance(sde, LinearSDE):
-        raise ValueError(
-            f"denoise=True needs a LinearSDE (Tweedie's formula uses its kernel N(alpha x0, sigma^2 I)); "
-            f"got {type(sde).__name__}. Pass denoise=False."
-        )
-    return bool(denoise)
-
-
-def check_sde(sde: SDE) -> SDE:
-    """``sde`` if it is an :class:`sde_lib.SDE`, else ``ValueError``."""
-    if not isinstance(sde, SDE):
-        raise ValueError(f"sde must be an sde_lib.SDE, got {type(sde).__name__}")
-    return sde
-
-
-class TimeProgress:
-    """A tqdm bar over the reverse time ``T -> eps``, advanced to the time reached (no-op when disabled)."""
-
-    def __init__(self, enabled: bool, start: float, end: float, desc: str):
-        bar_format = "{l_bar}{bar}| t={postfix}"
-        self._bar = tqdm(total=1.0, desc=desc, leave=False, dynamic_ncols=True, bar_format=bar_format) if enabled else None
-        self._start = start  # time at which sampling starts (T)
-        self._span = start - end  # length of the time interval to cover
-        self._done = 0.0
-
-    def advance_to(self, t: float) -> None:
-        """Show that every sample has reached time ``t``."""
-        if self._bar is None:
-            return
-        done = min(1.0, (self._start - t) / self._span)
-        if done > self._done:
-            self._bar.update(done - self._done)
-            self._bar.set_postfix_str(f"{t:.4f}", refresh=False)
-            self._done = done
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 # ---------------------------------------------------------------------------------------------- torchsde model

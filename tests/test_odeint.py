@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from samplers.odeint import BOSH3, DOPRI5, ODE_METHODS, SCIPY_METHODS, TORCH_METHODS, odeint, runge_kutta_step
+from samplers.odeint import BOSH3, DOPRI5, ODE_METHODS, TORCH_METHODS, odeint, runge_kutta_step
 
 F64 = torch.float64
 

@@ -15,7 +15,8 @@ import torch
 
 from sample_quality import sliced_wasserstein
 from sde_lib import SDE, VESDE, VPSDE, GaussianMixture, LinearSDE, subVPSDE
-from samplers.sde_solvers import SDE_METHODS, sde_sample, tweedie_denoise
+from samplers.common import tweedie_denoise
+from samplers.sde_solvers import SDE_METHODS, sde_sample
 
 K_SE = 4.0  # standard errors allowed in every statistical comparison
 SDES = {"vp": VPSDE, "subvp": subVPSDE, "ve": VESDE}
