@@ -6,7 +6,10 @@ the exact log p_T(z). The prior mismatch is the same for both paths and is not a
 
     python benchmarks/likelihood.py [--batches 64 512] [--threads 2] [--rtol 1e-5]
 
-Prints one row per (data, SDE, batch, solver) and the scipy/torch wall-time ratio (issue target: >= 3 at the same accuracy).
+Prints one row per (data, SDE, batch, solver) at the same tolerance, then the torch solver at matched accuracy: the
+loosest tolerance looser than ``--rtol`` (of 3e-5, 1e-4, 3e-4, 1e-3) whose max error is no worse than scipy RK45's at ``--rtol`` (no such row where none is). The
+per-sample error control makes dopri5 much more accurate than RK45 at the same tolerance. Each row ends with the
+scipy/torch wall-time ratio (issue target: >= 3 at the same accuracy).
 """
 
 from __future__ import annotations
@@ -56,16 +59,23 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sdes = {"vp": sde_lib.VPSDE(), "subvp": sde_lib.subVPSDE(), "ve": sde_lib.VESDE(sigma_max=10.0)}
-    print(f"torch {torch.__version__}, {args.threads} threads, rtol=atol={args.rtol}, float64")
-    print(f"{'data':16s} {'sde':6s} {'batch':>5s} {'solver':8s} {'NFE':>5s} {'wall s':>8s} {'mean err':>9s} {'max err':>9s} {'scipy/torch':>11s}")
+    print(f"torch {torch.__version__}, {args.threads} threads, rtol=atol={args.rtol}, float64; * = matched accuracy")
+    print(f"{'data':16s} {'sde':6s} {'batch':>5s} {'solver':12s} {'NFE':>5s} {'wall s':>8s} {'mean err':>9s} {'max err':>9s} {'scipy/torch':>11s}")
     for data_name, (data, divergence) in datasets().items():
         for sde_name, sde in sdes.items():
             for batch in args.batches:
-                rows = {m: run_one(sde, data, divergence, batch, m, args.rtol) for m in ("dopri5", "RK45")}
-                ratio = rows["RK45"][1] / rows["dopri5"][1]
-                for method, (nfe, wall, mean_err, max_err) in rows.items():
-                    extra = f"{ratio:11.2f}" if method == "RK45" else ""
-                    print(f"{data_name:16s} {sde_name:6s} {batch:5d} {method:8s} {nfe:5d} {wall:8.3f} {mean_err:9.2e} {max_err:9.2e} {extra}")
+                run_one(sde, data, divergence, batch, "dopri5", args.rtol)  # warm-up (first-call overheads)
+                scipy_row = run_one(sde, data, divergence, batch, "RK45", args.rtol)
+                rows = {f"dopri5 {args.rtol:.0e}": run_one(sde, data, divergence, batch, "dopri5", args.rtol)}
+                for rtol in (t for t in (1e-3, 3e-4, 1e-4, 3e-5) if t > args.rtol):  # loosest first
+                    row = run_one(sde, data, divergence, batch, "dopri5", rtol)
+                    if row[3] <= scipy_row[3]:
+                        rows[f"dopri5 {rtol:.0e}*"] = row
+                        break
+                rows[f"RK45 {args.rtol:.0e}"] = scipy_row
+                for label, (nfe, wall, mean_err, max_err) in rows.items():
+                    extra = f"{scipy_row[1] / wall:11.2f}" if label.startswith("dopri5") else ""
+                    print(f"{data_name:16s} {sde_name:6s} {batch:5d} {label:12s} {nfe:5d} {wall:8.3f} {mean_err:9.2e} {max_err:9.2e} {extra}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ progress=False) -> (x, nfe)``, where ``score_fn(x, t)`` takes ``x`` of shape ``(
 from .adaptive import adaptive_sde_sample
 from .common import CountingScoreFn
 from .fast import fast_sample
+from .from_config import get_likelihood_fn, get_sampling_fn
 from .likelihood import BitsPerDim, bits_per_dim, dequantized_bits_per_dim, hutchinson_probe, log_likelihood, uniform_dequantize
 from .ode import denoise_step, ode_encode, ode_sample, probability_flow_drift
 from .odeint import ODE_METHODS, SCIPY_METHODS, TORCH_METHODS, ODESolution, odeint
@@ -39,6 +40,8 @@ __all__ = [
     "sde_sample",
     "adaptive_sde_sample",
     "fast_sample",
+    "get_sampling_fn",
+    "get_likelihood_fn",
     "log_likelihood",
     "bits_per_dim",
     "dequantized_bits_per_dim",
