@@ -12,7 +12,7 @@ import torch
 
 from sde_lib import VESDE, VPSDE, GaussianMixture
 from samplers.adaptive import BrownianMemory, adaptive_sde_sample
-from test_sde_sampler import (
+from sampler_checks import (
     GAUSS_MEAN,
     GAUSS_VAR,
     K_SE,

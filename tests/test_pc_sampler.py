@@ -42,7 +42,8 @@ from samplers.pc import (
     register_corrector,
     register_predictor,
 )
-from sde_lib import SDE, GaussianMixture, VESDE, VPSDE, subVPSDE
+from sde_lib import GaussianMixture, VESDE, VPSDE, subVPSDE
+from sampler_checks import CubicDriftSDE
 
 RING = GaussianMixture.ring()  # 8 components, radius 4, std 0.3
 RING_VAR = 0.09  # within-mode variance of the ring
@@ -417,22 +418,6 @@ def test_registries_list_and_reject():
 
 
 # --------------------------------------------------------------------------------------------- validation
-class _NonlinearSDE(SDE):
-    """dx = -x^3 dt + dw: not a LinearSDE (no Gaussian kernel)."""
-
-    def sde(self, x, t):
-        return -(x**3), torch.ones_like(t)
-
-    def marginal_prob(self, x, t):
-        raise NotImplementedError
-
-    def prior_sampling(self, shape, generator=None, device=None, dtype=torch.float32):
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-
-    def prior_logp(self, z):
-        raise NotImplementedError
-
-
 def _forbidden_score(x, t):
     raise AssertionError("the score was evaluated before the arguments were validated")
 
@@ -459,7 +444,7 @@ def _forbidden_score(x, t):
         (dict(shape=(4.0, 2)), "shape"),
         (dict(shape=None), "shape"),
         (dict(predictor="ancestral_sampling", probability_flow=True), "probability_flow"),
-        (dict(sde=_NonlinearSDE(N=10), predictor="ancestral_sampling"), "LinearSDE"),
+        (dict(sde=CubicDriftSDE(N=10), predictor="ancestral_sampling"), "LinearSDE"),
         (dict(sde="vpsde"), "sde"),
     ],
 )

@@ -2,83 +2,30 @@
 
 Statistical tolerances are ``K_SE`` standard errors of the sample size plus, where a method has a
 discretization bias, a bound on that bias measured once with 20000 samples (and stated next to it).
-The helpers at the top are shared with ``test_adaptive_sampler.py``.
+The statistical helpers are in ``sampler_checks.py``, shared with ``test_adaptive_sampler.py``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import pytest
 import torch
 
-from sample_quality import sliced_wasserstein
-from sde_lib import SDE, VESDE, VPSDE, GaussianMixture, LinearSDE, subVPSDE
+from sde_lib import VESDE, VPSDE, GaussianMixture, LinearSDE
 from samplers.common import tweedie_denoise
 from samplers.sde_solvers import SDE_METHODS, sde_sample
-
-K_SE = 4.0  # standard errors allowed in every statistical comparison
-SDES = {"vp": VPSDE, "subvp": subVPSDE, "ve": VESDE}
-RING = GaussianMixture.ring()
-RING_SAMPLES = 3000  # samples per ring test
-SW_PROJECTIONS = 64
-GAUSS_MEAN = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
-GAUSS_VAR = 0.25
-
-
-# ----------------------------------------------------------------------------------------- shared statistics
-@functools.lru_cache(maxsize=None)
-def ring_reference(n: int) -> dict[str, float]:
-    """Exact-data statistics for ring samples of size ``n``: mean/variance of ``log p`` (from 100000 fresh
-    data samples) and the null distribution of the sliced Wasserstein distance between two independent
-    data sets of size ``n`` (20 pairs)."""
-    gen = torch.Generator().manual_seed(1234)
-    logp = RING.log_prob(RING.sample(100_000, gen, dtype=torch.float64))
-    null = torch.stack([
-        sliced_wasserstein(RING.sample(n, gen), RING.sample(n, gen), SW_PROJECTIONS, generator=torch.Generator().manual_seed(7))
-        for _ in range(20)
-    ])
-    return {"logp_mean": logp.mean().item(), "logp_var": logp.var().item(), "logp_n": logp.numel(),
-            "sw_mean": null.mean().item(), "sw_std": null.std().item()}
-
-
-def assert_matches_ring(x: torch.Tensor, logp_bias: float) -> None:
-    """Samples ``x`` follow the ring: mean ``log p`` within ``K_SE`` standard errors (samples and fresh data)
-    plus the method's stated bias ``logp_bias``, and sliced Wasserstein distance to fresh data within the
-    null distribution's mean + ``K_SE`` standard deviations."""
-    n = x.shape[0]
-    ref = ring_reference(n)
-    logp = RING.log_prob(x.double())
-    assert torch.isfinite(logp).all()
-    se = math.sqrt(logp.var().item() / n + ref["logp_var"] / ref["logp_n"])
-    gap = logp.mean().item() - ref["logp_mean"]
-    assert abs(gap) <= K_SE * se + logp_bias, f"mean log p off by {gap:.4f} (se {se:.4f}, bias bound {logp_bias})"
-    fresh = RING.sample(n, torch.Generator().manual_seed(4321))
-    sw = sliced_wasserstein(x, fresh, SW_PROJECTIONS, generator=torch.Generator().manual_seed(7)).item()
-    bound = ref["sw_mean"] + K_SE * ref["sw_std"]
-    assert sw <= bound, f"sliced Wasserstein {sw:.4f} above the null bound {bound:.4f}"
-
-
-def assert_gaussian_moments(x: torch.Tensor, mean: torch.Tensor, var: float, mean_bias: float, var_bias: float) -> None:
-    """Per-coordinate sample means within ``k sqrt(var / n) + mean_bias`` of ``mean``; the variance pooled
-    over the ``D`` independent coordinates within ``K_SE sqrt(2 / (D (n - 1))) + var_bias`` relative to ``var``.
-
-    ``k = sqrt(K_SE^2 + 2 ln D)`` allows for the maximum over ``D`` coordinates (``K_SE`` for ``D = 1``).
-    """
-    x = x.reshape(x.shape[0], -1).double()
-    n, d = x.shape
-    mean = mean.reshape(-1).double()
-    mean_err = (x.mean(0) - mean).abs().max().item()
-    k = math.sqrt(K_SE**2 + 2.0 * math.log(d))
-    assert mean_err <= k * math.sqrt(var / n) + mean_bias, f"mean off by {mean_err:.4f}"
-    var_rel = x.var(0).mean().item() / var - 1.0
-    assert abs(var_rel) <= K_SE * math.sqrt(2.0 / (d * (n - 1))) + var_bias, f"variance off by {var_rel:+.4f} (relative)"
-
-
-def gaussian_data() -> GaussianMixture:
-    return GaussianMixture.gaussian(GAUSS_MEAN, GAUSS_VAR)
-
+from sampler_checks import (
+    GAUSS_MEAN,
+    GAUSS_VAR,
+    RING,
+    RING_SAMPLES,
+    SDES,
+    CubicDriftSDE,
+    assert_gaussian_moments,
+    assert_matches_ring,
+    gaussian_data,
+)
 
 # ----------------------------------------------------------------------------------------- distribution tests
 # |bias of mean log p| on the ring at dt = 1e-2, measured with 20000 samples (standard error 0.007):
@@ -242,25 +189,6 @@ def test_image_shaped_data() -> None:
     assert_gaussian_moments(x, mean, 0.25, 2 * GAUSS_MEAN_BIAS["heun"], 2 * GAUSS_VAR_BIAS["heun"])
 
 
-class _NotLinearSDE(SDE):
-    """Minimal non-linear-family SDE (drift -x^3) to check that denoise=True is refused."""
-
-    def __init__(self):
-        super().__init__(N=10)
-
-    def sde(self, x, t):
-        return -(x**3), torch.ones_like(t)
-
-    def marginal_prob(self, x, t):
-        raise NotImplementedError
-
-    def prior_sampling(self, shape, generator=None, device=None, dtype=torch.float32):
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-
-    def prior_logp(self, z):
-        raise NotImplementedError
-
-
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -288,8 +216,8 @@ def test_bad_arguments(kwargs: dict, match: str) -> None:
 
 def test_denoise_needs_linear_sde() -> None:
     with pytest.raises(ValueError, match="denoise"):
-        sde_sample(_NotLinearSDE(), lambda x, t: -x, (4, 2))
-    x, nfe = sde_sample(_NotLinearSDE(), lambda x, t: -x, (4, 2), dt=0.1, denoise=False, generator=torch.Generator().manual_seed(0))
+        sde_sample(CubicDriftSDE(N=10), lambda x, t: -x, (4, 2))
+    x, nfe = sde_sample(CubicDriftSDE(N=10), lambda x, t: -x, (4, 2), dt=0.1, denoise=False, generator=torch.Generator().manual_seed(0))
     assert x.shape == (4, 2) and nfe == 10
 
 

@@ -1,0 +1,92 @@
+"""Statistical checks and test SDEs shared by the sampler tests (imported by the test modules; not a test file).
+
+Tolerances are ``K_SE`` standard errors of the sample size plus, where a method has a discretization bias, a bound
+on that bias stated by the calling test.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from sample_quality import sliced_wasserstein
+from sde_lib import SDE, VESDE, VPSDE, GaussianMixture, subVPSDE
+
+K_SE = 4.0  # standard errors allowed in every statistical comparison
+SDES = {"vp": VPSDE, "subvp": subVPSDE, "ve": VESDE}
+RING = GaussianMixture.ring()
+RING_SAMPLES = 3000  # samples per ring test
+SW_PROJECTIONS = 64
+GAUSS_MEAN = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+GAUSS_VAR = 0.25
+
+
+@functools.lru_cache(maxsize=None)
+def ring_reference(n: int) -> dict[str, float]:
+    """Exact-data statistics for ring samples of size ``n``: mean/variance of ``log p`` (from 100000 fresh
+    data samples) and the null distribution of the sliced Wasserstein distance between two independent
+    data sets of size ``n`` (20 pairs)."""
+    gen = torch.Generator().manual_seed(1234)
+    logp = RING.log_prob(RING.sample(100_000, gen, dtype=torch.float64))
+    null = torch.stack([
+        sliced_wasserstein(RING.sample(n, gen), RING.sample(n, gen), SW_PROJECTIONS, generator=torch.Generator().manual_seed(7))
+        for _ in range(20)
+    ])
+    return {"logp_mean": logp.mean().item(), "logp_var": logp.var().item(), "logp_n": logp.numel(),
+            "sw_mean": null.mean().item(), "sw_std": null.std().item()}
+
+
+def assert_matches_ring(x: torch.Tensor, logp_bias: float) -> None:
+    """Samples ``x`` follow the ring: mean ``log p`` within ``K_SE`` standard errors (samples and fresh data)
+    plus the method's stated bias ``logp_bias``, and sliced Wasserstein distance to fresh data within the
+    null distribution's mean + ``K_SE`` standard deviations."""
+    n = x.shape[0]
+    ref = ring_reference(n)
+    logp = RING.log_prob(x.double())
+    assert torch.isfinite(logp).all()
+    se = math.sqrt(logp.var().item() / n + ref["logp_var"] / ref["logp_n"])
+    gap = logp.mean().item() - ref["logp_mean"]
+    assert abs(gap) <= K_SE * se + logp_bias, f"mean log p off by {gap:.4f} (se {se:.4f}, bias bound {logp_bias})"
+    fresh = RING.sample(n, torch.Generator().manual_seed(4321))
+    sw = sliced_wasserstein(x, fresh, SW_PROJECTIONS, generator=torch.Generator().manual_seed(7)).item()
+    bound = ref["sw_mean"] + K_SE * ref["sw_std"]
+    assert sw <= bound, f"sliced Wasserstein {sw:.4f} above the null bound {bound:.4f}"
+
+
+def assert_gaussian_moments(x: torch.Tensor, mean: torch.Tensor, var: float, mean_bias: float, var_bias: float) -> None:
+    """Per-coordinate sample means within ``k sqrt(var / n) + mean_bias`` of ``mean``; the variance pooled
+    over the ``D`` independent coordinates within ``K_SE sqrt(2 / (D (n - 1))) + var_bias`` relative to ``var``.
+
+    ``k = sqrt(K_SE^2 + 2 ln D)`` allows for the maximum over ``D`` coordinates (``K_SE`` for ``D = 1``).
+    """
+    x = x.reshape(x.shape[0], -1).double()
+    n, d = x.shape
+    mean = mean.reshape(-1).double()
+    mean_err = (x.mean(0) - mean).abs().max().item()
+    k = math.sqrt(K_SE**2 + 2.0 * math.log(d))
+    assert mean_err <= k * math.sqrt(var / n) + mean_bias, f"mean off by {mean_err:.4f}"
+    var_rel = x.var(0).mean().item() / var - 1.0
+    assert abs(var_rel) <= K_SE * math.sqrt(2.0 / (d * (n - 1))) + var_bias, f"variance off by {var_rel:+.4f} (relative)"
+
+
+def gaussian_data() -> GaussianMixture:
+    return GaussianMixture.gaussian(GAUSS_MEAN, GAUSS_VAR)
+
+
+
+class CubicDriftSDE(SDE):
+    """``dx = -x^3 dt + dw``: an SDE outside the linear family (no Gaussian kernel), for refusal tests."""
+
+    def sde(self, x, t):
+        return -(x**3), torch.ones_like(t)
+
+    def marginal_prob(self, x, t):
+        raise NotImplementedError
+
+    def prior_sampling(self, shape, generator=None, device=None, dtype=torch.float32):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    def prior_logp(self, z):
+        raise NotImplementedError
