@@ -44,10 +44,10 @@ from torch import Tensor
 from sde_lib import LinearSDE, ScoreFn
 from sde_lib.base import check_positive_int
 
-from .common import CountingScoreFn, check_choice, check_eps, check_shape, initial_state, resolve_device, time_batch
+from .common import CountingScoreFn, check_choice, check_eps, check_shape, initial_state, resolve_device, tweedie_denoise
 from .dpm_solver import CORRECTORS, MAX_ORDER, PREDICTIONS, dpm_solver_multistep
 from .heun import HEUN_ORDERS, heun_solver, heun_steps
-from .timesteps import SCHEDULES, NoiseLevel, noise_levels
+from .timesteps import SCHEDULES, noise_levels
 
 METHODS = ("dpm_solver", "heun")
 DEFAULT_ORDER = {"dpm_solver": 3, "heun": 2}
@@ -112,12 +112,6 @@ def solver_steps(method: str, order: int, nfe: int, denoise: bool) -> tuple[int,
     if method == "dpm_solver":
         return solver_nfe, False
     return heun_steps(solver_nfe, order)
-
-
-def tweedie_denoise(score_fn: ScoreFn, x: Tensor, level: NoiseLevel) -> Tensor:
-    """Tweedie's formula ``E[x0 | x_t] = (x + sigma_t^2 score(x, t)) / alpha_t`` (Efron 2011)."""
-    score = score_fn(x, time_batch(level.t, x.shape[0], x))
-    return (x + level.sigma**2 * score) / level.alpha
 
 
 def fast_sample(
@@ -195,5 +189,5 @@ def fast_sample(
     else:
         x = heun_solver(counting, x, levels, order, last_euler, progress)
     if denoise:
-        x = tweedie_denoise(counting, x, levels[-1])
+        x = tweedie_denoise(sde, counting, x, levels[-1].t)
     return x, counting.nfe
