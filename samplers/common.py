@@ -6,13 +6,15 @@ device=None, progress=False) -> (x, nfe)``; these helpers keep that contract in 
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence, TypeVar
+from typing import Iterable, Iterator, TypeVar
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from sde_lib import SDE, LinearSDE, ScoreFn, batch_broadcast
+from sde_lib.base import check_finite_positive as check_positive  # noqa: F401 - re-exported for the samplers
+from sde_lib.base import check_positive_int, check_shape  # noqa: F401 - re-exported for the samplers
 
 T_ = TypeVar("T_")
 
@@ -34,17 +36,6 @@ class CountingScoreFn:
         return score
 
 
-def check_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    """``shape`` as a tuple ``(B, ...)`` of positive integers, else ``ValueError``."""
-    try:
-        shape = tuple(shape)
-    except TypeError:
-        raise ValueError(f"shape must be a sequence of positive integers (B, ...), got {shape!r}") from None
-    if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
-        raise ValueError(f"shape must be a non-empty sequence of positive integers (B, ...), got {shape!r}")
-    return shape
-
-
 def check_eps(eps: float, sde: SDE, name: str = "eps") -> float:
     """``eps`` (the smallest time integrated to) as a float in the open interval ``(0, T)``, else ``ValueError``."""
     try:
@@ -54,17 +45,6 @@ def check_eps(eps: float, sde: SDE, name: str = "eps") -> float:
     if not 0.0 < eps < sde.T:
         raise ValueError(f"{name} must lie in (0, T) = (0, {sde.T}), got {eps}")
     return eps
-
-
-def check_positive(name: str, value: float) -> float:
-    """``value`` as a float > 0, else ``ValueError`` naming the parameter."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return value
 
 
 def check_choice(name: str, value: str, allowed: Iterable[str]) -> str:
@@ -86,6 +66,17 @@ def resolve_device(
     if generator is not None:
         return generator.device
     return torch.device("cpu")
+
+
+def resolve_dtype(dtype: torch.dtype | None, x_init: Tensor | None) -> torch.dtype:
+    """The sampling dtype: ``dtype`` if given (floating point), else that of ``x_init``, else float32."""
+    if x_init is not None and not (isinstance(x_init, Tensor) and x_init.is_floating_point()):
+        raise ValueError(f"x_init must be a floating-point tensor, got {type(x_init).__name__}")
+    if dtype is None:
+        return x_init.dtype if x_init is not None else torch.float32
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    return dtype
 
 
 def initial_state(

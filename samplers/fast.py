@@ -44,7 +44,16 @@ from torch import Tensor
 from sde_lib import LinearSDE, ScoreFn
 from sde_lib.base import check_positive_int
 
-from .common import CountingScoreFn, check_choice, check_eps, check_shape, initial_state, resolve_device, tweedie_denoise
+from .common import (
+    CountingScoreFn,
+    check_choice,
+    check_eps,
+    check_shape,
+    initial_state,
+    resolve_device,
+    resolve_dtype,
+    tweedie_denoise,
+)
 from .dpm_solver import CORRECTORS, MAX_ORDER, PREDICTIONS, dpm_solver_multistep
 from .heun import HEUN_ORDERS, heun_solver, heun_steps
 from .timesteps import SCHEDULES, noise_levels
@@ -72,16 +81,6 @@ def _check_sde(sde: LinearSDE) -> LinearSDE:
     if not isinstance(sde, LinearSDE):
         raise ValueError(f"sde must be a sde_lib.LinearSDE (VPSDE, subVPSDE, VESDE, ...), got {type(sde).__name__}")
     return sde
-
-
-def _check_dtype(dtype: torch.dtype | None, x_init: Tensor | None) -> torch.dtype:
-    if x_init is not None and not (isinstance(x_init, Tensor) and x_init.is_floating_point()):
-        raise ValueError(f"x_init must be a floating-point tensor, got {type(x_init).__name__}")
-    if dtype is None:
-        return x_init.dtype if x_init is not None else torch.float32
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
-    return dtype
 
 
 def _check_corrector_options(method: str, corrector: str | None, lower_order_final: bool | None) -> tuple[str | None, bool]:
@@ -178,7 +177,7 @@ def fast_sample(
     corrector, lower_order_final = _check_corrector_options(method, corrector, lower_order_final)
     if not isinstance(denoise, bool):
         raise ValueError(f"denoise must be True or False, got {denoise!r}")
-    dtype = _check_dtype(dtype, x_init)
+    dtype = resolve_dtype(dtype, x_init)
     steps, last_euler = solver_steps(method, order, nfe, denoise)
 
     device = resolve_device(device, generator, x_init)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from sde_lib import SDE, ScoreFn
 
-from .common import CountingScoreFn, check_choice, check_eps, check_positive
+from .common import CountingScoreFn, check_choice, check_eps, check_positive, check_positive_int
 from .ode import probability_flow_drift
 from .odeint import ODE_METHODS, odeint
 
@@ -131,6 +131,13 @@ def _affine_slope(inverse_scaler: InverseScaler | None, like: Tensor) -> float:
     return slope
 
 
+def _check_n_bins(n_bins: int) -> int:
+    """``n_bins``, the number of quantization levels, if it is an integer >= 2, else ``ValueError``."""
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 2:
+        raise ValueError(f"n_bins must be an integer >= 2, got {n_bins!r}")
+    return n_bins
+
+
 def bits_per_dim(
     sde: SDE,
     score_fn: ScoreFn,
@@ -150,8 +157,7 @@ def bits_per_dim(
     (For 8-bit data this gives the reference's offsets: 8 for ``[0, 1]`` data, 7 for ``[-1, 1]``.) ``kwargs`` go
     to :func:`log_likelihood`. Returns ``(bpd (B,), z, nfe)``.
     """
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 2:
-        raise ValueError(f"n_bins must be an integer >= 2, got {n_bins!r}")
+    _check_n_bins(n_bins)
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError("x must be a tensor of shape (B, ...) with at least one data dimension")
     slope = _affine_slope(inverse_scaler, x)
@@ -169,8 +175,7 @@ def bits_per_dim(
 
 def uniform_dequantize(x: Tensor, n_bins: int = 256, generator: torch.Generator | None = None) -> Tensor:
     """Map data on the ``n_bins`` levels ``{0, 1/(n_bins-1), ..., 1}`` of ``[0, 1]`` to ``(x (n_bins - 1) + u) / n_bins``, ``u ~ U[0, 1)``."""
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 2:
-        raise ValueError(f"n_bins must be an integer >= 2, got {n_bins!r}")
+    _check_n_bins(n_bins)
     levels = x.to(torch.float64) * (n_bins - 1)
     rounded = levels.round()
     if bool(((rounded - levels).abs() > 1e-3).any()) or bool(((rounded < 0) | (rounded > n_bins - 1)).any()):
@@ -204,8 +209,7 @@ def dequantized_bits_per_dim(
     and Hutchinson probes, as the reference's ``bpd_num_repeats``. ``scaler`` maps ``[0, 1]`` to the model's space and
     ``inverse_scaler`` back. Returns a :class:`BitsPerDim` with the standard error of the mean.
     """
-    if isinstance(num_repeats, bool) or not isinstance(num_repeats, int) or num_repeats < 1:
-        raise ValueError(f"num_repeats must be an integer >= 1, got {num_repeats!r}")
+    check_positive_int("num_repeats", num_repeats)
     values, nfe = [], 0
     for _ in range(num_repeats):
         u = uniform_dequantize(x, n_bins, generator)

@@ -35,7 +35,7 @@ import scipy.sparse
 import torch
 from torch import Tensor
 
-from .common import TimeProgress, check_choice, check_positive
+from .common import TimeProgress, check_choice, check_positive, check_positive_int
 
 State = Union[Tensor, tuple[Tensor, ...]]
 ODEFunc = Callable[..., State]
@@ -420,8 +420,7 @@ def odeint(
     """
     check_choice("method", method, ODE_METHODS)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+    max_steps = check_positive_int("max_steps", max_steps)
     parts, single = _as_tuple(y0)
     batch = parts[0].shape[0]
     args = tuple(args)

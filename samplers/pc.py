@@ -56,6 +56,7 @@ from .common import (
     initial_state,
     progress_bar,
     resolve_device,
+    resolve_dtype,
     time_batch,
 )
 
@@ -485,8 +486,7 @@ def pc_sample(
     if x_init is not None and not isinstance(x_init, Tensor):
         raise ValueError(f"x_init must be a tensor of shape {shape} or None, got {type(x_init).__name__}")
     device = resolve_device(device, generator, x_init)
-    if dtype is None:
-        dtype = x_init.dtype if x_init is not None else torch.float32
+    dtype = resolve_dtype(dtype, x_init)
     x = initial_state(sde, shape, x_init, generator, device, dtype).to(dtype)
     updates = [step.update_fn for step in (step_corrector, step_predictor) if not step.identity]
     times = torch.linspace(sde.T, eps, sde.N, dtype=torch.float64).tolist()

@@ -40,7 +40,9 @@ def check_positive_int(name: str, value: int) -> int:
 
 
 def check_finite_positive(name: str, value: float) -> float:
-    """Return ``float(value)`` if it is a finite number > 0, else raise ``ValueError`` naming the parameter."""
+    """Return ``float(value)`` if it is a finite number > 0 (not a bool), else raise ``ValueError`` naming the parameter."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -48,6 +50,17 @@ def check_finite_positive(name: str, value: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return value
+
+
+def check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` as a tuple ``(B, ...)`` of positive integers, else ``ValueError``."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"shape must be a sequence of positive integers (B, ...), got {shape!r}") from None
+    if not shape or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in shape):
+        raise ValueError(f"shape must be a non-empty sequence of positive integers (B, ...), got {shape!r}")
+    return tuple(int(s) for s in shape)
 
 
 class SDE(abc.ABC):
@@ -177,9 +190,7 @@ class LinearSDE(SDE):
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        shape = tuple(shape)
-        if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
-            raise ValueError(f"shape must be a non-empty sequence of positive integers, got {shape!r}")
+        shape = check_shape(shape)
         if device is None and generator is not None:
             device = generator.device
         z = torch.randn(shape, generator=generator, device=device, dtype=dtype)
