@@ -12,7 +12,7 @@ import math
 import torch
 
 from sample_quality import sliced_wasserstein
-from sde_lib import SDE, VESDE, VPSDE, GaussianMixture, subVPSDE
+from sde_lib import SDE, VESDE, VPSDE, GaussianMixture, LinearSDE, batch_broadcast, subVPSDE
 
 K_SE = 4.0  # standard errors allowed in every statistical comparison
 SDES = {"vp": VPSDE, "subvp": subVPSDE, "ve": VESDE}
@@ -74,6 +74,22 @@ def assert_gaussian_moments(x: torch.Tensor, mean: torch.Tensor, var: float, mea
 def gaussian_data() -> GaussianMixture:
     return GaussianMixture.gaussian(GAUSS_MEAN, GAUSS_VAR)
 
+
+
+def gaussian_flow_map(sde: LinearSDE, mean, var, x: torch.Tensor, t_from: float, t_to: float) -> torch.Tensor:
+    """The exact probability-flow map from ``t_from`` to ``t_to`` for data ``N(mean, diag(var))``, float64.
+
+    ``p_t = N(alpha_t mean, v_t)`` with ``v_t = alpha_t^2 var + sigma_t^2``, and the ODE velocity
+    ``f x + g^2 (x - alpha mean) / (2 v)`` keeps ``z = (x - alpha_t mean) / sqrt(v_t)`` constant because
+    ``dv/dt = 2 f v + g^2``: ``x(t) = alpha_t mean + sqrt(v_t) (x(u) - alpha_u mean) / sqrt(v_u)``.
+    """
+    batch = x.shape[0]
+    alpha_u, sigma_u = sde.marginal_coeffs(torch.full((batch,), float(t_from), dtype=torch.float64))
+    alpha_t, sigma_t = sde.marginal_coeffs(torch.full((batch,), float(t_to), dtype=torch.float64))
+    b = lambda v: batch_broadcast(v, x)  # noqa: E731
+    v_u = b(alpha_u**2) * var + b(sigma_u**2)
+    v_t = b(alpha_t**2) * var + b(sigma_t**2)
+    return b(alpha_t) * mean + v_t.sqrt() * (x - b(alpha_u) * mean) / v_u.sqrt()
 
 
 class CubicDriftSDE(SDE):

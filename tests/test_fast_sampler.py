@@ -19,6 +19,7 @@ from scipy.integrate import quad, solve_ivp
 
 import sde_lib
 from sample_quality import sliced_wasserstein
+from sampler_checks import gaussian_flow_map
 from samplers.dpm_solver import LOWER_ORDER_FINAL_BELOW, difference_weights, multistep_update, phi, step_orders
 from samplers.fast import default_schedule, fast_sample, solver_steps
 from samplers.timesteps import (
@@ -259,15 +260,9 @@ def test_inverse_half_log_snr_round_trips(name):
 MU, S = torch.tensor([1.0, -2.0], dtype=torch.float64), 0.5
 
 
-def gaussian_flow_map(sde, x_T, t):
-    """PF-ODE map of N(mu, s^2 I) data: ``x(t) = alpha_t mu + sqrt(alpha_t^2 s^2 + sigma_t^2) (x(T) - alpha_T mu) / sqrt(alpha_T^2 s^2 + sigma_T^2)``.
-
-    Derivation: p_t = N(alpha_t mu, v_t I) with v_t = alpha_t^2 s^2 + sigma_t^2, and the ODE velocity
-    f x + g^2 (x - alpha mu) / (2 v) keeps z = (x - alpha mu) / sqrt(v) constant because
-    dv/dt = 2 f v + g^2 (the semi-linear identity above).
-    """
-    (a_t, s_t), (a_T, s_T) = (sde.marginal_coeffs(torch.tensor([u], dtype=torch.float64)) for u in (t, sde.T))
-    return a_t * MU + torch.sqrt(a_t**2 * S**2 + s_t**2) * (x_T - a_T * MU) / torch.sqrt(a_T**2 * S**2 + s_T**2)
+def flow_to(sde, x_T, t):
+    """The exact PF-ODE map of N(MU, S^2 I) data from ``T`` to ``t`` (:func:`sampler_checks.gaussian_flow_map`)."""
+    return gaussian_flow_map(sde, MU, S**2, x_T, sde.T, t)
 
 
 @pytest.mark.parametrize("name", SDES)
@@ -276,7 +271,7 @@ def test_gaussian_flow_map_closed_form_matches_scipy(name):
     sde = SDES[name]
     data = sde_lib.GaussianMixture.gaussian(MU, S**2)
     x_T = sde.prior_sampling((16, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    exact = gaussian_flow_map(sde, x_T, EPS)
+    exact = flow_to(sde, x_T, EPS)
     assert (pf_ode_solution(sde, data.score_fn(sde), x_T, sde.T, EPS) - exact).abs().max().item() < 1e-8
 
 
@@ -299,7 +294,7 @@ def test_fast_sample_gaussian_data_matches_closed_form(name, method, prediction,
     x_T = sde.prior_sampling((32, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x, nfe = fast_sample(sde, data.score_fn(sde), x_T.shape, nfe=50, x_init=x_T, method=method, prediction=prediction, corrector=corrector)
     assert nfe == 50
-    assert (x - gaussian_flow_map(sde, x_T, EPS)).abs().max().item() < GAUSSIAN_BOUNDS[(method, prediction, corrector)]
+    assert (x - flow_to(sde, x_T, EPS)).abs().max().item() < GAUSSIAN_BOUNDS[(method, prediction, corrector)]
 
 
 def test_denoise_is_tweedie_posterior_mean():

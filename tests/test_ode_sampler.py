@@ -19,22 +19,12 @@ import torch
 from sample_quality import sliced_wasserstein
 from samplers.ode import denoise_step, ode_encode, ode_sample
 from samplers.odeint import ODE_METHODS
-from sde_lib import VESDE, VPSDE, GaussianMixture, batch_broadcast, subVPSDE
+from sde_lib import VESDE, VPSDE, GaussianMixture, subVPSDE
+from sampler_checks import gaussian_flow_map
 
 F64 = torch.float64
 SDES = {"vp": VPSDE, "subvp": subVPSDE, "ve": VESDE}
 EPS = 1e-3
-
-
-def _affine_flow(sde, mu, var, x, t_from, t_to):
-    """The exact probability-flow map from ``t_from`` to ``t_to`` for data ``N(mu, diag(var))`` (module docstring)."""
-    batch = x.shape[0]
-    alpha_u, sigma_u = sde.marginal_coeffs(torch.full((batch,), t_from, dtype=F64))
-    alpha_t, sigma_t = sde.marginal_coeffs(torch.full((batch,), t_to, dtype=F64))
-    b = lambda v: batch_broadcast(v, x)
-    v_u = b(alpha_u**2) * var + b(sigma_u**2)
-    v_t = b(alpha_t**2) * var + b(sigma_t**2)
-    return b(alpha_t) * mu + v_t.sqrt() * (x - b(alpha_u) * mu) / v_u.sqrt()
 
 
 def _gaussian_problem(sde, shape, seed=0):
@@ -58,7 +48,7 @@ def test_gaussian_data_decode_and_encode_follow_the_exact_affine_flow(sde_name, 
     data, mu, var, z = _gaussian_problem(sde, shape)
     tol = 1e-7
     x, nfe = ode_sample(sde, data.score_fn(sde), shape, method=method, rtol=tol, atol=tol, z=z)
-    exact_x = _affine_flow(sde, mu, var, z, sde.T, EPS)
+    exact_x = gaussian_flow_map(sde, mu, var, z, sde.T, EPS)
     assert x.dtype == F64 and x.shape == shape and nfe > 0
     assert (x - exact_x).abs().max() < 20 * tol
     z_back, _ = ode_encode(sde, data.score_fn(sde), exact_x, method=method, rtol=tol, atol=tol)
