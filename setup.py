@@ -5,6 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+PACKAGES = ["sde_lib", "samplers", "sample_quality", "models", "configs", "train_lib", "data_lib"]
 
 setup(
     name="score-sde-toolkit",
@@ -14,7 +15,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["sde_lib", "sde_lib.*", "samplers", "samplers.*", "sample_quality", "sample_quality.*", "models", "models.*", "configs", "configs.*"]),
+    packages=find_packages(include=PACKAGES + [f"{name}.*" for name in PACKAGES]),
+    # experiment configs are files passed by path (configs/vp/..., configs/ve/ncsnv2/...), not subpackages
+    package_data={"configs": ["*/*.py", "*/*/*.py"]},
     install_requires=[
         "torch>=2.1",
         "torchsde>=0.2.6",
@@ -23,6 +26,9 @@ setup(
         "ml-collections>=0.1.1",
         "absl-py>=1.0",
         "tqdm>=4.60",
+        "scikit-learn>=1.2",  # the 8x8 digits that ship with it: the default demo's data
+        "scikit-image>=0.21",  # its lfw_subset faces and sample photos
+        "pillow>=9.1",  # image files: PNG sample grids, image-folder datasets
     ],
     extras_require={
         "test": ["pytest>=7.0", "pytest-xdist>=3.0"],

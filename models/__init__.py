@@ -3,16 +3,33 @@
 * :func:`register_model`, :func:`get_model`, :func:`create_model`: networks by config name
   (``config.model.name``), as in the 2021 reference; each model translates its own config fields.
 * :class:`MLPScoreNet` (``"mlp"``): a noise-conditioned MLP for low-dimensional data.
+* :class:`NCSNv2` / :class:`NCSNv2Deeper` / :class:`NCSNv2Deepest` (``"ncsnv2_64"``, ``"ncsnv2_128"``,
+  ``"ncsnv2_256"``) and :class:`NCSN` (``"ncsn"``): the RefineNet-based SMLD networks.
 * :func:`get_score_fn` / :func:`get_sampling_score_fn`: a network as ``score_fn(x, t)`` for the samplers, with
   the reference's label and scaling conventions for VP, sub-VP and VE.
-* :class:`ExponentialMovingAverage` and :func:`load_reference_checkpoint`: weight averaging and the
-  reference's training checkpoints.
+* :class:`ExponentialMovingAverage`: weight averaging in the reference's format.
+* :func:`load_reference_weights` (a reference ``state_dict``, strictly, through the model's
+  ``reference_key_map``) and :func:`load_reference_training_state` (a reference training checkpoint: model,
+  EMA and optimizer); :func:`load_reference_checkpoint` reads such a file safely.
 """
 
-from .checkpoint import NUMPY_FLOAT64_SAFE_GLOBALS, load_reference_checkpoint, strip_data_parallel_prefix
+from .checkpoint import (
+    NUMPY_FLOAT64_SAFE_GLOBALS,
+    from_reference_keys,
+    load_reference_checkpoint,
+    load_reference_training_state,
+    load_reference_weights,
+    reference_key_map,
+    strip_data_parallel_prefix,
+    to_reference_keys,
+    to_reference_state_dict,
+)
 from .ema import ExponentialMovingAverage
 from .embeddings import GaussianFourierProjection, sinusoidal_embedding
 from .mlp import EMBEDDING_TYPES, MLPScoreNet
+from .ncsn import NCSN
+from .ncsnv2 import NCSNv2, NCSNv2Deeper, NCSNv2Deepest
+from .normalization import ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus, get_normalization
 from .registry import available_models, create_model, get_model, register_model
 from .score_fn import VP_CONTINUOUS_LABEL_SCALE, get_model_fn, get_sampling_score_fn, get_score_fn, model_dtype
 
@@ -23,6 +40,13 @@ __all__ = [
     "available_models",
     "MLPScoreNet",
     "EMBEDDING_TYPES",
+    "NCSNv2",
+    "NCSNv2Deeper",
+    "NCSNv2Deepest",
+    "NCSN",
+    "get_normalization",
+    "InstanceNorm2dPlus",
+    "ConditionalInstanceNorm2dPlus",
     "GaussianFourierProjection",
     "sinusoidal_embedding",
     "get_model_fn",
@@ -32,6 +56,12 @@ __all__ = [
     "VP_CONTINUOUS_LABEL_SCALE",
     "ExponentialMovingAverage",
     "load_reference_checkpoint",
+    "load_reference_weights",
+    "load_reference_training_state",
+    "reference_key_map",
+    "from_reference_keys",
+    "to_reference_keys",
+    "to_reference_state_dict",
     "strip_data_parallel_prefix",
     "NUMPY_FLOAT64_SAFE_GLOBALS",
 ]

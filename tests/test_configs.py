@@ -1,4 +1,7 @@
-"""Every shipped config file loads and builds the SDE, network and sampler it names, with its parameters."""
+"""Every toy (2-D points) config loads and builds the SDE, network and sampler it names, with its parameters.
+
+The image experiments (the reference's set) are checked by ``tests/test_reference_configs.py``.
+"""
 
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import samplers
 import sde_lib
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-EXPERIMENTS = sorted(p for p in CONFIG_DIR.rglob("*.py") if p.parent != CONFIG_DIR)
+EXPERIMENTS = sorted(CONFIG_DIR.rglob("toy_*.py"))
 SDE_CLASSES = {"vpsde": sde_lib.VPSDE, "subvpsde": sde_lib.subVPSDE, "vesde": sde_lib.VESDE}
 
 

@@ -1,0 +1,45 @@
+"""Data for score-based models: 2-D toy densities, datasets bundled with scikit-learn / scikit-image, real
+datasets from a local folder (CIFAR-10, MNIST, CelebA, LSUN, image folders), the reference's data scalers,
+uniform dequantization with the dataset's own number of levels, and seeded batches sharded across ranks.
+
+Nothing is downloaded. torchvision is not used (its PyPI wheels are CUDA builds that do not import beside the
+CPU torch this project pins); the file formats are read with numpy and Pillow (:mod:`data_lib.files`).
+"""
+
+from .base import Dataset, ImageFileDataset, InMemoryDataset
+from .embedded import digits, faces, photo_patches
+from .loader import (
+    DATASETS,
+    available_datasets,
+    get_dataset,
+    iterate_batches,
+    prepare_batch,
+    preprocessing_options,
+    shard_batches,
+    training_batches,
+)
+from .scalers import get_data_inverse_scaler, get_data_scaler
+from .toy import TOY_DATASETS, sample_toy, toy_gaussian_mixture, toy_log_prob
+
+__all__ = [
+    "Dataset",
+    "InMemoryDataset",
+    "ImageFileDataset",
+    "DATASETS",
+    "TOY_DATASETS",
+    "available_datasets",
+    "get_dataset",
+    "iterate_batches",
+    "training_batches",
+    "shard_batches",
+    "prepare_batch",
+    "preprocessing_options",
+    "get_data_scaler",
+    "get_data_inverse_scaler",
+    "sample_toy",
+    "toy_log_prob",
+    "toy_gaussian_mixture",
+    "digits",
+    "faces",
+    "photo_patches",
+]

@@ -1,0 +1,192 @@
+"""Real datasets read from a local folder (``config.data.root``); nothing is ever downloaded.
+
+torchvision is not used: PyPI's torchvision wheels are CUDA builds whose compiled ops need ``libtorch_cuda``
+and fail to import beside the CPU build of torch this project pins. The formats are simple, so they are read
+here with numpy and Pillow:
+
+* ``CIFAR10``: the python version, ``cifar-10-batches-py/`` with the pickled batches ``data_batch_1`` ..
+  ``data_batch_5`` (train) and ``test_batch`` (test); each a dict whose ``data`` is uint8 ``(10000, 3072)``, the
+  red, green and blue 32 x 32 planes of an image in row-major order.
+* ``MNIST``: the idx files ``train-images-idx3-ubyte`` and ``t10k-images-idx3-ubyte`` (optionally ``.gz``; in
+  ``root``, ``root/raw`` or ``root/MNIST/raw``). An idx file is two zero bytes, a type code (``0x08`` = uint8),
+  the number of dimensions, each dimension as a big-endian uint32, then the big-endian data.
+* ``CELEBA``: ``img_align_celeba/*.jpg``. The split is that of ``list_eval_partition.txt`` if present, else the
+  official one by file number (1-162770 train, 162771-182637 validation, the rest test); like the reference,
+  ``test`` means the validation partition. Preprocessing as the reference: central 140 x 140 crop, then shrink
+  to ``image_size``.
+* ``LSUN``: a category exported to image files (the ``export`` command of the LSUN tools writes ``.webp``),
+  ``{category}_train/`` and ``{category}_val/`` (``test``). The lmdb databases themselves are not read.
+  Preprocessing as the reference: for ``image_size == 128`` shrink then central crop, else the largest centred
+  square resized (bicubic).
+* any image folder (``image_folder``, and ``FFHQ``/``CelebAHQ`` exported to images; their tfrecords are not
+  read): PNG/JPEG/WebP/BMP files found recursively, the largest centred square resized to ``image_size``. With
+  ``train/`` and ``test/`` (or ``val/``) subfolders these are the splits; otherwise every 10th file in sorted
+  order (index ``i % 10 == 9``) is ``test`` and the rest ``train``.
+
+Pickles can run code when loaded: only point ``root`` at CIFAR-10 batches you trust.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import ImageFileDataset, InMemoryDataset, check_split
+from .transforms import LoadCelebA, LoadCropResize, LoadResizeSmallCrop, list_images, resize_levels
+
+CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+MNIST_PREFIX = {"train": "train", "test": "t10k"}
+CELEBA_PARTITIONS = {"train": 0, "test": 1}  # list_eval_partition.txt codes; "test" is the reference's validation
+CELEBA_LAST_TRAIN, CELEBA_LAST_VALIDATION = 162770, 182637
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+FOLDER_TEST_EVERY = 10
+
+
+def missing(root: Path | str, expected: str) -> ValueError:
+    """The error for a dataset that is not where ``config.data.root`` says."""
+    return ValueError(f"config.data.root = {str(root)!r} does not hold the dataset: expected {expected}")
+
+
+# ------------------------------------------------------------------ CIFAR-10
+def _cifar_dir(root: Path) -> Path:
+    for folder in (root, root / "cifar-10-batches-py"):
+        if (folder / "test_batch").is_file() or (folder / "data_batch_1").is_file():
+            return folder
+    raise missing(root, "the python version of CIFAR-10, cifar-10-batches-py/{data_batch_1..5, test_batch}, in it or as it")
+
+
+def read_cifar_batch(path: Path) -> np.ndarray:
+    """One pickled CIFAR-10 batch as uint8 ``(N, 3, 32, 32)``."""
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = batch.get(b"data", batch.get("data"))
+    except Exception as err:  # a truncated or foreign file: say which
+        raise ValueError(f"cannot read the CIFAR-10 batch {path}: {err}") from None
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+    return data.reshape(-1, 3, 32, 32)
+
+
+def cifar10(root: Path | str, split: str, image_size: int = 32) -> InMemoryDataset:
+    """CIFAR-10 images ``(N, 3, image_size, image_size)`` (resized with antialiasing if ``image_size != 32``)."""
+    folder = _cifar_dir(Path(root))
+    paths = [folder / name for name in CIFAR_FILES[check_split(split)]]
+    absent = [p.name for p in paths if not p.is_file()]
+    if absent:
+        raise missing(root, f"the CIFAR-10 {split} batches; missing {', '.join(absent)} in {folder}")
+    levels = torch.from_numpy(np.concatenate([read_cifar_batch(p) for p in paths]))
+    return InMemoryDataset("CIFAR10", split, resize_levels(levels, image_size), 256)
+
+
+# ------------------------------------------------------------------ MNIST
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (optionally gzipped) as a numpy array of its declared type and shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise ValueError(f"cannot read the idx file {path}: {err}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+        raise ValueError(f"{path} is not an idx file (bad magic number {raw[:4].hex()})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
+    dtype = np.dtype(IDX_DTYPES[raw[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(shape) != ndim or len(raw) != expected:
+        raise ValueError(f"{path}: idx header says shape {shape} ({expected} bytes) but the file has {len(raw)} bytes")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _mnist_file(root: Path, split: str) -> Path:
+    prefix = MNIST_PREFIX[split]
+    for folder in (root, root / "raw", root / "MNIST" / "raw"):
+        for stem in (f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"):
+            for name in (stem, stem + ".gz"):
+                if (folder / name).is_file():
+                    return folder / name
+    raise missing(root, f"the MNIST idx file {prefix}-images-idx3-ubyte[.gz] in it, in raw/ or in MNIST/raw/")
+
+
+def mnist(root: Path | str, split: str, image_size: int = 28) -> InMemoryDataset:
+    """MNIST images ``(N, 1, image_size, image_size)`` (resized with antialiasing if ``image_size != 28``)."""
+    path = _mnist_file(Path(root), check_split(split))
+    images = read_idx(path)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"{path}: MNIST images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
+    return InMemoryDataset("MNIST", split, resize_levels(torch.from_numpy(images[:, None].copy()), image_size), 256)
+
+
+# ------------------------------------------------------------------ CelebA
+def _celeba_partition(root: Path, files: list[Path]) -> list[int]:
+    """The partition code (0 train, 1 validation, 2 test) of each file."""
+    listing = next((p for p in (root / "list_eval_partition.txt", root / "Eval" / "list_eval_partition.txt") if p.is_file()), None)
+    if listing is not None:
+        codes = dict(line.split()[:2] for line in listing.read_text().splitlines() if len(line.split()) >= 2)
+        return [int(codes.get(p.name, -1)) for p in files]
+    parts = []
+    for p in files:
+        match = re.fullmatch(r"(\d+)", p.stem)
+        if match is None:
+            raise ValueError(f"{p}: CelebA files are numbered (000001.jpg); without list_eval_partition.txt the split needs the numbers")
+        number = int(match.group(1))
+        parts.append(0 if number <= CELEBA_LAST_TRAIN else 1 if number <= CELEBA_LAST_VALIDATION else 2)
+    return parts
+
+
+def celeba(root: Path | str, split: str, image_size: int = 64) -> ImageFileDataset:
+    """CelebA (aligned) with the reference's preprocessing, decoded lazily: ``(3, image_size, image_size)``."""
+    root = Path(root)
+    folder = root / "img_align_celeba"
+    files = list_images(folder) if folder.is_dir() else []
+    if not files:
+        raise missing(root, "img_align_celeba/ with the aligned CelebA JPEGs (and optionally list_eval_partition.txt)")
+    if image_size > LoadCelebA.CROP:
+        raise ValueError(f"config.data.image_size must be <= {LoadCelebA.CROP} for CELEBA (the central crop), got {image_size}")
+    wanted = CELEBA_PARTITIONS[check_split(split)]
+    chosen = [p for p, part in zip(files, _celeba_partition(root, files)) if part == wanted]
+    if not chosen:
+        raise missing(root, f"CelebA images of the {split} partition ({wanted}) in {folder}")
+    return ImageFileDataset("CELEBA", split, chosen, LoadCelebA(image_size), (3, image_size, image_size))
+
+
+# ------------------------------------------------------------------ LSUN
+def lsun(root: Path | str, split: str, category: str, image_size: int = 256) -> ImageFileDataset:
+    """An LSUN category exported to image files, ``{category}_train`` / ``{category}_val``, decoded lazily."""
+    root = Path(root)
+    folder = root / f"{category}_{'train' if check_split(split) == 'train' else 'val'}"
+    files = list_images(folder) if folder.is_dir() else []
+    if not files:
+        lmdb = Path(f"{folder}_lmdb")
+        hint = f" ({lmdb} is an lmdb database, which is not read: export it to images with the LSUN tools)" if lmdb.exists() else ""
+        raise missing(root, f"{folder.name}/ with the exported LSUN {category} images{hint}")
+    load = LoadResizeSmallCrop(image_size) if image_size == 128 else LoadCropResize(image_size, 3)
+    return ImageFileDataset("LSUN", split, files, load, (3, image_size, image_size))
+
+
+# ------------------------------------------------------------------ image folders
+def image_folder(root: Path | str, split: str, image_size: int, num_channels: int = 3, name: str = "image_folder") -> ImageFileDataset:
+    """Every image under ``root`` (split by ``train/``, ``test/``|``val/`` subfolders or every 10th file), square-cropped and resized."""
+    root = Path(root)
+    check_split(split)
+    if not root.is_dir():
+        raise missing(root, "a folder of PNG/JPEG images (optionally in train/ and test/ subfolders)")
+    if (root / "train").is_dir():
+        sub = "train" if split == "train" else next((s for s in ("test", "val") if (root / s).is_dir()), None)
+        if sub is None:
+            raise missing(root, "a test/ (or val/) folder beside train/")
+        files = list_images(root / sub)
+    else:
+        every = list_images(root)
+        files = [p for i, p in enumerate(every) if (i % FOLDER_TEST_EVERY == FOLDER_TEST_EVERY - 1) == (split == "test")]
+    if not files:
+        raise missing(root, f"PNG/JPEG/WebP/BMP images for the {split} split")
+    return ImageFileDataset(name, split, files, LoadCropResize(image_size, num_channels), (num_channels, image_size, image_size))

@@ -1,0 +1,364 @@
+"""Training objectives of score-based models and the one-step training / evaluation function.
+
+* :func:`get_sde_loss_fn`: continuous-time denoising score matching, [SDE] eq. (7) (Song et al., ICLR 2021),
+  ``E_t E_x0 E_z [lambda(t) ||s_theta(x(t), t) + z / sigma(t)||^2]`` with ``x(t) = mean(x0, t) + sigma(t) z``,
+  ``t ~ U(eps, T)`` and ``lambda = sigma^2`` (the paper's choice) or ``g^2`` (likelihood weighting, Song, Durkan,
+  Murray & Ermon 2021, [MLE]), optionally with the importance-sampled ``t`` of
+  :class:`train_lib.time_sampling.LikelihoodTimeSampler`.
+* :func:`get_smld_loss_fn` and :func:`get_ddpm_loss_fn`: the discrete losses of NCSN (Song & Ermon 2019, eq. (5))
+  and DDPM (Ho et al. 2020, eq. (14)) over step indices, as the 2021 reference trains them.
+* :func:`get_step_fn`: one optimizer step (or one evaluation under the EMA weights) on the reference's training
+  state ``{'model', 'optimizer', 'ema', 'step'}``; :func:`get_step_fn_from_config` reads ``config.training``.
+
+Conventions are the reference's: the per-sample loss is the mean over data dimensions (``reduce_mean=True``)
+or half their sum (``reduce_mean=False``), then the batch mean is taken. Every loss function is called as
+``loss_fn(model, batch, generator=None, per_example=False)``: all random draws (times, step indices, noise)
+use ``generator``, so a seed fixes the loss; ``per_example=True`` returns the ``(B,)`` per-sample losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from models.score_fn import get_model_fn, get_score_fn
+from samplers.common import check_choice, check_eps
+from sde_lib import SDE, VESDE, VPSDE, batch_broadcast, config_value
+
+from .optim import optimization_manager
+from .time_sampling import LikelihoodTimeSampler
+
+LossFn = Callable[..., Tensor]
+"""``loss_fn(model, batch, generator=None, per_example=False)``: the scalar batch loss, or ``(B,)`` losses."""
+
+StepFn = Callable[..., Tensor]
+"""``step_fn(state, batch, generator=None)``: the (detached) loss of one training or evaluation step."""
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ---------------------------------------------------------------------------- shared pieces
+
+
+def _reduce_op(reduce_mean: bool) -> Callable[[Tensor], Tensor]:
+    """Per-sample reduction over data dimensions: the mean, or half the sum (the reference's choice), ``(B, ...) -> (B,)``."""
+    if reduce_mean:
+        return lambda losses: losses.flatten(1).mean(dim=1)
+    return lambda losses: 0.5 * losses.flatten(1).sum(dim=1)
+
+
+def _check_batch(batch: Any) -> None:
+    if not isinstance(batch, Tensor) or batch.ndim < 2 or not batch.is_floating_point() or batch.shape[0] < 1:
+        got = f"{tuple(batch.shape)} {batch.dtype}" if isinstance(batch, Tensor) else type(batch).__name__
+        raise ValueError(f"batch must be a floating-point tensor of shape (B, ...) with B >= 1, got {got}")
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _network_output(model: nn.Module, train: bool, x: Tensor, labels: Tensor) -> Tensor:
+    """``model(x, labels)`` in train or eval mode, checked to be shaped like ``x`` and cast to its dtype (autocast)."""
+    out = get_model_fn(model, train=train)(x, labels)
+    if out.shape != x.shape:
+        raise ValueError(f"the model returned shape {tuple(out.shape)}, expected the shape of x {tuple(x.shape)}")
+    return out.to(x.dtype)
+
+
+def _finish(losses: Tensor, per_example: bool) -> Tensor:
+    return losses if per_example else losses.mean()
+
+
+# ---------------------------------------------------------------------------- continuous time
+
+
+def get_sde_loss_fn(
+    sde: SDE,
+    train: bool,
+    reduce_mean: bool = True,
+    continuous: bool = True,
+    likelihood_weighting: bool = False,
+    importance_weighting: bool = False,
+    eps: float = 1e-5,
+) -> LossFn:
+    """Denoising score matching in continuous time, [SDE] eq. (7), with the reference's conventions.
+
+    Per sample: ``t ~ U(eps, T)``, ``z ~ N(0, I)``, ``x(t) = mean(x0, t) + sigma(t) z`` and, with
+    ``s = score_fn(x(t), t)`` from :func:`models.get_score_fn` (``continuous`` selects its label convention),
+
+    * ``reduce(||sigma s + z||^2)``: the weighting ``lambda = sigma^2`` of [SDE];
+    * ``likelihood_weighting``: ``g(t)^2 reduce(||s + z / sigma||^2)``, the weighting ``lambda = g^2`` of [MLE]
+      under which the loss bounds the negative log-likelihood (up to a constant);
+    * ``importance_weighting`` (needs ``likelihood_weighting``): ``t`` drawn from the density proportional to
+      ``g^2 / sigma^2`` on ``[eps, T]`` and the loss ``(Z / (T - eps)) reduce(||sigma s + z||^2)``, which has the
+      same expectation as the likelihood-weighted loss and a lower variance.
+
+    ``train`` puts the model in training mode. Raises ``ValueError`` on bad arguments.
+    """
+    if not isinstance(sde, SDE):
+        raise ValueError(f"sde must be an sde_lib.SDE, got {type(sde).__name__}")
+    for name, flag in (
+        ("train", train),
+        ("reduce_mean", reduce_mean),
+        ("continuous", continuous),
+        ("likelihood_weighting", likelihood_weighting),
+        ("importance_weighting", importance_weighting),
+    ):
+        _check_flag(name, flag)
+    eps = check_eps(eps, sde)
+    if importance_weighting and not likelihood_weighting:
+        raise ValueError(
+            "importance_weighting samples t for the likelihood-weighted loss: it needs likelihood_weighting=True"
+        )
+    time_sampler = LikelihoodTimeSampler(sde, eps) if importance_weighting else None
+    reduce = _reduce_op(reduce_mean)
+
+    def sample_times(batch: Tensor, generator: torch.Generator | None) -> Tensor:
+        u = torch.rand(batch.shape[0], generator=generator, device=batch.device, dtype=batch.dtype)
+        if time_sampler is not None:
+            return time_sampler.icdf(u).to(batch.dtype)
+        return u * (sde.T - eps) + eps
+
+    def loss_fn(
+        model: nn.Module, batch: Tensor, generator: torch.Generator | None = None, per_example: bool = False
+    ) -> Tensor:
+        _check_batch(batch)
+        score_fn = get_score_fn(sde, model, train=train, continuous=continuous)
+        t = sample_times(batch, generator)
+        z = torch.randn(batch.shape, generator=generator, device=batch.device, dtype=batch.dtype)
+        mean, std = sde.marginal_prob(batch, t)
+        std = batch_broadcast(std, batch)
+        score = score_fn(mean + std * z, t).to(batch.dtype)
+        if time_sampler is not None:
+            losses = time_sampler.uniform_weight * reduce(torch.square(score * std + z))
+        elif likelihood_weighting:
+            g2 = sde.sde(torch.zeros_like(batch), t)[1].square()
+            losses = reduce(torch.square(score + z / std)) * g2
+        else:
+            losses = reduce(torch.square(score * std + z))
+        return _finish(losses, per_example)
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------- discrete steps
+
+
+def get_smld_loss_fn(vesde: VESDE, train: bool, reduce_mean: bool = False) -> LossFn:
+    """NCSN's loss over noise levels (Song & Ermon 2019, eq. (5)), as the 2021 reference trains SMLD models.
+
+    ``i ~ U{0..N-1}`` is the network's label, with index 0 the largest scale ``sigma_max`` (the reference's
+    descending order); ``x~ = x0 + sigma_i z`` and the loss is ``sigma_i^2 reduce(||s(x~, i) + (x~ - x0) /
+    sigma_i^2||^2)``: the network outputs the score.
+    """
+    if not isinstance(vesde, VESDE):
+        raise ValueError(f"SMLD training needs a VESDE (DDPM training a VPSDE), got {type(vesde).__name__}")
+    _check_flag("train", train)
+    reduce = _reduce_op(_check_flag("reduce_mean", reduce_mean))
+
+    def loss_fn(
+        model: nn.Module, batch: Tensor, generator: torch.Generator | None = None, per_example: bool = False
+    ) -> Tensor:
+        _check_batch(batch)
+        labels = torch.randint(0, vesde.N, (batch.shape[0],), generator=generator, device=batch.device)
+        sigmas = vesde._table("discrete_sigmas", batch)[vesde.N - 1 - labels]  # ascending table, read backwards
+        noise = batch_broadcast(sigmas, batch) * torch.randn(
+            batch.shape, generator=generator, device=batch.device, dtype=batch.dtype
+        )
+        score = _network_output(model, train, batch + noise, labels)
+        target = -noise / batch_broadcast(sigmas.square(), batch)
+        losses = reduce(torch.square(score - target)) * sigmas.square()
+        return _finish(losses, per_example)
+
+    return loss_fn
+
+
+def get_ddpm_loss_fn(vpsde: VPSDE, train: bool, reduce_mean: bool = True) -> LossFn:
+    """DDPM's simplified loss (Ho et al. 2020, eq. (14)), as the 2021 reference trains DDPM models.
+
+    ``i ~ U{0..N-1}`` is the network's label; ``x_i = sqrt(alpha_bar_i) x0 + sqrt(1 - alpha_bar_i) z`` and the
+    loss is ``reduce(||eps_theta(x_i, i) - z||^2)``: the network predicts the noise.
+    """
+    if not isinstance(vpsde, VPSDE):
+        raise ValueError(f"DDPM training needs a VPSDE (SMLD training a VESDE), got {type(vpsde).__name__}")
+    _check_flag("train", train)
+    reduce = _reduce_op(_check_flag("reduce_mean", reduce_mean))
+
+    def loss_fn(
+        model: nn.Module, batch: Tensor, generator: torch.Generator | None = None, per_example: bool = False
+    ) -> Tensor:
+        _check_batch(batch)
+        labels = torch.randint(0, vpsde.N, (batch.shape[0],), generator=generator, device=batch.device)
+        noise = torch.randn(batch.shape, generator=generator, device=batch.device, dtype=batch.dtype)
+        mean_coeff = batch_broadcast(vpsde._table("sqrt_alphas_cumprod", batch)[labels], batch)
+        std = batch_broadcast(vpsde._table("sqrt_1m_alphas_cumprod", batch)[labels], batch)
+        predicted_noise = _network_output(model, train, mean_coeff * batch + std * noise, labels)
+        losses = reduce(torch.square(predicted_noise - noise))
+        return _finish(losses, per_example)
+
+    return loss_fn
+
+
+def get_loss_fn(
+    sde: SDE,
+    train: bool,
+    reduce_mean: bool = False,
+    continuous: bool = True,
+    likelihood_weighting: bool = False,
+    importance_weighting: bool = False,
+    eps: float = 1e-5,
+) -> LossFn:
+    """The loss the reference's ``get_step_fn`` trains with: DSM when ``continuous``, else SMLD (VESDE) or DDPM (VPSDE)."""
+    if continuous:
+        return get_sde_loss_fn(
+            sde,
+            train,
+            reduce_mean=reduce_mean,
+            continuous=True,
+            likelihood_weighting=likelihood_weighting,
+            importance_weighting=importance_weighting,
+            eps=eps,
+        )
+    if likelihood_weighting or importance_weighting:
+        raise ValueError(
+            "likelihood_weighting and importance_weighting apply to continuous training only; the discrete "
+            "SMLD/DDPM losses have fixed weights (set continuous=True or turn them off)"
+        )
+    if isinstance(sde, VESDE):
+        return get_smld_loss_fn(sde, train, reduce_mean=reduce_mean)
+    if isinstance(sde, VPSDE):
+        return get_ddpm_loss_fn(sde, train, reduce_mean=reduce_mean)
+    raise ValueError(
+        f"discrete training (continuous=False) supports VESDE (SMLD) and VPSDE (DDPM), got {type(sde).__name__}; "
+        "use continuous=True"
+    )
+
+
+# ---------------------------------------------------------------------------- training step
+
+
+def _autocast(mixed_precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast of the forward pass: none for ``'no'``, bf16 on CUDA or the CPU, fp16 on CUDA only."""
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    if mixed_precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"mixed_precision='fp16' needs a CUDA device, the batch is on {device}; use 'bf16' or 'no'")
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"mixed_precision={mixed_precision!r} is supported on CUDA and the CPU, not on {device}")
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[mixed_precision])
+
+
+def _grad_scaler(state: dict, mixed_precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """The fp16 loss scaler, kept in ``state['grad_scaler']`` (created on the first fp16 step); ``None`` otherwise."""
+    if mixed_precision != "fp16":
+        return None
+    if state.get("grad_scaler") is None:
+        state["grad_scaler"] = torch.amp.GradScaler(device.type)
+    return state["grad_scaler"]
+
+
+def get_step_fn(
+    sde: SDE,
+    train: bool,
+    optimize_fn: Callable[..., Any] | None = None,
+    reduce_mean: bool = False,
+    continuous: bool = True,
+    likelihood_weighting: bool = False,
+    importance_weighting: bool = False,
+    eps: float = 1e-5,
+    mixed_precision: str = "no",
+) -> StepFn:
+    """``step_fn(state, batch, generator=None) -> loss`` for training (``train=True``) or evaluation.
+
+    ``state`` is the reference's training state ``{'model', 'optimizer', 'ema', 'step'}``. Training:
+    ``zero_grad``, the loss of :func:`get_loss_fn` and its gradient, ``optimize_fn(optimizer, params,
+    step=state['step'])`` (see :func:`train_lib.optimization_manager`), ``step += 1`` and an EMA update.
+    Evaluation: the loss under the EMA weights (``ema.store``, ``copy_to``, then ``restore``) without gradients.
+    ``mixed_precision`` (``'no'``, ``'bf16'``, ``'fp16'``) autocasts the network's forward pass; fp16 (CUDA only)
+    scales the loss with a ``torch.amp.GradScaler`` kept in ``state['grad_scaler']``. Returns the detached loss.
+    """
+    _check_flag("train", train)
+    check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
+    if train and not callable(optimize_fn):
+        raise ValueError(
+            "a training step_fn needs optimize_fn(optimizer, params, step), e.g. optimization_manager(config)"
+        )
+    loss_fn = get_loss_fn(
+        sde,
+        train,
+        reduce_mean=reduce_mean,
+        continuous=continuous,
+        likelihood_weighting=likelihood_weighting,
+        importance_weighting=importance_weighting,
+        eps=eps,
+    )
+
+    def train_step(state: dict, batch: Tensor, generator: torch.Generator | None) -> Tensor:
+        model, optimizer = state["model"], state["optimizer"]
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(mixed_precision, batch.device):
+            loss = loss_fn(model, batch, generator)
+        scaler = _grad_scaler(state, mixed_precision, batch.device)
+        if scaler is None:
+            loss.backward()
+            optimize_fn(optimizer, model.parameters(), step=state["step"])
+        else:
+            scaler.scale(loss).backward()
+            optimize_fn(optimizer, model.parameters(), step=state["step"], grad_scaler=scaler)
+        state["step"] += 1
+        state["ema"].update(model.parameters())
+        return loss.detach()
+
+    def eval_step(state: dict, batch: Tensor, generator: torch.Generator | None) -> Tensor:
+        model, ema = state["model"], state["ema"]
+        with torch.no_grad():
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+            try:
+                with _autocast(mixed_precision, batch.device):
+                    loss = loss_fn(model, batch, generator)
+            finally:
+                ema.restore(model.parameters())
+        return loss
+
+    def step_fn(state: dict, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        missing = {"model", "ema", "step", *(("optimizer",) if train else ())} - set(state)
+        if missing:
+            raise ValueError(f"state is missing {sorted(missing)}; it must hold 'model', 'optimizer', 'ema', 'step'")
+        return (train_step if train else eval_step)(state, batch, generator)
+
+    return step_fn
+
+
+def step_fn_options(config: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`get_step_fn` read from ``config.training`` (the one place they are read).
+
+    ``continuous`` [True], ``reduce_mean`` [False], ``likelihood_weighting`` [False], ``importance_weighting``
+    [False], ``eps`` [1e-5] (``config.training.eps``; the reference fixes it at 1e-5) and ``mixed_precision``
+    [``'no'``].
+    """
+    field = lambda name, default: config_value(config, f"training.{name}", default)  # noqa: E731
+    return {
+        "continuous": field("continuous", True),
+        "reduce_mean": field("reduce_mean", False),
+        "likelihood_weighting": field("likelihood_weighting", False),
+        "importance_weighting": field("importance_weighting", False),
+        "eps": field("eps", 1e-5),
+        "mixed_precision": field("mixed_precision", "no"),
+    }
+
+
+def get_step_fn_from_config(
+    config: Any, sde: SDE, train: bool, optimize_fn: Callable[..., Any] | None = None
+) -> StepFn:
+    """:func:`get_step_fn` with the options of ``config.training``; a training step defaults to
+    ``optimize_fn = optimization_manager(config)`` (warm-up and clipping from ``config.optim``)."""
+    if train and optimize_fn is None:
+        optimize_fn = optimization_manager(config)
+    return get_step_fn(sde, train, optimize_fn=optimize_fn, **step_fn_options(config))
