@@ -3,6 +3,8 @@
 * :func:`register_model`, :func:`get_model`, :func:`create_model`: networks by config name
   (``config.model.name``), as in the 2021 reference; each model translates its own config fields.
 * :class:`MLPScoreNet` (``"mlp"``): a noise-conditioned MLP for low-dimensional data.
+* :class:`NCSNpp` (``"ncsnpp"``: NCSN++ and DDPM++) and :class:`DDPM` (``"ddpm"``): the U-Nets, with FIR
+  resampling in pure PyTorch (:func:`upfirdn2d`).
 * :class:`NCSNv2` / :class:`NCSNv2Deeper` / :class:`NCSNv2Deepest` (``"ncsnv2_64"``, ``"ncsnv2_128"``,
   ``"ncsnv2_256"``) and :class:`NCSN` (``"ncsn"``): the RefineNet-based SMLD networks.
 * :func:`get_score_fn` / :func:`get_sampling_score_fn`: a network as ``score_fn(x, t)`` for the samplers, with
@@ -26,11 +28,14 @@ from .checkpoint import (
 )
 from .ema import ExponentialMovingAverage
 from .embeddings import GaussianFourierProjection, sinusoidal_embedding
+from .ddpm import DDPM
 from .mlp import EMBEDDING_TYPES, MLPScoreNet
 from .ncsn import NCSN
+from .ncsnpp import NCSNpp
 from .ncsnv2 import NCSNv2, NCSNv2Deeper, NCSNv2Deepest
 from .normalization import ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus, get_normalization
 from .registry import available_models, create_model, get_model, register_model
+from .upfirdn2d import conv_downsample_2d, downsample_2d, fir_kernel_2d, upfirdn2d, upsample_2d, upsample_conv_2d
 from .score_fn import VP_CONTINUOUS_LABEL_SCALE, get_model_fn, get_sampling_score_fn, get_score_fn, model_dtype
 
 __all__ = [
@@ -40,6 +45,14 @@ __all__ = [
     "available_models",
     "MLPScoreNet",
     "EMBEDDING_TYPES",
+    "NCSNpp",
+    "DDPM",
+    "upfirdn2d",
+    "upsample_2d",
+    "downsample_2d",
+    "upsample_conv_2d",
+    "conv_downsample_2d",
+    "fir_kernel_2d",
     "NCSNv2",
     "NCSNv2Deeper",
     "NCSNv2Deepest",

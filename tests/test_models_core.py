@@ -7,8 +7,6 @@ from __future__ import annotations
 import fractions
 import io
 import math
-import os
-from pathlib import Path
 
 import ml_collections
 import numpy as np
@@ -19,13 +17,9 @@ from torch import nn
 import models
 import sde_lib
 from models import registry as registry_module
+from reference_fixtures import CHECKPOINT, CHECKPOINT_EXPECTED, FIXTURES, REFERENCE_VARIANTS, needs_fixtures
 from sde_reference import CASES_BY_NAME, SDE_CASES, subvp_linear_coeffs, vp_linear_coeffs
 
-# the shared fixtures live beside the repository (../shared), where CI places them; SCORE_SDE_FIXTURES overrides
-FIXTURES = Path(os.environ.get("SCORE_SDE_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures")) / "reference_models"
-REFERENCE_VARIANTS = ["ve_ncsnpp_continuous", "vp_ddpmpp_continuous", "vp_ddpm_continuous", "ve_ncsnv2", "ve_ncsn"]
-CHECKPOINT = FIXTURES / "reference_checkpoint_ve_ncsnpp.pth"
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"reference fixtures not found at {FIXTURES}")
 
 
 def mlp_config(**model_fields) -> ml_collections.ConfigDict:
@@ -602,7 +596,7 @@ def test_reference_checkpoint_loads_safely_and_its_ema_loads():
     assert ema.decay == 0.999 and ema.num_updates == 2 and ema.current_decay() == 4 / 13
     ema.copy_to([frozen_w, *params])
     # the reference's own copy_to result, recorded in the expected-outputs fixture
-    expected = torch.load(FIXTURES / "reference_checkpoint_ve_ncsnpp_expected.pt", weights_only=True)["ema_state_dict"]
+    expected = torch.load(CHECKPOINT_EXPECTED, weights_only=True)["ema_state_dict"]
     for name, p in zip(names, params):
         assert torch.equal(p, expected[name]), name
     assert torch.equal(frozen_w, expected["all_modules.0.W"])

@@ -17,8 +17,8 @@ import torch
 import models
 from models.ncsn import NCSN
 from models.normalization import ConditionalInstanceNorm2dPlus, get_normalization
-from test_models_core import needs_fixtures
-from test_ncsnv2 import load_fixture_model, numpy_instance_norm_plus, parity_error, randomize_
+from reference_fixtures import PARITY_TOLERANCE, needs_fixtures, parity_error
+from test_ncsnv2 import load_fixture_model, numpy_instance_norm_plus, randomize_
 
 
 def small_ncsn(seed: int = 0, **kwargs) -> NCSN:
@@ -63,8 +63,8 @@ def test_parity_with_reference_fixture():
         out = model(fixture["x"], fixture["labels"])
         out64 = model.double()(fixture["x"].double(), fixture["labels"])
     assert out.dtype == torch.float32 and out64.dtype == torch.float64
-    assert parity_error(out, fixture["out"]) <= 1e-4
-    assert parity_error(out64, fixture["out"]) <= 1e-4
+    assert parity_error(out, fixture["out"]) <= PARITY_TOLERANCE
+    assert parity_error(out64, fixture["out"]) <= PARITY_TOLERANCE
 
 
 def test_num_classes_defaults_to_num_scales():
@@ -119,7 +119,7 @@ def test_float64_and_determinism():
         out, again = model(x, labels), model(x, labels)
         out64 = model.double()(x.double(), labels)
     assert torch.equal(out, again) and out64.dtype == torch.float64
-    assert parity_error(out, out64) <= 1e-4
+    assert parity_error(out, out64) <= PARITY_TOLERANCE
 
 
 def test_bad_inputs():

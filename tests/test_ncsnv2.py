@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 
 import ml_collections
 import numpy as np
@@ -24,7 +23,7 @@ from models.checkpoint import load_reference_weights
 from models.ncsnv2 import NCSNv2, NCSNv2Deeper, NCSNv2Deepest, geometric_sigmas
 from models.normalization import InstanceNorm2d, InstanceNorm2dPlus, VarianceNorm2d
 from models.refinenet import get_activation
-from test_models_core import FIXTURES, needs_fixtures
+from reference_fixtures import PARITY_TOLERANCE, full_size_entry, load_fixture, needs_fixtures, parity_error
 
 VARIANTS = {  # registered name -> (class, a small image size it accepts, stage resolutions at that size)
     "ncsnv2_64": (NCSNv2, 16, [16, 8, 8, 8]),
@@ -33,15 +32,9 @@ VARIANTS = {  # registered name -> (class, a small image size it accepts, stage 
 }
 
 
-def parity_error(out: torch.Tensor, expected: torch.Tensor) -> float:
-    """The README's normalised parity error ``max|out - expected| / max(1, max|expected|)``."""
-    scale = max(1.0, expected.abs().max().item())
-    return (out.to(expected.dtype) - expected).abs().max().item() / scale
-
-
 def load_fixture_model(variant: str):
     """The fixture dict and the model built from its config with the stored weights, in eval mode."""
-    fixture = torch.load(FIXTURES / f"{variant}.pt", weights_only=True)
+    fixture = load_fixture(variant)
     model = models.create_model(ml_collections.ConfigDict(fixture["config"]))
     assert list(model.state_dict()) == list(fixture["state_dict"])  # the reference's keys, in its order
     load_reference_weights(model, fixture["state_dict"])
@@ -129,8 +122,8 @@ def test_parity_with_reference_fixture():
         out = model(fixture["x"], fixture["labels"])
         out64 = model.double()(fixture["x"].double(), fixture["labels"])
     assert out.dtype == torch.float32 and out64.dtype == torch.float64  # the input's dtype, not the buffer's
-    assert parity_error(out, fixture["out"]) <= 1e-4
-    assert parity_error(out64, fixture["out"]) <= 1e-4
+    assert parity_error(out, fixture["out"]) <= PARITY_TOLERANCE
+    assert parity_error(out64, fixture["out"]) <= PARITY_TOLERANCE
 
 
 @needs_fixtures
@@ -148,7 +141,7 @@ def test_forward_divides_by_the_loaded_sigmas_not_a_recomputed_ladder():
 
 @needs_fixtures
 def test_full_size_cifar10_network_has_the_reference_keys_and_shapes():
-    entry = json.loads((FIXTURES / "full_size_keys.json").read_text())["ve/ncsnv2/cifar10"]
+    entry = full_size_entry("ve/ncsnv2/cifar10")
     config = ml_collections.ConfigDict(
         {
             "data": {"num_channels": 3, "image_size": 32, "centered": False},
@@ -264,7 +257,7 @@ def test_float64_agrees_with_float32_and_eval_is_deterministic():
         out64 = model.double()(x.double(), labels)
     assert out32.dtype == torch.float32 and out64.dtype == torch.float64
     assert torch.equal(out32, again)
-    assert parity_error(out32, out64) <= 1e-4
+    assert parity_error(out32, out64) <= PARITY_TOLERANCE
 
 
 # ============================================================================ bad input

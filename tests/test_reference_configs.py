@@ -31,6 +31,7 @@ import configs
 import models
 import samplers
 import sde_lib
+from reference_fixtures import FULL_SIZE_KEYS
 
 # ml_collections' config_flags still loads config files with the deprecated importlib load_module()
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
@@ -234,24 +235,9 @@ def test_deliberate_repairs():
 
 # ============================================================================ the networks, built on the meta device
 
-FIXTURES = Path(os.environ.get("SCORE_SDE_FIXTURES", ROOT.parent / "shared" / "fixtures")) / "reference_models"
-FULL_SIZE = FIXTURES / "full_size_keys.json"
-NETWORK_MODULES = ("ncsnpp", "ddpm", "ncsnv2", "ncsn")
-
-
-def register_networks() -> None:
-    """Import the network modules that exist, so that they register their names (a broken module still fails)."""
-    for module in NETWORK_MODULES:
-        try:
-            importlib.import_module(f"models.{module}")
-        except ModuleNotFoundError as error:
-            if error.name != f"models.{module}":
-                raise
 
 
 def build_on_meta(config: ml_collections.ConfigDict) -> torch.nn.Module:
-    if config.model.name not in models.available_models():
-        pytest.skip(f"model {config.model.name!r} is not registered yet (models/{{ncsnpp,ddpm,ncsnv2,ncsn}}.py)")
     config = copy.deepcopy(config)
     config.device = "meta"
     with torch.device("meta"):
@@ -260,15 +246,14 @@ def build_on_meta(config: ml_collections.ConfigDict) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def full_size():
-    if not FULL_SIZE.is_file():
-        pytest.skip(f"reference fixtures not found at {FULL_SIZE}")
-    return json.loads(FULL_SIZE.read_text())
+    if not FULL_SIZE_KEYS.is_file():
+        pytest.skip(f"reference fixtures not found at {FULL_SIZE_KEYS}")
+    return json.loads(FULL_SIZE_KEYS.read_text())
 
 
 @experiments
 def test_network_builds_with_the_configured_noise_scales(name):
     """Every config builds its network; the network's noise-scale table has one entry per scale of the config."""
-    register_networks()
     config = load(name)
     network = build_on_meta(config)
     assert all(p.device.type == "meta" for p in network.parameters())
@@ -291,7 +276,6 @@ def test_full_size_network_matches_the_reference(name, full_size):
     The key names may differ (a model may rename modules, see ``reference_key_map``) but tensors are never
     reshaped, so the shapes must agree one for one.
     """
-    register_networks()
     expected = full_size[name]
     network = build_on_meta(load(name))
     assert network.__class__ is models.get_model(expected["model_name"])

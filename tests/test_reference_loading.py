@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 import models
+import train_lib
 from models.checkpoint import NUMPY_FLOAT64_SAFE_GLOBALS
+from reference_fixtures import CHECKPOINT, CHECKPOINT_EXPECTED, PARITY_TOLERANCE, fixture_config, needs_fixtures, parity_error
 
 
 class FlatReference(nn.Module):
@@ -171,3 +173,42 @@ def test_training_state_reports_what_is_missing(pair):
     checkpoint["ema"] = {"decay": 0.9, "num_updates": 1, "shadow_params": [torch.zeros(1)]}
     with pytest.raises(ValueError, match="EMA holds 1 tensors"):
         models.load_reference_training_state(checkpoint, ours, ema=models.ExponentialMovingAverage(ours.parameters(), 0.9))
+
+
+# ============================================================================ the reference's own training checkpoint
+
+
+@needs_fixtures
+@pytest.mark.parametrize("through", ["models", "train_lib"])
+def test_reference_training_checkpoint_gives_the_stored_outputs(through):
+    """The NCSN++ checkpoint written by the reference's training loop: raw weights give ``out_model``, the EMA
+    weights ``out_ema`` (README criterion), the Adam moments land on the right parameters, and the step is 2."""
+    expected = torch.load(CHECKPOINT_EXPECTED, weights_only=True)
+    model = models.create_model(fixture_config("ve_ncsnpp_continuous")).eval()
+    ema = models.ExponentialMovingAverage(model.parameters(), decay=0.5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
+    if through == "models":
+        step = models.load_reference_training_state(CHECKPOINT, model, ema=ema, optimizer=optimizer)
+    else:
+        state = train_lib.restore_checkpoint(CHECKPOINT, {"model": model, "ema": ema, "optimizer": optimizer, "step": 0})
+        step = state["step"]
+    assert step == 2 and ema.num_updates == 2 and ema.decay == 0.999
+    assert optimizer.param_groups[0]["lr"] == 4e-8 and type(optimizer.param_groups[0]["lr"]) is float
+
+    with torch.no_grad():
+        out_model = model(expected["x"], expected["labels"])
+        ema.copy_to(model.parameters())
+        out_ema = model(expected["x"], expected["labels"])
+    assert parity_error(out_model, expected["out_model"]) <= PARITY_TOLERANCE
+    assert parity_error(out_ema, expected["out_ema"]) <= PARITY_TOLERANCE
+    assert parity_error(out_ema, expected["out_model"]) > 1e-2  # the two weight sets really differ
+
+    # Adam's second moments sit on parameters of the same shape as in the reference's order (a permutation error
+    # would put a (C,) moment on a (C, C, 3, 3) weight, or similar)
+    raw = models.load_reference_checkpoint(CHECKPOINT)
+    reference_names = models.from_reference_keys(model, models.strip_data_parallel_prefix(raw["model"]).keys())
+    named = dict(model.named_parameters())
+    reference_params = [name for name in reference_names if name in named]
+    for index, moments in raw["optimizer"]["state"].items():
+        ours = optimizer.state[named[reference_params[index]]]
+        torch.testing.assert_close(ours["exp_avg_sq"], moments["exp_avg_sq"], rtol=0, atol=0)
