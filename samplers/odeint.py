@@ -17,7 +17,9 @@ State: ``y0`` is a tensor ``(B, ...)`` or a tuple of tensors each with the same 
 of shape ``(b,)`` and ``y`` of the same structure (``b <= B`` active samples on the torch path), and returns
 derivatives of the same structure. ``args`` are per-sample constant tensors ``(B, ...)`` (e.g. Hutchinson
 probes) handed to ``func`` restricted to the same samples as ``y``. The error norm of a sample is the RMS
-over all entries of all its state tensors.
+over all entries of all its state tensors. Both back ends work on the state packed as one ``(B, N)`` matrix,
+a sample per row, so a Runge--Kutta stage, an error norm or dropping finished samples is a few whole-batch
+operations whatever the state's structure; ``func`` always gets contiguous tensors of the state's shapes.
 
 References: E. Hairer, S. P. Norsett, G. Wanner, "Solving Ordinary Differential Equations I" (2nd ed.,
 1993), [HNW] sections II.4 (error control, eq. (4.10)-(4.13); starting step size) and II.5 (Dormand--Prince
@@ -26,6 +28,8 @@ tableau, Table 5.2).
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
@@ -107,7 +111,7 @@ class ODESolution:
     rejected: Tensor | None  # (B,) rejected steps per sample on the torch path; None on the scipy path
 
 
-# ---------------------------------------------------------------------------------------------- state helpers
+# ---------------------------------------------------------------------------------------------- state layout
 def _as_tuple(y: State, name: str = "y0") -> tuple[tuple[Tensor, ...], bool]:
     """``(tuple of tensors, was_a_single_tensor)`` after checking a common batch size, dtype and device."""
     single = isinstance(y, Tensor)
@@ -123,49 +127,63 @@ def _as_tuple(y: State, name: str = "y0") -> tuple[tuple[Tensor, ...], bool]:
     return parts, single
 
 
-def _restore(parts: tuple[Tensor, ...], single: bool) -> State:
-    return parts[0] if single else parts
+@dataclass(frozen=True)
+class _Layout:
+    """How a state (a tensor or a tuple of tensors, batch first) maps to one ``(b, N)`` matrix, a sample per row.
+
+    The solvers work on that matrix, so a Runge--Kutta stage or an error norm is a few whole-batch operations
+    whatever the state's structure; ``func`` still sees (contiguous) tensors of the state's own shapes.
+    """
+
+    shapes: tuple[tuple[int, ...], ...]  # per-sample shape of each state tensor
+    single: bool  # the state is one tensor rather than a tuple
+    dtype: torch.dtype  # dtype of the state
+
+    @classmethod
+    def of(cls, y: State, name: str = "y0") -> tuple["_Layout", Tensor]:
+        """The layout of a state (checked as in :func:`_as_tuple`) and the state packed as ``(B, N)``."""
+        parts, single = _as_tuple(y, name)
+        layout = cls(tuple(tuple(p.shape[1:]) for p in parts), single, parts[0].dtype)
+        return layout, layout.pack(parts, name)
+
+    def pack(self, parts: State, name: str = "func", batch: int | None = None) -> Tensor:
+        """``(b, N)`` from a state of this layout (of ``batch`` samples if given); ``ValueError`` naming ``name`` if the
+        structure or shapes differ."""
+        parts = (parts,) if isinstance(parts, Tensor) else tuple(parts)
+        if batch is None:
+            batch = parts[0].shape[0] if parts and isinstance(parts[0], Tensor) and parts[0].ndim else -1
+        if len(parts) != len(self.shapes) or any(not isinstance(p, Tensor) or p.shape[1:] != s or p.shape[0] != batch for p, s in zip(parts, self.shapes)):
+            got = [tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__ for p in parts]
+            what = "func must return derivatives" if name == "func" else f"{name} must be"
+            raise ValueError(f"{what} shaped like the state {[(batch, *s) for s in self.shapes]}, got {got}")
+        rows = [p if p.ndim == 2 else p.reshape(batch, -1) for p in parts]
+        flat = rows[0] if self.single else torch.cat(rows, dim=1)
+        return flat if flat.dtype == self.dtype else flat.to(self.dtype)
+
+    def unpack(self, flat: Tensor) -> State:
+        """The state (a tensor or a tuple of contiguous tensors) held in the rows of ``flat`` ``(b, N)``."""
+        batch = flat.shape[0]
+        if self.single:
+            return flat.reshape(batch, *self.shapes[0])
+        columns = flat.split([math.prod(shape) for shape in self.shapes], dim=1)
+        return tuple(c.reshape(batch, *shape).contiguous() for c, shape in zip(columns, self.shapes))
 
 
-def _call(func: ODEFunc, t: Tensor, y: tuple[Tensor, ...], single: bool, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """``func`` on a tuple state, its output checked to have the state's structure and shapes."""
-    out = func(t, _restore(y, single), *args)
-    out = (out,) if isinstance(out, Tensor) else tuple(out)
-    if len(out) != len(y) or any(not isinstance(o, Tensor) or o.shape != p.shape for o, p in zip(out, y)):
-        got = [tuple(o.shape) if isinstance(o, Tensor) else type(o).__name__ for o in out]
-        raise ValueError(f"func must return derivatives shaped like the state {[tuple(p.shape) for p in y]}, got {got}")
-    return tuple(o.to(p.dtype) for o, p in zip(out, y))
+PackedFunc = Callable[[Tensor, Tensor, tuple[Tensor, ...]], Tensor]
+"""``f(t, y, args)`` on packed states: ``t`` ``(b,)``, ``y`` ``(b, N)``, returns ``dy/dt`` ``(b, N)``."""
 
 
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape(v.shape[0], *([1] * (x.ndim - 1)))
+def _packed(func: ODEFunc, layout: _Layout) -> PackedFunc:
+    """``func`` on packed states, its output checked to have the state's structure and shapes."""
+
+    def f(t: Tensor, y: Tensor, args: tuple[Tensor, ...]) -> Tensor:
+        return layout.pack(func(t, layout.unpack(y), *args), "func", y.shape[0])
+
+    return f
 
 
-def _combine(y: tuple[Tensor, ...], h: Tensor, weights: Sequence[float], ks: Sequence[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
-    """``y + h * sum_j w_j k_j`` for each state tensor, with a per-sample step ``h`` of shape ``(b,)``."""
-    out = []
-    for n, y_n in enumerate(y):
-        incr = sum(w * k[n] for w, k in zip(weights, ks) if w != 0.0)
-        out.append(y_n + _bcast(h, y_n) * incr if isinstance(incr, Tensor) else y_n)
-    return tuple(out)
-
-
-def _rms_norm(v: tuple[Tensor, ...], scale: tuple[Tensor, ...] | None = None) -> Tensor:
-    """Per-sample RMS ``sqrt(mean_i (v_i / scale_i)^2)`` over all entries of all state tensors, shape ``(b,)``."""
-    total, count = 0.0, 0
-    for n, v_n in enumerate(v):
-        r = v_n if scale is None else v_n / scale[n]
-        total = total + r.reshape(r.shape[0], -1).square().sum(1)
-        count += r[0].numel()
-    return torch.sqrt(total / count)
-
-
-def _take(x: Tensor, idx: Tensor | None) -> Tensor:
-    return x if idx is None else x.index_select(0, idx)
-
-
-def _put(x: Tensor, idx: Tensor | None, v: Tensor) -> Tensor:
-    return v if idx is None else x.index_copy(0, idx, v)
+def _take(x: Tensor, idx: Tensor) -> Tensor:
+    return x.index_select(0, idx)
 
 
 def _time_batch(t: float | Tensor, batch: int, like: Tensor, name: str) -> Tensor:
@@ -179,9 +197,45 @@ def _time_batch(t: float | Tensor, batch: int, like: Tensor, name: str) -> Tenso
     return t.clone()
 
 
-def _between(t: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``t`` clamped to the interval spanned by ``a`` and ``b`` (guards stage times against round-off past the end)."""
-    return torch.minimum(torch.maximum(t, torch.minimum(a, b)), torch.maximum(a, b))
+def _rms_norm(v: Tensor, scale: Tensor) -> Tensor:
+    """Per-sample RMS ``sqrt(mean_i (v_i / scale_i)^2)`` over the row of a packed state, shape ``(b,)``."""
+    return torch.linalg.vector_norm(v / scale, dim=1) / math.sqrt(v.shape[1])
+
+
+def _weighted_sum(weights: Sequence[float], ks: Sequence[Tensor]) -> Tensor | None:
+    """``sum_j w_j k_j`` over the nonzero weights (``None`` if all are zero)."""
+    total = None
+    for w, k in zip(weights, ks):
+        if w != 0.0:
+            total = k * w if total is None else total.add_(k, alpha=w)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------- Runge--Kutta
+@functools.lru_cache(maxsize=32)
+def _stage_fractions(tableau: ButcherTableau, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``c_2, ..., c_s`` as a ``(s - 1, 1)`` tensor on ``device`` (made once, not per step)."""
+    return torch.tensor(tableau.c[1:], dtype=dtype, device=device).unsqueeze(1)
+
+
+def _stages(
+    tableau: ButcherTableau, f: PackedFunc, t: Tensor, y: Tensor, h: Tensor, k1: Tensor, t_end: Tensor, args: tuple[Tensor, ...]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One embedded FSAL Runge--Kutta step on packed states: ``(y_new, h sum_i (b_i - b_hat_i) k_i, f(t_end, y_new))``.
+
+    ``t_end`` is ``t + h`` (exactly ``t1`` on a sample's last step); stage times are clamped to ``[t, t_end]``
+    so round-off never evaluates ``f`` outside a sample's interval.
+    """
+    h_col = h.unsqueeze(1)
+    c = _stage_fractions(tableau, t.dtype, t.device)
+    times = torch.clamp(torch.addcmul(t, c, h), torch.minimum(t, t_end), torch.maximum(t, t_end))  # (stages - 1, b)
+    ks = [k1]
+    y_stage = y
+    for t_i, a_i in zip(times, tableau.a):
+        y_stage = torch.addcmul(y, h_col, _weighted_sum(a_i, ks))
+        ks.append(f(t_i, y_stage, args))
+    error = h_col * _weighted_sum(tableau.error, ks)
+    return y_stage, error, ks[-1]
 
 
 def runge_kutta_step(
@@ -200,15 +254,30 @@ def runge_kutta_step(
     ``h sum_i (b_i - b_hat_i) k_i`` and ``k_last = func(t + h, y_new)``. Costs ``len(tableau.c) - 1``
     evaluations of ``func``.
     """
-    parts, single = _as_tuple(y, "y")
-    ks = [_as_tuple(k1, "k1")[0]]
-    args = tuple(args)
-    t_end = t + h
-    for c_i, a_i in zip(tableau.c[1:], tableau.a):
-        y_i = _combine(parts, h, a_i, ks)
-        ks.append(_call(func, _between(t + c_i * h, t, t_end), y_i, single, args))
-    error = _combine(tuple(torch.zeros_like(p) for p in parts), h, tableau.error, ks)
-    return _restore(y_i, single), _restore(error, single), _restore(ks[-1], single)
+    layout, y_flat = _Layout.of(y, "y")
+    k1_flat = layout.pack(k1, "k1", y_flat.shape[0])
+    y_new, error, k_last = _stages(tableau, _packed(func, layout), t, y_flat, h, k1_flat, t + h, tuple(args))
+    return layout.unpack(y_new), layout.unpack(error), layout.unpack(k_last)
+
+
+def _starting_step(
+    f: PackedFunc, t0: Tensor, y0: Tensor, f0: Tensor, span: Tensor, error_order: int, rtol: float, atol: float, args: tuple[Tensor, ...]
+) -> Tensor:
+    """:func:`initial_step_size` on packed states."""
+    scale = atol + rtol * y0.abs()
+    d0, d1 = _rms_norm(y0, scale), _rms_norm(f0, scale)
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+    h0 = torch.minimum(h0, span.abs())
+    direction = torch.sign(span)
+    t_end = t0 + span
+    t_probe = torch.clamp(t0 + direction * h0, torch.minimum(t0, t_end), torch.maximum(t0, t_end))
+    f1 = f(t_probe, torch.addcmul(y0, (direction * h0).unsqueeze(1), f0), args)
+    d2 = _rms_norm(f1 - f0, scale) / h0
+    d12 = torch.maximum(d1, d2)
+    h1 = torch.where(
+        d12 <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / d12.clamp(min=1e-15)) ** (1.0 / (error_order + 1))
+    )
+    return torch.minimum(torch.minimum(100 * h0, h1), span.abs())
 
 
 def initial_step_size(
@@ -229,21 +298,9 @@ def initial_step_size(
     ``h1 = (0.01 / max(d1, d2))^(1 / (q + 1))``; the step is ``min(100 h0, h1, |span|)``. ``q`` is the order of
     the error estimate (as in scipy). ``span`` ``(b,)`` is ``t1 - t0`` and gives the direction.
     """
-    parts, single = _as_tuple(y0, "y0")
-    f0_parts = _as_tuple(f0, "f0")[0]
-    scale = tuple(atol + rtol * p.abs() for p in parts)
-    d0, d1 = _rms_norm(parts, scale), _rms_norm(f0_parts, scale)
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-    h0 = torch.minimum(h0, span.abs())
-    direction = torch.sign(span)
-    y1 = _combine(parts, direction * h0, (1.0,), (f0_parts,))
-    f1 = _call(func, _between(t0 + direction * h0, t0, t0 + span), y1, single, tuple(args))
-    d2 = _rms_norm(tuple(a - b for a, b in zip(f1, f0_parts)), scale) / h0
-    d12 = torch.maximum(d1, d2)
-    h1 = torch.where(
-        d12 <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / d12.clamp(min=1e-15)) ** (1.0 / (error_order + 1))
-    )
-    return torch.minimum(torch.minimum(100 * h0, h1), span.abs())
+    layout, y0_flat = _Layout.of(y0)
+    f = _packed(func, layout)
+    return _starting_step(f, t0, y0_flat, layout.pack(f0, "f0", y0_flat.shape[0]), span, error_order, rtol, atol, tuple(args))
 
 
 def _step_factor(err: Tensor, error_order: int, after_reject: Tensor) -> Tensor:
@@ -252,15 +309,41 @@ def _step_factor(err: Tensor, error_order: int, after_reject: Tensor) -> Tensor:
     A zero error gives ``MAX_FACTOR``, a non-finite one ``MIN_FACTOR``; directly after a rejected step the step
     is not allowed to grow ([HNW] II.4, ``facmax = 1``).
     """
-    factor = SAFETY * err.clamp(min=torch.finfo(err.dtype).tiny) ** (-1.0 / (error_order + 1))
-    factor = torch.where(torch.isfinite(err), factor.clamp(MIN_FACTOR, MAX_FACTOR), torch.full_like(err, MIN_FACTOR))
+    factor = (SAFETY * err.clamp(min=torch.finfo(err.dtype).tiny) ** (-1.0 / (error_order + 1))).clamp(MIN_FACTOR, MAX_FACTOR)
+    factor = factor.nan_to_num(nan=MIN_FACTOR)  # an infinite error already gives MIN_FACTOR through the clamp
     return torch.where(after_reject, factor.clamp(max=1.0), factor)
+
+
+@dataclass
+class _Batch:
+    """The samples still being integrated: packed state, FSAL derivative and per-sample solver state, rows aligned."""
+
+    index: Tensor  # (b,) position of each row in the full batch
+    y: Tensor  # (b, N) packed state at time t
+    k1: Tensor  # (b, N) func(t, y)
+    t: Tensor  # (b,) current time
+    h: Tensor  # (b,) next signed step
+    t0: Tensor  # (b,) start of each sample's interval
+    t1: Tensor  # (b,) end of each sample's interval
+    after_reject: Tensor  # (b,) the last step was rejected
+    steps: Tensor  # (b,) accepted steps
+    rejected: Tensor  # (b,) rejected steps
+    args: tuple[Tensor, ...]  # per-sample constant tensors
+
+    def select(self, rows: Tensor) -> "_Batch":
+        """The batch restricted to ``rows`` (an index tensor)."""
+        fields = {k: _take(v, rows) for k, v in vars(self).items() if k != "args"}
+        return _Batch(**fields, args=tuple(_take(a, rows) for a in self.args))
+
+    def slowest_time(self) -> float:
+        """Time of the sample that has covered the smallest fraction of its interval (for the progress bar)."""
+        frac = (self.t - self.t0) / (self.t1 - self.t0)
+        return float(self.t[frac.argmin()])
 
 
 def _adaptive_runge_kutta(
     func: ODEFunc,
-    y0: tuple[Tensor, ...],
-    single: bool,
+    y0: State,
     t0: Tensor,
     t1: Tensor,
     tableau: ButcherTableau,
@@ -269,88 +352,81 @@ def _adaptive_runge_kutta(
     args: tuple[Tensor, ...],
     max_steps: int,
     progress: TimeProgress,
+    show_progress: bool,
 ) -> ODESolution:
-    """Integrate every sample from ``t0[i]`` to ``t1[i]`` with its own adaptive step (see the module docstring)."""
-    batch = t0.shape[0]
-    y, t = list(y0), t0.clone()
-    nfe = 0
-    steps = torch.zeros(batch, dtype=torch.long, device=t.device)
-    rejected = torch.zeros_like(steps)
-    after_reject = torch.zeros(batch, dtype=torch.bool, device=t.device)
-    tiny = 4 * torch.finfo(t.dtype).eps  # a step below tiny |t| no longer changes t
+    """Integrate every sample from ``t0[i]`` to ``t1[i]`` with its own adaptive step (see the module docstring).
 
-    active = t != t1
-    idx = None if bool(active.all()) else active.nonzero().squeeze(1)
-    k1: list[Tensor] = [torch.zeros_like(p) for p in y]
-    h = torch.zeros_like(t)
-    if idx is None or idx.numel() > 0:
-        ya, ta, span = tuple(_take(p, idx) for p in y), _take(t, idx), _take(t1 - t0, idx)
-        argsa = tuple(_take(a, idx) for a in args)
-        k1a = _call(func, ta, ya, single, argsa)
-        ha = initial_step_size(func, ta, _restore(ya, single), _restore(k1a, single), span, tableau.error_order, rtol, atol, argsa)
+    Only the samples still running are stepped: a sample leaves the working batch (one ``index_select`` of the
+    solver state) on the step that reaches its ``t1``, and the final states are scattered back at the end. One
+    host synchronisation per step (accept/finish/underflow counts).
+    """
+    layout, y0_flat = _Layout.of(y0)
+    f = _packed(func, layout)
+    batch = y0_flat.shape[0]
+    zeros = torch.zeros(batch, dtype=torch.long, device=y0_flat.device)
+    tiny = 4 * torch.finfo(t0.dtype).eps  # a step below tiny |t| no longer changes t
+    nfe = 0
+    done: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # (index, y, steps, rejected) of finished samples
+
+    index = (t0 != t1).nonzero().squeeze(1)
+    work = None
+    if index.numel() > 0:
+        y, ta, t1a, argsa = _take(y0_flat, index), _take(t0, index), _take(t1, index), tuple(_take(a, index) for a in args)
+        k1 = f(ta, y, argsa)
+        span = t1a - ta
+        h = _starting_step(f, ta, y, k1, span, tableau.error_order, rtol, atol, argsa) * torch.sign(span)
         nfe += 2
-        k1 = [_put(k, idx, v) for k, v in zip(k1, k1a)]
-        h = _put(h, idx, ha * torch.sign(span))
+        none = torch.zeros_like(index)
+        work = _Batch(index, y, k1, ta, h, ta, t1a, torch.zeros_like(index, dtype=torch.bool), none, none, argsa)
 
     for iteration in range(max_steps + 1):
-        num_active, num_underflow, slowest = _host_summary(active, h, t, t0, t1, tiny)
-        progress.advance_to(slowest)
-        if num_active == 0:
+        if work is None:
             break
+        if show_progress:
+            progress.advance_to(work.slowest_time())
         if iteration == max_steps:
-            raise RuntimeError(f"odeint: {num_active} sample(s) did not reach t1 within max_steps={max_steps} steps")
+            raise RuntimeError(f"odeint: {work.index.numel()} sample(s) did not reach t1 within max_steps={max_steps} steps")
+        remaining = work.t1 - work.t
+        last = work.h.abs() >= remaining.abs()
+        h = torch.where(last, remaining, work.h)
+        t_end = torch.where(last, work.t1, work.t + h)
+        y_new, err_vec, k_last = _stages(tableau, f, work.t, work.y, h, work.k1, t_end, work.args)
+        nfe += len(tableau.c) - 1
+        err = _rms_norm(err_vec, atol + rtol * torch.maximum(work.y.abs(), y_new.abs()))
+        accept = err <= 1.0  # False for NaN
+        finished = accept & last
+        t = torch.where(accept, t_end, work.t)
+        h_next = h * _step_factor(err, tableau.error_order, work.after_reject)
+        underflow = ~finished & (h_next.abs() <= tiny * t.abs())
+        num_rejected, num_finished, num_underflow = torch.stack([(~accept).sum(), finished.sum(), underflow.sum()]).tolist()
         if num_underflow:
             raise RuntimeError(f"odeint: step size underflow for {num_underflow} sample(s) (stiff or non-finite func?)")
-        idx = None if num_active == batch else active.nonzero().squeeze(1)
-        ya, k1a = tuple(_take(p, idx) for p in y), tuple(_take(k, idx) for k in k1)
-        ta, ha, t1a = _take(t, idx), _take(h, idx), _take(t1, idx)
-        remaining = t1a - ta
-        last = ha.abs() >= remaining.abs()
-        ha = torch.where(last, remaining, ha)
+        if num_rejected:
+            keep = accept.unsqueeze(1)
+            y_new, k_last = torch.where(keep, y_new, work.y), torch.where(keep, k_last, work.k1)
+        work = _Batch(
+            work.index, y_new, k_last, t, h_next, work.t0, work.t1, ~accept,
+            work.steps + accept.long(), work.rejected + (~accept).long(), work.args,
+        )
+        if num_finished:
+            rows = finished.nonzero().squeeze(1)
+            done.append((_take(work.index, rows), _take(work.y, rows), _take(work.steps, rows), _take(work.rejected, rows)))
+            work = work.select((~finished).nonzero().squeeze(1)) if num_finished < work.index.numel() else None
 
-        y_new, err_vec, k_last = runge_kutta_step(tableau, func, ta, _restore(ya, single), ha, _restore(k1a, single), [_take(a, idx) for a in args])
-        nfe += len(tableau.c) - 1
-        y_new, err_vec, k_last = _as_tuple(y_new)[0], _as_tuple(err_vec)[0], _as_tuple(k_last)[0]
-        scale = tuple(atol + rtol * torch.maximum(a.abs(), b.abs()) for a, b in zip(ya, y_new))
-        err = _rms_norm(err_vec, scale)
-        accept = err <= 1.0  # False for NaN
-
-        y = [_put(p, idx, torch.where(_bcast(accept, n), n, o)) for p, o, n in zip(y, ya, y_new)]
-        k1 = [_put(k, idx, torch.where(_bcast(accept, n), n, o)) for k, o, n in zip(k1, k1a, k_last)]
-        t = _put(t, idx, torch.where(accept, torch.where(last, t1a, ta + ha), ta))
-        h = _put(h, idx, ha * _step_factor(err, tableau.error_order, _take(after_reject, idx)))
-        after_reject = _put(after_reject, idx, ~accept)
-        active = _put(active, idx, ~(accept & last))
-        steps = _put(steps, idx, _take(steps, idx) + accept.long())
-        rejected = _put(rejected, idx, _take(rejected, idx) + (~accept).long())
-
-    return ODESolution(y=_restore(tuple(y), single), nfe=nfe, steps=steps, rejected=rejected)
-
-
-def _host_summary(active: Tensor, h: Tensor, t: Tensor, t0: Tensor, t1: Tensor, tiny: float) -> tuple[int, int, float]:
-    """Active count, count of active samples whose step underflowed, and the slowest sample's time: one device sync."""
-    underflow = active & (h.abs() <= tiny * t.abs())
-    frac = torch.where(active & (t1 != t0), (t - t0) / (t1 - t0), torch.ones_like(t))
-    slowest = torch.where(frac == frac.min(), t, torch.full_like(t, float("nan"))).nanmean()
-    summary = torch.stack([active.sum().to(t.dtype), underflow.sum().to(t.dtype), slowest]).tolist()
-    return int(summary[0]), int(summary[1]), summary[2]
+    if show_progress:
+        progress.advance_to(float(t1[0]))
+    y_out, steps, rejected = y0_flat, zeros, zeros
+    if done:
+        index, y_done, steps_done, rejected_done = (torch.cat(parts) for parts in zip(*done))
+        y_out = y0_flat.index_copy(0, index, y_done)
+        steps, rejected = zeros.index_copy(0, index, steps_done), zeros.index_copy(0, index, rejected_done)
+    return ODESolution(y=layout.unpack(y_out), nfe=nfe, steps=steps, rejected=rejected)
 
 
 # ---------------------------------------------------------------------------------------------- scipy
-def _pack(y: tuple[Tensor, ...]) -> Tensor:
-    """State as ``(B, D)``: each sample's entries of all state tensors, contiguous (block-diagonal Jacobian)."""
-    return torch.cat([p.reshape(p.shape[0], -1) for p in y], dim=1)
-
-
-def _unpack(flat: Tensor, like: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    sizes = [p[0].numel() for p in like]
-    return tuple(c.reshape(p.shape) for c, p in zip(flat.split(sizes, dim=1), like))
-
-
 def _scipy_solve(
     func: ODEFunc,
-    y0: tuple[Tensor, ...],
-    single: bool,
+    y0: State,
     t0: float,
     t1: float,
     method: str,
@@ -361,13 +437,15 @@ def _scipy_solve(
 ) -> ODESolution:
     """:func:`scipy.integrate.solve_ivp` on the flattened batch (numpy round trip per evaluation).
 
-    The Jacobian of a batch of independent problems is block diagonal with one ``D x D`` block per sample;
-    implicit methods are told so (``jac_sparsity`` for Radau/BDF, ``lband = uband = D - 1`` for LSODA), so
-    their finite-difference Jacobians cost about ``D`` rather than ``B D`` evaluations. The result is the
-    same as without the hint up to finite-difference round-off.
+    The state is packed as ``(B, D)``, each sample's entries contiguous, so the Jacobian of a batch of independent
+    problems is block diagonal with one ``D x D`` block per sample; implicit methods are told so (``jac_sparsity``
+    for Radau/BDF, ``lband = uband = D - 1`` for LSODA), so their finite-difference Jacobians cost about ``D``
+    rather than ``B D`` evaluations. The result is the same as without the hint up to finite-difference round-off.
     """
-    batch, like = y0[0].shape[0], y0
-    dim = _pack(y0).shape[1]
+    layout, y0_flat = _Layout.of(y0)
+    f = _packed(func, layout)
+    batch, dim = y0_flat.shape
+    device, dtype = y0_flat.device, y0_flat.dtype
     nfe = 0
     lo, hi = min(t0, t1), max(t0, t1)
 
@@ -375,22 +453,21 @@ def _scipy_solve(
         nonlocal nfe
         nfe += 1
         progress.advance_to(float(t))
-        y = _unpack(torch.from_numpy(flat).to(device=like[0].device, dtype=like[0].dtype).reshape(batch, dim), like)
-        tt = torch.full((batch,), min(max(float(t), lo), hi), dtype=like[0].dtype, device=like[0].device)
-        return _pack(_call(func, tt, y, single, args)).reshape(-1).to(torch.float64).cpu().numpy()
+        y = torch.from_numpy(flat).to(device=device, dtype=dtype).reshape(batch, dim)
+        tt = torch.full((batch,), min(max(float(t), lo), hi), dtype=dtype, device=device)
+        return f(tt, y, args).reshape(-1).to(torch.float64).cpu().numpy()
 
     options: dict = {}
     if method in ("Radau", "BDF") and batch > 1 and batch * dim * dim <= _JAC_SPARSITY_MAX_NONZEROS:
         options["jac_sparsity"] = scipy.sparse.kron(scipy.sparse.identity(batch, format="csr"), np.ones((dim, dim)), format="csr")
     elif method == "LSODA" and batch > 1:
         options.update(lband=dim - 1, uband=dim - 1)
-    y0_flat = _pack(y0).reshape(-1).to(torch.float64).cpu().numpy()
-    sol = scipy.integrate.solve_ivp(rhs, (t0, t1), y0_flat, method=method, rtol=rtol, atol=atol, **options)
+    sol = scipy.integrate.solve_ivp(rhs, (t0, t1), y0_flat.reshape(-1).to(torch.float64).cpu().numpy(), method=method, rtol=rtol, atol=atol, **options)
     if sol.status != 0:
         raise RuntimeError(f"odeint: scipy {method} failed: {sol.message}")
-    y = _unpack(torch.from_numpy(sol.y[:, -1]).to(device=like[0].device, dtype=like[0].dtype).reshape(batch, dim), like)
-    steps = torch.full((batch,), len(sol.t) - 1, dtype=torch.long, device=like[0].device)
-    return ODESolution(y=_restore(y, single), nfe=nfe, steps=steps, rejected=None)
+    y = torch.from_numpy(sol.y[:, -1]).to(device=device, dtype=dtype).reshape(batch, dim)
+    steps = torch.full((batch,), len(sol.t) - 1, dtype=torch.long, device=device)
+    return ODESolution(y=layout.unpack(y), nfe=nfe, steps=steps, rejected=None)
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -421,7 +498,7 @@ def odeint(
     check_choice("method", method, ODE_METHODS)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     max_steps = check_positive_int("max_steps", max_steps)
-    parts, single = _as_tuple(y0)
+    parts, _ = _as_tuple(y0)
     batch = parts[0].shape[0]
     args = tuple(args)
     if any(not isinstance(a, Tensor) or a.ndim < 1 or a.shape[0] != batch for a in args):
@@ -432,7 +509,7 @@ def odeint(
     bar = TimeProgress(progress, float(t0v[0]), float(t1v[0]), desc)
     try:
         if method in SCIPY_METHODS:
-            return _scipy_solve(func, parts, single, float(t0v[0]), float(t1v[0]), method, rtol, atol, args, bar)
-        return _adaptive_runge_kutta(func, parts, single, t0v, t1v, TABLEAUS[method], rtol, atol, args, max_steps, bar)
+            return _scipy_solve(func, y0, float(t0v[0]), float(t1v[0]), method, rtol, atol, args, bar)
+        return _adaptive_runge_kutta(func, y0, t0v, t1v, TABLEAUS[method], rtol, atol, args, max_steps, bar, bool(progress))
     finally:
         bar.close()

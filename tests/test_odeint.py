@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from samplers.odeint import BOSH3, DOPRI5, ODE_METHODS, TORCH_METHODS, odeint, runge_kutta_step
+from samplers.odeint import BOSH3, DOPRI5, MAX_FACTOR, MIN_FACTOR, ODE_METHODS, SAFETY, TORCH_METHODS, _step_factor, odeint, runge_kutta_step
 
 F64 = torch.float64
 
@@ -117,6 +117,18 @@ def test_tableaus_are_consistent():
         assert math.isclose(sum(tab.a[-1]), 1.0, abs_tol=1e-14) and abs(sum(tab.error)) < 1e-14
 
 
+def test_step_size_controller():
+    """[HNW] eq. (4.13): factor ``SAFETY err^(-1/(q+1))`` clipped to ``[MIN_FACTOR, MAX_FACTOR]``; a zero error gives the
+    largest factor, an infinite or NaN error the smallest, and no growth directly after a rejected step."""
+    err = torch.tensor([0.0, 1e-8, 0.5, 1.0, 3.0, 1e9, float("inf"), float("nan")], dtype=F64)
+    expected = (SAFETY * err[1:6] ** -0.2).clamp(MIN_FACTOR, MAX_FACTOR)
+    factor = _step_factor(err, 4, torch.zeros(8, dtype=torch.bool))
+    torch.testing.assert_close(factor[1:6], expected, rtol=1e-15, atol=0)
+    assert factor[0] == MAX_FACTOR and factor[1] == MAX_FACTOR and factor[5] == factor[6] == factor[7] == MIN_FACTOR
+    after_reject = _step_factor(err, 4, torch.ones(8, dtype=torch.bool))
+    torch.testing.assert_close(after_reject, factor.clamp(max=1.0), rtol=0, atol=0)
+
+
 def _prothero_robinson(t, y, lam):
     """``y' = -lam (y - cos t) - sin t``: exact ``y = cos t`` from ``y(0) = 1``; stiff for large ``lam``."""
     return -lam[:, None] * (y - torch.cos(t)[:, None]) - torch.sin(t)[:, None]
@@ -189,6 +201,46 @@ def _flow_matrix(k, w, t):
     """``Phi(t)`` with ``y(t) = Phi(t) y(0)`` for :func:`_rotation_decay`, shape ``(B, 2, 2)``."""
     eye = torch.eye(2, dtype=F64).expand(k.shape[0], 2, 2)
     return torch.stack([_rotation_decay_exact(eye[:, :, j], k, w, t) for j in range(2)], dim=2)
+
+
+def test_func_sees_contiguous_state_and_stays_within_each_interval():
+    """On the torch path ``func`` gets contiguous tensors of the state's own shapes (a user's model may ``view`` them),
+    only for samples still running, and never a time outside a sample's interval, even on the clipped last step."""
+    g = torch.Generator().manual_seed(8)
+    x0 = torch.randn(5, 2, 3, generator=g, dtype=F64)
+    lam = torch.tensor([0.5, -1.0, 1.0, -0.25, 2.0], dtype=F64)
+    t0 = torch.tensor([0.0, 1.0, 0.3, 0.0, 0.7], dtype=F64)
+    t1 = torch.tensor([1.0, 0.1, 0.3, 0.9, 1.0], dtype=F64)  # forward, backward, empty, forward, forward
+    lo, hi = torch.minimum(t0, t1), torch.maximum(t0, t1)
+    seen = []
+
+    def func(t, state, lam, index):
+        x, s = state
+        assert x.is_contiguous() and s.is_contiguous() and x.shape[1:] == (2, 3) and s.ndim == 1
+        assert ((t >= lo[index]) & (t <= hi[index])).all() and (t0[index] != t1[index]).all()
+        seen.append(x.shape[0])
+        return lam[:, None, None] * x.view(-1, 6).view(-1, 2, 3), x.sum((1, 2))
+
+    index = torch.arange(5)
+    sol = odeint(func, (x0, torch.zeros(5, dtype=F64)), t0, t1, rtol=1e-10, atol=1e-10, args=(lam, index))
+    x, s = sol.y
+    span = (t1 - t0)[:, None, None]
+    torch.testing.assert_close(x, x0 * torch.exp(lam[:, None, None] * span), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(s, x0.sum((1, 2)) * torch.expm1(lam * (t1 - t0)) / lam, rtol=1e-8, atol=1e-8)
+    assert max(seen) == 4 and min(seen) < 4  # the empty interval is never evaluated; finished samples are dropped
+    assert sol.steps[2] == 0 and torch.equal(x[2], x0[2])
+
+
+def test_gradients_flow_through_the_torch_path():
+    """Backpropagation through the solver: for ``y' = lam y``, ``y(T) = y0 e^{lam T}``, so ``d y(T) / d y0 = e^{lam T}``
+    and ``d y(T) / d lam = T y0 e^{lam T}``; both match to the solver's accuracy (1e-6 at tol 1e-9)."""
+    lam = torch.tensor([1.5, -2.0, 0.5], dtype=F64, requires_grad=True)
+    y0 = torch.tensor([[1.0], [2.0], [-3.0]], dtype=F64, requires_grad=True)
+    sol = odeint(lambda t, y, lam: lam[:, None] * y, y0, 0.0, 2.0, rtol=1e-9, atol=1e-9, args=(lam,))
+    sol.y.sum().backward()
+    growth = torch.exp(2.0 * lam.detach())
+    torch.testing.assert_close(y0.grad.squeeze(1), growth, rtol=1e-6, atol=0)
+    torch.testing.assert_close(lam.grad, 2.0 * y0.detach().squeeze(1) * growth, rtol=1e-6, atol=0)
 
 
 def test_scipy_and_torch_paths_agree():
