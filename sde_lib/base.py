@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import math
 import numbers
+import weakref
 from typing import Callable, Sequence
 
 import torch
@@ -101,11 +102,26 @@ class SDE(abc.ABC):
             raise ValueError(f"t must have shape {expected} (one time per batch element), got {tuple(t.shape)}")
         if not t.is_floating_point():
             raise ValueError(f"t must be a floating-point tensor, got dtype {t.dtype}")
-        if bool(((t < 0) | (t > self.T) | t.isnan()).any()):
-            raise ValueError(
-                f"t must lie in [0, T] = [0, {self.T}], got values in [{t.min().item()}, {t.max().item()}]"
-            )
+        if not self._already_in_range(t):
+            if bool(((t < 0) | (t > self.T) | t.isnan()).any()):
+                raise ValueError(
+                    f"t must lie in [0, T] = [0, {self.T}], got values in [{t.min().item()}, {t.max().item()}]"
+                )
+            self._last_in_range = (weakref.ref(t), t._version)
         return t
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_last_in_range", None)  # a weak reference: neither picklable nor worth copying
+        return state
+
+    def _already_in_range(self, t: Tensor) -> bool:
+        """True when ``t`` is the very tensor whose range was checked last, unmodified since (same object, same
+        in-place version counter). One reverse step hands the same ``t`` to the forward SDE, the reverse drift
+        and the score function; the range check, a device-to-host sync on a GPU, then runs once, not three times.
+        """
+        last = getattr(self, "_last_in_range", None)
+        return last is not None and last[0]() is t and last[1] == t._version
 
     def _check_xt(self, x: Tensor, t: Tensor | float) -> Tensor:
         if not isinstance(x, Tensor) or x.ndim < 1:

@@ -129,3 +129,38 @@ def test_prior_argument_errors(make):
         sde.prior_logp(torch.tensor(1.0))
     with pytest.raises(ValueError, match="x must be a tensor"):
         sde.marginal_prob(torch.tensor(1.0), torch.tensor(0.5))
+
+
+def test_range_check_runs_once_per_time_tensor_and_sees_in_place_changes(monkeypatch):
+    """One reverse step validates the same ``t`` three times (forward SDE, reverse drift, score function); its
+    range check (a host sync on a GPU) must run once, yet a ``t`` changed in place must be checked again."""
+    sde = sde_lib.VPSDE()
+    real_checks = []
+    original = sde_lib.SDE._already_in_range
+
+    def spy(self, t):
+        seen = original(self, t)
+        real_checks.append(not seen)
+        return seen
+
+    monkeypatch.setattr(sde_lib.SDE, "_already_in_range", spy)
+    x = torch.randn(4, 2)
+    t = torch.full((4,), 0.5)
+    reverse = sde.reverse(lambda x, t: -x / sde.marginal_prob(x, t)[1][:, None])
+    reverse.sde(x, t)
+    assert sum(real_checks) == 1 and len(real_checks) >= 3
+    t.add_(1.0)  # now 1.5 > T, same object: the version counter changed, so it is checked again
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+        reverse.sde(x, t)
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+        sde.sde(x, torch.full((4,), -0.1))
+
+
+def test_sdes_still_copy_and_pickle_after_a_check():
+    import copy
+    import pickle
+
+    sde = sde_lib.VESDE()
+    sde.sde(torch.zeros(2, 3), torch.full((2,), 0.3))
+    for clone in (copy.deepcopy(sde), pickle.loads(pickle.dumps(sde))):
+        assert clone.sigma_max == sde.sigma_max and not hasattr(clone, "_last_in_range")
