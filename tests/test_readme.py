@@ -14,5 +14,6 @@ def test_readme_has_examples():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index):
+def test_readme_example_runs(index, monkeypatch):
+    monkeypatch.chdir(README.parent)  # the examples name files relative to the repository, as a user runs them
     exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), {"__name__": f"readme_{index}"})
