@@ -29,6 +29,8 @@ setup(
         "scikit-learn>=1.2",  # the 8x8 digits that ship with it: the default demo's data
         "scikit-image>=0.21",  # its lfw_subset faces and sample photos
         "pillow>=9.1",  # image files: PNG sample grids, image-folder datasets
+        "matplotlib>=3.5",  # scatter plots of 2-D samples
+        "tensorboard>=2.10",  # training curves (torch.utils.tensorboard)
     ],
     extras_require={
         "test": ["pytest>=7.0", "pytest-xdist>=3.0"],

@@ -35,7 +35,7 @@ PHOTO_PATCHES_PER_IMAGE = 1000
 
 
 # ------------------------------------------------------------------ config helpers
-def _mix(*values: int) -> int:
+def mix_seeds(*values: int) -> int:
     """A well-mixed 64-bit seed from integers (numpy's ``SeedSequence``, stable across versions)."""
     return int(np.random.SeedSequence([int(v) % 2**64 for v in values]).generate_state(1, dtype=np.uint64)[0])
 
@@ -83,7 +83,7 @@ def _toy(config: Any, split: str) -> InMemoryDataset:
             raise ValueError(f"config.data.{flag} applies to images; the toy density {name!r} is continuous 2-D data")
     n = _int_field(config, f"num_{split}", TOY_DEFAULT_SIZES[split])
     seed = int(_data_field(config, "seed", 0))
-    generator = torch.Generator().manual_seed(_mix(seed, 0 if split == "train" else 1))
+    generator = torch.Generator().manual_seed(mix_seeds(seed, 0 if split == "train" else 1))
     return InMemoryDataset(name, split, sample_toy(name, n, generator), None)
 
 
@@ -249,7 +249,7 @@ def iterate_batches(
     """
     n = len(dataset)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    noise = torch.Generator().manual_seed(_mix(int(torch.randint(0, 2**62, (1,), generator=generator)), rank))
+    noise = torch.Generator().manual_seed(mix_seeds(int(torch.randint(0, 2**62, (1,), generator=generator)), rank))
     batches = shard_batches(order, batch_size, drop_last, rank, world_size)
     for raw in _load_batches(dataset, batches, num_workers):
         yield prepare_batch(raw, dataset.num_levels, noise, random_flip, uniform_dequantization, dtype)
@@ -283,10 +283,10 @@ def training_batches(
     epoch, offset = divmod(start_step, steps_per_epoch)
     step = start_step
     while True:
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(_mix(seed, 0, epoch)))
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(mix_seeds(seed, 0, epoch)))
         batches = shard_batches(order, batch_size, True, rank, world_size)[offset:]
         for raw in _load_batches(dataset, batches, num_workers):
-            noise = torch.Generator().manual_seed(_mix(seed, 1, step, rank))
+            noise = torch.Generator().manual_seed(mix_seeds(seed, 1, step, rank))
             yield prepare_batch(raw, dataset.num_levels, noise, random_flip, uniform_dequantization, dtype)
             step += 1
         epoch, offset = epoch + 1, 0

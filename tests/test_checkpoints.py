@@ -131,6 +131,8 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
         # the weights belong to the step recorded with them: every parameter moved by exactly `step`
         torch.testing.assert_close(next(state["model"].parameters()), fresh + state["step"])
     assert len(steps) >= 6 and max(steps) > 1, steps
+    save_checkpoint(path, make_state(width=512))  # the next save sweeps temporaries of killed writers
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,11 @@
 * :class:`LikelihoodTimeSampler`: times drawn with density proportional to ``g^2 / sigma^2``.
 * :func:`save_checkpoint`, :func:`restore_checkpoint`: atomic writes and strict, safe loads of training
   checkpoints in the reference's format (``{'model', 'ema', 'optimizer', 'step'}``); :class:`CheckpointError`.
+* :func:`build_experiment`: a config checked and turned into the pieces of a run (:class:`Experiment`), before
+  any long work; :class:`ConfigError`; :class:`WorkdirLayout` (the reference's folders).
+* :func:`train`: the training job of ``main.py`` (resumable, multi-process with ``torchrun``);
+  :class:`TrainingDivergedError`.
+* :func:`save_samples`, :func:`save_image_grid`, :func:`save_scatter_plot`: PNG grids / scatter plots and ``.npz``.
 """
 
 from .checkpoints import CheckpointError, load_checkpoint_file, restore_checkpoint, save_checkpoint
@@ -24,6 +29,9 @@ from .losses import (
     step_fn_options,
 )
 from .optim import OPTIMIZERS, get_optimizer, optimization_manager, warmup_lr
+from .experiment import ConfigError, DistributedContext, Experiment, WorkdirLayout, build_experiment
+from .images import image_grid, save_image_grid, save_samples, save_scatter_plot
+from .run import TrainingDivergedError, train
 from .time_sampling import LikelihoodTimeSampler
 
 __all__ = [
@@ -44,4 +52,15 @@ __all__ = [
     "restore_checkpoint",
     "load_checkpoint_file",
     "CheckpointError",
+    "build_experiment",
+    "Experiment",
+    "ConfigError",
+    "WorkdirLayout",
+    "DistributedContext",
+    "train",
+    "TrainingDivergedError",
+    "save_samples",
+    "save_image_grid",
+    "save_scatter_plot",
+    "image_grid",
 ]

@@ -57,10 +57,15 @@ def checkpoint_payload(state: TrainState) -> dict[str, Any]:
 
 
 def save_checkpoint(path: str | os.PathLike, state: TrainState) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); create the folder if needed."""
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); create the folder if needed.
+
+    Temporary files that an earlier writer of ``path`` left behind when it was killed are removed first.
+    """
     path = Path(path)
     payload = checkpoint_payload(state)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-save (one writer per path)
+        stale.unlink(missing_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:

@@ -1,0 +1,50 @@
+"""The command line of the toolkit, with the 2021 reference's flags.
+
+    python main.py --config configs/vp/toy_mlp_continuous.py --workdir runs/toy --mode train \
+        --config.training.n_iters=2000
+
+``--config`` is an ml-collections config file whose fields can be overridden as ``--config.<section>.<field>=v``;
+``--workdir`` holds checkpoints, samples, TensorBoard events and ``log.txt``; a re-run in the same workdir resumes
+from its last pre-emption checkpoint. Several processes: ``torchrun --nproc_per_node=N main.py ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections.config_flags import config_flags
+
+from train_lib.checkpoints import CheckpointError
+from train_lib.experiment import ConfigError, shutdown_distributed
+from train_lib.run import TrainingDivergedError, train
+
+FLAGS = flags.FLAGS
+
+#: --mode -> job(config, workdir, eval_folder)
+JOBS = {
+    "train": lambda config, workdir, eval_folder: train(config, workdir),
+}
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file (ml-collections).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder of the run: checkpoints, samples, TensorBoard events, log.txt.")
+flags.DEFINE_enum("mode", "train", list(JOBS), "What to run.")
+flags.DEFINE_string("eval_folder", "eval", "Subfolder of the workdir for evaluation results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        JOBS[FLAGS.mode](FLAGS.config, FLAGS.workdir, FLAGS.eval_folder)
+    except (ConfigError, CheckpointError, TrainingDivergedError) as error:
+        print(f"main.py: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,331 @@
+"""From a config to the validated pieces of an experiment, before any long work: the one place shared by all modes.
+
+:func:`build_experiment` ``(config, workdir, mode)`` checks the whole config up front (unknown dataset, model,
+SDE or sampler; a resolution or channel count the model or the data cannot take; a missing data path; a batch
+that does not split over the ranks; a bad mode) and returns an :class:`Experiment` holding the SDE, the
+sampling ``eps``, the model with its EMA and optimizer, the training state ``{'model', 'ema', 'optimizer',
+'step'}``, the data scalers, the datasets, the sampling shape and function, the one-step train / eval functions,
+the device, the rank layout and the workdir layout (:class:`WorkdirLayout`, the reference's folder names).
+
+Multi-process runs are launched by ``torchrun``, which sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
+:func:`distributed_context` reads them and :func:`init_distributed` starts the process group (NCCL on CUDA, gloo
+on the CPU). Every error raised while building is a :class:`ConfigError` (a ``ValueError``) naming the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+import data_lib
+import models
+from samplers.from_config import get_sampling_fn
+from sde_lib import SDE, VESDE, config_value, get_sde, subVPSDE, VPSDE
+from sde_lib.base import check_positive_int
+
+from .losses import StepFn, get_step_fn_from_config, step_fn_options
+from .optim import get_optimizer
+
+MODES = ("train", "eval", "sample")
+
+#: sampling ``eps`` (the smallest time reached by a sampler) per SDE family, the 2021 reference's ``run_lib.py``
+#: values (``train`` and ``evaluate``: 1e-3 for VP and sub-VP, 1e-5 for VE); ``config.sampling.eps`` overrides them
+REFERENCE_SAMPLING_EPS: tuple[tuple[type[SDE], float], ...] = ((VPSDE, 1e-3), (subVPSDE, 1e-3), (VESDE, 1e-5))
+
+Scaler = Callable[[Tensor], Tensor]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: raised by :func:`build_experiment` before any training, sampling or evaluation."""
+
+
+# ------------------------------------------------------------------ processes and devices
+@dataclasses.dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits among the ``torchrun`` workers (``rank 0 of 1`` for a plain run)."""
+
+    rank: int = 0  # global rank, RANK
+    world_size: int = 1  # number of processes, WORLD_SIZE
+    local_rank: int = 0  # rank on this machine, LOCAL_RANK: picks the GPU
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes checkpoints, logs, TensorBoard events and samples."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name} must be an integer (set by torchrun), got {value!r}") from None
+
+
+def distributed_context() -> DistributedContext:
+    """The rank layout from ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (as ``torchrun`` sets them); one process if unset."""
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", rank)
+    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+        raise ConfigError(f"bad torchrun environment: RANK={rank}, WORLD_SIZE={world_size}, LOCAL_RANK={local_rank}")
+    return DistributedContext(rank, world_size, local_rank)
+
+
+def init_distributed(context: DistributedContext, device: torch.device) -> None:
+    """Start the default process group for a multi-process run, once: NCCL on CUDA, gloo otherwise.
+
+    The rendezvous comes from ``MASTER_ADDR`` / ``MASTER_PORT`` (set by ``torchrun``). A no-op for one process
+    or when the group already exists.
+    """
+    if not context.is_distributed or torch.distributed.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend, rank=context.rank, world_size=context.world_size)
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group if one was started."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def resolve_device(config: Any, context: DistributedContext) -> torch.device:
+    """``config.device`` (default ``'cpu'``); on CUDA with several processes, the GPU ``LOCAL_RANK`` (unless indexed)."""
+    name = config_value(config, "device", "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"config.device={name!r} is not a torch device ({error})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"config.device={name!r} but CUDA is not available here; use --config.device=cpu")
+        if device.index is None:
+            device = torch.device("cuda", context.local_rank if context.is_distributed else torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
+            raise ConfigError(f"config.device={name!r} resolves to {device}, but only {torch.cuda.device_count()} GPU(s) exist")
+        torch.cuda.set_device(device)
+    return device
+
+
+# ------------------------------------------------------------------ workdir
+@dataclasses.dataclass(frozen=True)
+class WorkdirLayout:
+    """The files of a run under ``workdir``, with the 2021 reference's folder names."""
+
+    workdir: Path  # root folder of the run
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Numbered checkpoints ``checkpoint_{k}.pth``, ``k = step // snapshot_freq``."""
+        return self.workdir / "checkpoints"
+
+    @property
+    def meta_checkpoint(self) -> Path:
+        """The pre-emption checkpoint, overwritten every ``snapshot_freq_for_preemption`` steps and resumed from."""
+        return self.workdir / "checkpoints-meta" / "checkpoint.pth"
+
+    @property
+    def sample_dir(self) -> Path:
+        return self.workdir / "samples"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.workdir / "tensorboard"
+
+    @property
+    def log_file(self) -> Path:
+        """The human-readable log of every run in this workdir (appended to)."""
+        return self.workdir / "log.txt"
+
+    def checkpoint_path(self, index: int) -> Path:
+        return self.checkpoint_dir / f"checkpoint_{index}.pth"
+
+    def sample_folder(self, step: int) -> Path:
+        return self.sample_dir / f"iter_{step}"
+
+
+# ------------------------------------------------------------------ the experiment
+@dataclasses.dataclass
+class Experiment:
+    """The validated pieces of one run (see :func:`build_experiment`)."""
+
+    config: Any  # the (copied) config; config.device is the resolved device
+    mode: str  # "train", "eval" or "sample"
+    layout: WorkdirLayout  # where checkpoints, samples, logs go
+    device: torch.device  # where the model and batches live
+    distributed: DistributedContext  # rank layout
+    sde: SDE  # the forward SDE of config.training.sde
+    sampling_eps: float  # smallest time of the samplers (REFERENCE_SAMPLING_EPS)
+    model: nn.Module  # the score network (not wrapped in DistributedDataParallel)
+    ema: models.ExponentialMovingAverage  # EMA of the weights, config.model.ema_rate
+    optimizer: torch.optim.Optimizer  # from config.optim
+    state: dict[str, Any]  # {'model', 'ema', 'optimizer', 'step'}: what checkpoints hold
+    scaler: Scaler  # data in [0, 1] -> model space
+    inverse_scaler: Scaler  # model space -> [0, 1]
+    data_shape: tuple[int, ...]  # one example: (C, H, W) or (dim,)
+    sampling_shape: tuple[int, ...]  # (batch, *data_shape) of the sampling function
+    sampling_fn: Callable[..., tuple[Tensor, int]]  # fn(model, generator, progress) -> (inverse-scaled x, nfe)
+    eval_step_fn: StepFn  # loss of a batch under the EMA weights
+    train_step_fn: StepFn | None  # one optimizer step; None outside mode "train"
+    train_ds: data_lib.Dataset | None  # training split (mode "train")
+    test_ds: data_lib.Dataset | None  # test split (modes "train" and "eval")
+
+    @property
+    def per_rank_batch_size(self) -> int:
+        """``config.training.batch_size / world_size``: the batch of each process, the global batch in total."""
+        return int(self.config.training.batch_size) // self.distributed.world_size
+
+    @property
+    def batch_dtype(self) -> torch.dtype:
+        """The dtype of the model's parameters, in which batches are built."""
+        return models.model_dtype(self.model)
+
+
+def sampling_eps(config: Any, sde: SDE) -> float:
+    """``config.sampling.eps`` if set, else the reference's value for the SDE family (:data:`REFERENCE_SAMPLING_EPS`)."""
+    value = config_value(config, "sampling.eps", None)
+    if value is not None:
+        return float(value)
+    for family, eps in REFERENCE_SAMPLING_EPS:
+        if isinstance(sde, family):
+            return eps
+    raise ConfigError(f"no reference sampling eps for {type(sde).__name__}: set config.sampling.eps")
+
+
+def data_shape(config: Any) -> tuple[int, ...]:
+    """One example's shape from ``config.data``: ``(dim,)`` for the toy densities, ``(num_channels, image_size,
+    image_size)`` for images."""
+    name = config_value(config, "data.dataset")
+    known = {known.lower() for known in data_lib.DATASETS}
+    if not isinstance(name, str) or name.lower() not in known:
+        raise ConfigError(f"unknown config.data.dataset {name!r}; known: {', '.join(data_lib.DATASETS)}")
+    if name.lower() in data_lib.TOY_DATASETS:
+        return (check_positive_int("config.data.dim", config_value(config, "data.dim", 2)),)
+    channels = check_positive_int("config.data.num_channels", config_value(config, "data.num_channels"))
+    size = check_positive_int("config.data.image_size", config_value(config, "data.image_size"))
+    return (channels, size, size)
+
+
+def _check_mode(mode: Any) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+def _check_batch_split(config: Any, context: DistributedContext) -> None:
+    batch = check_positive_int("config.training.batch_size", config_value(config, "training.batch_size"))
+    if batch % context.world_size:
+        raise ConfigError(
+            f"config.training.batch_size={batch} must be divisible by the number of processes WORLD_SIZE="
+            f"{context.world_size} (each process trains on batch_size / WORLD_SIZE examples)"
+        )
+
+
+def _check_model_name(config: Any) -> None:
+    models.get_model(config_value(config, "model.name"))  # ValueError listing the known names
+
+
+def _create_model(config: Any) -> nn.Module:
+    """The network of ``config.model``, initialized from ``torch.manual_seed(config.seed)`` on the CPU generator
+    only (the global RNG state is put back), then moved to ``config.device``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(config_value(config, "seed", 0)))
+        return models.create_model(config)
+
+
+def check_model_input(model: nn.Module, sde: SDE, shape: tuple[int, ...], continuous: bool, device: torch.device) -> None:
+    """One forward pass on a single example of ``shape`` at ``t = T / 2``: a resolution or channel count the
+    network cannot take fails here, with the model's error, instead of at the first training step."""
+    x = torch.zeros((1, *shape), device=device, dtype=models.model_dtype(model))
+    t = torch.full((1,), sde.T / 2, device=device, dtype=x.dtype)
+    score_fn = models.get_score_fn(sde, model, train=False, continuous=continuous)
+    try:
+        with torch.no_grad():
+            out = score_fn(x, t)
+    except (ValueError, RuntimeError, IndexError) as error:
+        raise ConfigError(
+            f"the model {type(model).__name__} cannot take data of shape {shape} (config.data): {error}"
+        ) from error
+    if out.shape != x.shape:
+        raise ConfigError(f"the model returned {tuple(out.shape)} for an input of shape {tuple(x.shape)}")
+
+
+def _load_datasets(config: Any, mode: str, shape: tuple[int, ...]) -> tuple[data_lib.Dataset | None, data_lib.Dataset | None]:
+    """The splits a mode reads: train and test for training, test (and train when ``config.eval.bpd_dataset`` is
+    ``'train'``) for evaluation, none for sampling. Each must have examples of ``shape``."""
+    needed = {"train": ("train", "test"), "eval": ("test",), "sample": ()}[mode]
+    if mode == "eval" and str(config_value(config, "eval.bpd_dataset", "test")) == "train":
+        needed = ("train", "test")
+    loaded = {split: data_lib.get_dataset(config, split) for split in needed}
+    for split, dataset in loaded.items():
+        if dataset.shape != shape:
+            raise ConfigError(
+                f"the {split} split of {dataset.name} has examples of shape {dataset.shape}, but config.data "
+                f"describes {shape}"
+            )
+    return loaded.get("train"), loaded.get("test")
+
+
+def build_experiment(config: Any, workdir: str | os.PathLike, mode: str = "train") -> Experiment:
+    """Check ``config`` for ``mode`` and build every piece of the run; :class:`ConfigError` naming the field otherwise.
+
+    Cheap checks come first (mode, rank layout, device, SDE, model name, sampler), then the model is built
+    (seeded by ``config.seed``) and called once on one example, and the datasets are opened last (a missing
+    ``config.data.root`` fails there). Nothing is written to ``workdir``; nothing is restored from it.
+    In a ``torchrun`` job the process group is started here (:func:`init_distributed`).
+    """
+    try:
+        return _build(config, Path(workdir), mode)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def _build(config: Any, workdir: Path, mode: str) -> Experiment:
+    mode = _check_mode(mode)
+    context = distributed_context()
+    _check_batch_split(config, context)
+    device = resolve_device(config, context)
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.device = str(device)
+    sde = get_sde(config)
+    eps = sampling_eps(config, sde)
+    shape = data_shape(config)
+    _check_model_name(config)
+    scaler, inverse_scaler = data_lib.get_data_scaler(config), data_lib.get_data_inverse_scaler(config)
+    batch_field = "training.batch_size" if mode == "train" else "eval.batch_size"
+    sample_batch = check_positive_int(f"config.{batch_field}", config_value(config, batch_field))
+    sampling_shape = (sample_batch, *shape)
+    sampling_fn = get_sampling_fn(config, sde, sampling_shape, inverse_scaler, eps)
+    train_step_fn = get_step_fn_from_config(config, sde, train=True) if mode == "train" else None
+    eval_step_fn = get_step_fn_from_config(config, sde, train=False)
+
+    model = _create_model(config)
+    check_model_input(model, sde, shape, step_fn_options(config)["continuous"], device)
+    ema = models.ExponentialMovingAverage(model.parameters(), decay=config_value(config, "model.ema_rate"))
+    optimizer = get_optimizer(config, model.parameters())
+    state = {"model": model, "ema": ema, "optimizer": optimizer, "step": 0}
+
+    train_ds, test_ds = _load_datasets(config, mode, shape)
+    init_distributed(context, device)
+    return Experiment(
+        config=config, mode=mode, layout=WorkdirLayout(workdir), device=device, distributed=context, sde=sde,
+        sampling_eps=eps, model=model, ema=ema, optimizer=optimizer, state=state, scaler=scaler,
+        inverse_scaler=inverse_scaler, data_shape=shape, sampling_shape=sampling_shape, sampling_fn=sampling_fn,
+        eval_step_fn=eval_step_fn, train_step_fn=train_step_fn, train_ds=train_ds, test_ds=test_ds,
+    )

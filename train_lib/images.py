@@ -1,0 +1,104 @@
+"""Saving samples: a PNG grid of images (Pillow / numpy) or a scatter plot of 2-D points (matplotlib), and ``.npz``.
+
+torchvision's ``make_grid`` / ``save_image`` are not used (torchvision's wheels do not import beside the CPU torch
+this project pins); :func:`image_grid` lays images out as they do: ``nrow`` images per row, ``padding`` pixels
+of ``pad_value`` between and around them, values in ``[0, 1]`` quantized to 8 bits by ``floor(255 x + 0.5)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SCATTER_SIZE_INCHES = 5.0  # side of the square scatter plot
+SCATTER_DPI = 100  # so the scatter PNG is 500 x 500 pixels
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """Images ``(N, C, H, W)`` with values in ``[0, 1]`` as uint8 ``(N, H, W, C)``: ``floor(255 x + 0.5)``, clipped;
+    NaN becomes 0."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    x = torch.nan_to_num(images.detach().to("cpu", torch.float32), nan=0.0)
+    return (x * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def image_grid(images: Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 0) -> np.ndarray:
+    """Tile ``images`` ``(N, C, H, W)`` in ``[0, 1]`` (``C`` = 1 or 3) into one uint8 image ``(H', W', C)``.
+
+    ``nrow`` images per row (default ``floor(sqrt(N))``, the reference's choice), ``ceil(N / nrow)`` rows, so
+    ``H' = rows (H + padding) + padding`` and ``W' = nrow (W + padding) + padding`` (torchvision's layout).
+    """
+    n, channels, height, width = images.shape
+    if channels not in (1, 3) or n < 1:
+        raise ValueError(f"image_grid needs N >= 1 images with 1 or 3 channels, got shape {tuple(images.shape)}")
+    columns = min(nrow if nrow is not None else max(int(math.isqrt(n)), 1), n)
+    rows = math.ceil(n / columns)
+    step_h, step_w = height + padding, width + padding
+    grid = np.full((rows * step_h + padding, columns * step_w + padding, channels), pad_value, dtype=np.uint8)
+    for index, image in enumerate(to_uint8(images)):
+        row, col = divmod(index, columns)
+        top, left = padding + row * step_h, padding + col * step_w
+        grid[top : top + height, left : left + width] = image
+    return grid
+
+
+def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int | None = None, padding: int = 2) -> Path:
+    """Write :func:`image_grid` as a PNG (greyscale for one channel, RGB for three)."""
+    from PIL import Image
+
+    grid = image_grid(images, nrow=nrow, padding=padding)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    return path
+
+
+def save_scatter_plot(points: Tensor, path: str | os.PathLike, title: str | None = None) -> Path:
+    """A square scatter plot (``SCATTER_SIZE_INCHES`` at ``SCATTER_DPI``) of the first two coordinates of ``points``
+    ``(N, D)``, ``D >= 2``, on equal axes. Non-finite points are left out (and counted in the title)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if points.ndim != 2 or points.shape[1] < 2:
+        raise ValueError(f"a scatter plot needs points of shape (N, D) with D >= 2, got {tuple(points.shape)}")
+    xy = points.detach().to("cpu", torch.float64)[:, :2].numpy()
+    finite = np.isfinite(xy).all(axis=1)
+    figure = Figure(figsize=(SCATTER_SIZE_INCHES, SCATTER_SIZE_INCHES), dpi=SCATTER_DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.scatter(xy[finite, 0], xy[finite, 1], s=4, alpha=0.6, linewidths=0)
+    axes.set_aspect("equal", adjustable="datalim")
+    dropped = int((~finite).sum())
+    label = (title or "") + (f" ({dropped} non-finite points not shown)" if dropped else "")
+    if label:
+        axes.set_title(label, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=SCATTER_DPI)
+    return path
+
+
+def save_samples(samples: Tensor, folder: str | os.PathLike, title: str | None = None) -> dict[str, Path]:
+    """Write ``folder/sample.npz`` and ``folder/sample.png`` for samples in data space (after the inverse scaler).
+
+    Images ``(N, C, H, W)``: ``samples`` in the npz is uint8 ``(N, H, W, C)`` (the reference's ``sample.np``
+    layout) and the PNG is an :func:`image_grid`. Points ``(N, D)``: float32 ``(N, D)`` and a scatter plot.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    png, npz = folder / "sample.png", folder / "sample.npz"
+    if samples.ndim == 4:
+        np.savez_compressed(npz, samples=to_uint8(samples))
+        save_image_grid(samples, png)
+    elif samples.ndim == 2:
+        np.savez_compressed(npz, samples=samples.detach().to("cpu", torch.float32).numpy())
+        save_scatter_plot(samples, png, title=title)
+    else:
+        raise ValueError(f"samples must be images (N, C, H, W) or points (N, D), got shape {tuple(samples.shape)}")
+    return {"png": png, "npz": npz}

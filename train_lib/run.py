@@ -1,0 +1,339 @@
+"""The training job: :func:`train` ``(config, workdir)``, resumable after pre-emption, on one or many processes.
+
+The loop follows the 2021 reference's ``run_lib.train`` with these conventions: ``state['step']`` counts the
+optimizer steps done; the run stops after ``config.training.n_iters`` of them (the reference's loop makes one
+more). After step ``s``:
+
+* every ``log_freq`` steps: the training loss (averaged over ranks) to ``workdir/log.txt``, stdout and
+  TensorBoard (``training_loss``), with the speed in steps per second;
+* every ``snapshot_freq_for_preemption`` steps and at the end: ``checkpoints-meta/checkpoint.pth``, from which a
+  re-run resumes;
+* every ``eval_freq`` steps: the loss of a test batch under the EMA weights (``eval_loss``);
+* every ``snapshot_freq`` steps and at the end: ``checkpoints/checkpoint_{s // snapshot_freq}.pth`` and, with
+  ``snapshot_sampling``, samples of the configured sampler under the EMA weights in ``samples/iter_{s}/``
+  (``sample.png``: an image grid, or a scatter plot of 2-D points; ``sample.npz``).
+
+Determinism: the weights are initialized from ``config.seed``; batch ``s`` of rank ``r`` depends only on
+``(seed, s, r)`` (:func:`data_lib.training_batches`); the loss noise of step ``s`` comes from a generator seeded
+with ``(seed, s, r)`` and the global RNG (dropout) is reseeded from ``(seed, s, r)`` before the step. A run resumed
+from the meta checkpoint of step ``s`` therefore continues the uninterrupted trajectory exactly.
+
+Several processes (``torchrun``): the model is wrapped in ``DistributedDataParallel`` (gradients averaged over
+ranks), each rank trains on ``batch_size / WORLD_SIZE`` examples of its own shard, every rank resumes from the
+meta checkpoint, and only rank 0 writes checkpoints, logs, TensorBoard events and samples.
+
+A non-finite loss (or non-finite weights at a checkpoint) stops training with :class:`TrainingDivergedError`
+before anything of the bad state is saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+import data_lib
+from data_lib import mix_seeds
+from sde_lib import config_value
+from sde_lib.base import check_positive_int
+
+from .checkpoints import restore_checkpoint, save_checkpoint
+from .experiment import ConfigError, Experiment, build_experiment
+from .images import save_samples
+
+LOGGER_NAME = "train_lib"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+# independent random streams derived from config.seed (data_lib uses streams 0 and 1 for the batches)
+LOSS_NOISE_STREAM = 2  # times and noise of the loss at step s on rank r
+GLOBAL_RNG_STREAM = 3  # torch's global RNG (dropout) before step s on rank r
+EVAL_NOISE_STREAM = 4  # noise of the evaluation loss at step s
+SAMPLING_STREAM = 5  # the snapshot samples of step s
+EVAL_BATCH_STREAM = 6  # order of the test batches
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the weights became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The step counts of ``config.training`` (the reference's fields)."""
+
+    n_iters: int  # optimizer steps of the whole run
+    log_freq: int  # log the training loss every this many steps
+    eval_freq: int  # evaluate the loss on a test batch every this many steps
+    snapshot_freq: int  # numbered checkpoint (and samples) every this many steps
+    snapshot_freq_for_preemption: int  # meta checkpoint every this many steps
+    snapshot_sampling: bool  # sample at every numbered checkpoint
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Schedule":
+        field = lambda name: config_value(config, f"training.{name}")  # noqa: E731
+        try:
+            counts = {
+                name: check_positive_int(f"config.training.{name}", field(name))
+                for name in ("n_iters", "log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption")
+            }
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        sampling = field("snapshot_sampling")
+        if not isinstance(sampling, bool):
+            raise ConfigError(f"config.training.snapshot_sampling must be True or False, got {sampling!r}")
+        return cls(**counts, snapshot_sampling=sampling)
+
+
+# ------------------------------------------------------------------ logging
+def _open_log(log_file: Path, enabled: bool) -> logging.Logger:
+    """The run's logger: ``log_file`` (appended) and stdout on rank 0, silent elsewhere."""
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not enabled:
+        logger.addHandler(logging.NullHandler())
+        return logger
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter(LOG_FORMAT)
+    for handler in (logging.FileHandler(log_file, encoding="utf-8"), logging.StreamHandler(sys.stdout)):
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    return logger
+
+
+def _close_log(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def _summary_writer(folder: Path, enabled: bool):
+    if not enabled:
+        return None
+    from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+    return SummaryWriter(str(folder))
+
+
+# ------------------------------------------------------------------ pieces of the loop
+def step_seed(config: Any, stream: int, *indices: int) -> int:
+    """A 64-bit seed for ``stream`` at ``indices`` (step, rank), derived from ``config.seed``."""
+    return mix_seeds(int(config_value(config, "seed", 0)), stream, *indices) % 2**63
+
+
+def _reseed_global_rng(device: torch.device, seed: int) -> None:
+    """Reseed torch's global generator of ``device``, what dropout draws from. Only that one generator: a full
+    ``torch.manual_seed`` also reseeds every accelerator and costs about a millisecond."""
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index].manual_seed(seed)
+    elif device.type == "cpu":
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
+
+
+def _global_mean(loss: Tensor, exp: Experiment) -> float:
+    """The loss averaged over ranks (the loss of the combined batch), as a Python float; synchronizes the device."""
+    loss = loss.detach()
+    if exp.distributed.is_distributed:
+        loss = loss.clone()
+        torch.distributed.all_reduce(loss)
+        loss /= exp.distributed.world_size
+    return float(loss)
+
+
+def _check_finite_weights(exp: Experiment, step: int) -> None:
+    tensors = [*exp.model.parameters(), *exp.ema.shadow_params]
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        raise TrainingDivergedError(
+            f"the weights are not finite after step {step}; nothing was saved from this state. {_last_good(exp)}"
+        )
+
+
+def _last_good(exp: Experiment) -> str:
+    meta = exp.layout.meta_checkpoint
+    return f"The last good checkpoint is kept: {meta}." if meta.exists() else "No checkpoint had been saved."
+
+
+def _save(path: Path, exp: Experiment, step: int) -> None:
+    """Write the state to ``path`` atomically, after checking that no weight is NaN or infinite."""
+    _check_finite_weights(exp, step)
+    save_checkpoint(path, exp.state)
+
+
+def _eval_batches(exp: Experiment, start_step: int, eval_freq: int) -> Iterator[Tensor]:
+    """Test batches, the ``k``-th used at step ``(k + 1) eval_freq``; a resumed run continues the same sequence."""
+    test_ds = exp.test_ds
+    batch = min(int(exp.config.training.batch_size), len(test_ds))
+    return data_lib.training_batches(
+        test_ds, batch, seed=step_seed(exp.config, EVAL_BATCH_STREAM), start_step=start_step // eval_freq,
+        **data_lib.preprocessing_options(exp.config, train=False), dtype=exp.batch_dtype,
+    )
+
+
+def _evaluate(exp: Experiment, batches: Iterator[Tensor], step: int) -> float:
+    """Loss of the next test batch under the EMA weights (on this process only)."""
+    batch = exp.scaler(next(batches).to(exp.device))
+    generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, EVAL_NOISE_STREAM, step))
+    return float(exp.eval_step_fn(exp.state, batch, generator))
+
+
+def _snapshot_samples(exp: Experiment, step: int) -> dict[str, Path]:
+    """Samples of the configured sampler under the EMA weights, saved in ``samples/iter_{step}/``."""
+    model, ema = exp.model, exp.ema
+    generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, SAMPLING_STREAM, step))
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        samples, nfe = exp.sampling_fn(model, generator=generator)
+    finally:
+        ema.restore(model.parameters())
+    paths = save_samples(samples, exp.layout.sample_folder(step), title=f"step {step}, {nfe} score evaluations")
+    return paths
+
+
+def _resume(exp: Experiment, logger: logging.Logger) -> int:
+    """Restore the meta checkpoint into the state if there is one (every rank); the step to continue from."""
+    meta = exp.layout.meta_checkpoint
+    if meta.exists():
+        restore_checkpoint(meta, exp.state, map_location=exp.device)
+        logger.info("resumed from %s at step %d", meta, exp.state["step"])
+    else:
+        logger.info("no checkpoint at %s: starting at step 0", meta)
+    return int(exp.state["step"])
+
+
+def _training_state(exp: Experiment) -> dict[str, Any]:
+    """The state the training step updates: ``exp.state``, with the model in ``DistributedDataParallel`` when
+    several processes train (its gradients are averaged over ranks in the backward pass)."""
+    if not exp.distributed.is_distributed:
+        return exp.state
+    device_ids = [exp.device.index] if exp.device.type == "cuda" else None
+    ddp = torch.nn.parallel.DistributedDataParallel(exp.model, device_ids=device_ids)
+    return {**exp.state, "model": ddp}
+
+
+def _describe(exp: Experiment, schedule: Schedule) -> str:
+    config = exp.config
+    return (
+        f"training {config.model.name} on {config.data.dataset} {exp.data_shape} with {type(exp.sde).__name__}, "
+        f"{schedule.n_iters} steps of batch {config.training.batch_size} "
+        f"({exp.distributed.world_size} process(es) of {exp.per_rank_batch_size}) on {exp.device}; "
+        f"workdir {exp.layout.workdir}"
+    )
+
+
+# ------------------------------------------------------------------ the job
+def train(config: Any, workdir: str | os.PathLike) -> Experiment:
+    """Train the model of ``config`` in ``workdir`` (module docstring), resuming from its meta checkpoint.
+
+    Every config error is raised (:class:`ConfigError`) before any step; a corrupt meta checkpoint raises
+    :class:`train_lib.CheckpointError` naming the file; a NaN or infinite loss raises
+    :class:`TrainingDivergedError` naming the step. Returns the :class:`Experiment`, whose ``state`` is final.
+    """
+    schedule = Schedule.from_config(config)
+    exp = build_experiment(config, workdir, "train")
+    main = exp.distributed.is_main
+    logger = _open_log(exp.layout.log_file, main)
+    writer = None
+    try:
+        logger.info(_describe(exp, schedule))
+        step = _resume(exp, logger)
+        if step >= schedule.n_iters:
+            logger.info("training already finished: step %d of %d", step, schedule.n_iters)
+            return exp
+        writer = _summary_writer(exp.layout.tensorboard_dir, main)
+        _train_loop(exp, schedule, step, logger, writer)
+        if exp.distributed.is_distributed:
+            torch.distributed.barrier()  # every rank returns once rank 0 has written the last files
+        return exp
+    finally:
+        if writer is not None:
+            writer.close()
+        _close_log(logger)
+
+
+class _SpeedMeter:
+    """Steps per second since the last reading."""
+
+    def __init__(self, step: int):
+        self._time, self._step = time.perf_counter(), step
+
+    def read(self, step: int) -> float:
+        now = time.perf_counter()
+        speed = (step - self._step) / max(now - self._time, 1e-9)
+        self._time, self._step = now, step
+        return speed
+
+
+def _check_finite_loss(loss: float, step: int, exp: Experiment, schedule: Schedule) -> None:
+    if not math.isfinite(loss):
+        raise TrainingDivergedError(
+            f"the training loss is {loss} at step {step} of {schedule.n_iters}; training stopped and nothing was "
+            f"saved from this state. {_last_good(exp)} Lower config.optim.lr, keep config.optim.grad_clip >= 0, "
+            "or check the data."
+        )
+
+
+def _train_loop(exp: Experiment, schedule: Schedule, step: int, logger: logging.Logger, writer: Any) -> None:
+    """Steps ``step + 1 .. n_iters``: the update on every rank, then rank 0's periodic work (:func:`_after_step`)."""
+    config, context = exp.config, exp.distributed
+    batches = data_lib.training_batches(
+        exp.train_ds, exp.per_rank_batch_size, seed=int(config_value(config, "seed", 0)), start_step=step,
+        rank=context.rank, world_size=context.world_size,
+        **data_lib.preprocessing_options(config, train=True), dtype=exp.batch_dtype,
+    )
+    eval_batches = _eval_batches(exp, step, schedule.eval_freq) if context.is_main else None
+    state = _training_state(exp)
+    generator = torch.Generator(exp.device)
+    speed = _SpeedMeter(step)
+    show_bar = context.is_main and sys.stderr.isatty()
+    with tqdm(total=schedule.n_iters, initial=step, desc="train", dynamic_ncols=True, disable=not show_bar) as bar, (
+        logging_redirect_tqdm([logger]) if show_bar else contextlib.nullcontext()
+    ):
+        while step < schedule.n_iters:
+            batch = exp.scaler(next(batches).to(exp.device, non_blocking=True))
+            generator.manual_seed(step_seed(config, LOSS_NOISE_STREAM, step, context.rank))
+            _reseed_global_rng(exp.device, step_seed(config, GLOBAL_RNG_STREAM, step, context.rank))
+            loss = _global_mean(exp.train_step_fn(state, batch, generator), exp)
+            step = exp.state["step"] = int(state["step"])
+            _check_finite_loss(loss, step, exp, schedule)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            if context.is_main:
+                _after_step(exp, schedule, step, loss, eval_batches, logger, writer, speed)
+    logger.info("finished training at step %d", step)
+
+
+def _after_step(
+    exp: Experiment, schedule: Schedule, step: int, loss: float, eval_batches: Iterator[Tensor],
+    logger: logging.Logger, writer: Any, speed: _SpeedMeter,
+) -> None:
+    """Rank 0, after step ``step``: log, meta checkpoint, evaluation, numbered checkpoint and samples when due."""
+    n_iters, layout = schedule.n_iters, exp.layout
+    if step % schedule.log_freq == 0:
+        logger.info("step %d/%d  training_loss %.6e  %.2f steps/s", step, n_iters, loss, speed.read(step))
+        writer.add_scalar("training_loss", loss, step)
+    if step % schedule.snapshot_freq_for_preemption == 0 or step == n_iters:
+        _save(layout.meta_checkpoint, exp, step)
+    if step % schedule.eval_freq == 0:
+        eval_loss = _evaluate(exp, eval_batches, step)
+        logger.info("step %d/%d  eval_loss %.6e", step, n_iters, eval_loss)
+        writer.add_scalar("eval_loss", eval_loss, step)
+    if step % schedule.snapshot_freq == 0 or step == n_iters:
+        path = layout.checkpoint_path(step // schedule.snapshot_freq)
+        _save(path, exp, step)
+        logger.info("step %d/%d  saved %s", step, n_iters, path)
+        if schedule.snapshot_sampling:
+            paths = _snapshot_samples(exp, step)
+            logger.info("step %d/%d  samples in %s", step, n_iters, paths["png"])
