@@ -11,10 +11,27 @@ progress=False) -> (x, nfe)``, where ``score_fn(x, t)`` takes ``x`` of shape ``(
 * :func:`fast_sample`: few-step exponential integrators / Heun for the probability-flow ODE.
 
 :func:`log_likelihood` and :func:`bits_per_dim` give exact likelihoods through the same ODE.
+:func:`pc_inpaint` / :func:`pc_colorize` (and the reference-style :func:`get_pc_inpainter` /
+:func:`get_pc_colorizer`), :func:`guided_score_fn` (classifier guidance), :func:`cfg_score_fn`
+(classifier-free guidance) and :func:`interpolate_latents` / :func:`ode_interpolate` give controllable generation.
 """
 
 from .adaptive import adaptive_sde_sample
 from .common import CountingScoreFn
+from .controllable import (
+    KnownValueReplacement,
+    cfg_score_fn,
+    colour_decoupling_matrix,
+    couple_colours,
+    decouple_colours,
+    get_pc_colorizer,
+    get_pc_inpainter,
+    guided_score_fn,
+    interpolate_latents,
+    ode_interpolate,
+    pc_colorize,
+    pc_inpaint,
+)
 from .fast import fast_sample
 from .from_config import get_likelihood_fn, get_sampling_fn
 from .likelihood import BitsPerDim, bits_per_dim, dequantized_bits_per_dim, hutchinson_probe, log_likelihood, uniform_dequantize
@@ -34,6 +51,18 @@ from .pc import (
 from .sde_solvers import sde_sample
 
 __all__ = [
+    "pc_inpaint",
+    "pc_colorize",
+    "get_pc_inpainter",
+    "get_pc_colorizer",
+    "KnownValueReplacement",
+    "colour_decoupling_matrix",
+    "decouple_colours",
+    "couple_colours",
+    "guided_score_fn",
+    "cfg_score_fn",
+    "interpolate_latents",
+    "ode_interpolate",
     "pc_sample",
     "ode_sample",
     "ode_encode",

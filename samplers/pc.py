@@ -421,6 +421,10 @@ class NoneCorrector(Corrector):
 
 
 # ---------------------------------------------------------------------------------------------- sampler
+UpdateHook = Callable[[Tensor, Tensor, Tensor], "tuple[Tensor, Tensor]"]
+"""``hook(x, x_mean, t) -> (x, x_mean)``: a map applied by :func:`pc_sample` after every update (see there)."""
+
+
 def check_n_steps(n_steps: int) -> int:
     """``n_steps`` if it is an integer >= 0, else ``ValueError``."""
     if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 0:
@@ -444,6 +448,7 @@ def pc_sample(
     device: torch.device | str | None = None,
     progress: bool = False,
     dtype: torch.dtype | None = None,
+    update_hook: UpdateHook | None = None,
 ) -> tuple[Tensor, int]:
     """Predictor-corrector sampling, [SDE] Algorithm 1 (general PC), 2 (VE) and 3 (VP).
 
@@ -468,6 +473,11 @@ def pc_sample(
         device: where to sample (default: that of ``x_init``, else of ``generator``, else the CPU).
         progress: show a tqdm progress bar.
         dtype: the dtype of the samples (default: that of ``x_init``, else float32).
+        update_hook: optional ``hook(x, x_mean, t) -> (x, x_mean)`` applied to the initial state (at ``t = T``)
+            and after every corrector and predictor update, no-op ones included, with ``t`` (``(B,)``) the time
+            the state then represents: ``t_i`` after the corrector, the next grid time ``t_{i+1}`` after the
+            predictor (``0`` after the last one, whose ``x_mean`` estimates ``x(0)``). Conditional samplers
+            (:mod:`samplers.controllable`) use it to impose known values; it draws its own noise.
 
     Returns:
         ``(x, nfe)``: the samples and the number of score evaluations made. Runs under ``torch.no_grad()``,
@@ -485,15 +495,28 @@ def pc_sample(
     step_corrector = corrector_cls(sde, counted, snr=snr, n_steps=n_steps, generator=generator)
     if x_init is not None and not isinstance(x_init, Tensor):
         raise ValueError(f"x_init must be a tensor of shape {shape} or None, got {type(x_init).__name__}")
+    if update_hook is not None and not callable(update_hook):
+        raise ValueError(f"update_hook must be callable as hook(x, x_mean, t) or None, got {type(update_hook).__name__}")
     device = resolve_device(device, generator, x_init)
     dtype = resolve_dtype(dtype, x_init)
     x = initial_state(sde, shape, x_init, generator, device, dtype).to(dtype)
-    updates = [step.update_fn for step in (step_corrector, step_predictor) if not step.identity]
+    # (update or None for a no-op step, whether the step advances time); no-op steps matter only to the hook
+    steps = [
+        (None if step.identity else step.update_fn, advances)
+        for step, advances in ((step_corrector, False), (step_predictor, True))
+        if update_hook is not None or not step.identity
+    ]
     times = torch.linspace(sde.T, eps, sde.N, dtype=torch.float64).tolist()
+    state_times = times[1:] + [0.0]  # the time the state represents after the predictor step at times[i]
     x_mean = x
     with torch.no_grad():
-        for t in progress_bar(times, progress, desc="pc_sample", total=sde.N):
+        if update_hook is not None:
+            x, x_mean = update_hook(x, x, time_batch(sde.T, shape[0], x))
+        for t, t_next in progress_bar(zip(times, state_times), progress, desc="pc_sample", total=sde.N):
             vec_t = time_batch(t, shape[0], x)
-            for update in updates:
-                x, x_mean = update(x, vec_t)
+            for update, advances in steps:
+                if update is not None:
+                    x, x_mean = update(x, vec_t)
+                if update_hook is not None:
+                    x, x_mean = update_hook(x, x_mean, time_batch(t_next, shape[0], x) if advances else vec_t)
     return (x_mean if denoise else x), counted.nfe

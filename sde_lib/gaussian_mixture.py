@@ -147,6 +147,58 @@ class GaussianMixture:
 
         return score
 
+    # ------------------------------------------------------------------ components as class labels
+    def component(self, k: int) -> "GaussianMixture":
+        """Component ``k`` alone, ``N(mu_k, diag(v_k))``: the data given the label ``y = k``."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_components:
+            raise ValueError(f"k must be a component index in [0, {self.num_components}), got {k!r}")
+        return GaussianMixture(torch.ones(1, dtype=torch.float64), self.means[k : k + 1], self.variances[k : k + 1])
+
+    def _labels(self, y: int | Tensor, x: Tensor) -> Tensor:
+        """``y`` as a ``(B,)`` int64 tensor of component indices on the device of ``x``, else ``ValueError``."""
+        y = torch.as_tensor(y, device=x.device)
+        if y.dtype.is_floating_point or y.dtype == torch.bool or y.ndim > 1:
+            raise ValueError(f"y must be an integer or a (B,) integer tensor of component indices, got {y!r}")
+        y = y.expand(x.shape[0]) if y.ndim == 0 else y
+        if y.shape != (x.shape[0],) or (y < 0).any() or (y >= self.num_components).any():
+            raise ValueError(f"y must hold {x.shape[0]} component indices in [0, {self.num_components}), got shape {tuple(y.shape)}")
+        return y.long()
+
+    def component_log_posterior_fn(self, sde: LinearSDE) -> Callable[[Tensor, Tensor], Tensor]:
+        """``log_post(x, t) -> (B, K)``: ``log p_t(y = k | x(t) = x) = log w_k N(x; alpha mu_k, alpha^2 v_k + sigma^2) - log p_t(x)``.
+
+        With the components as class labels this is the exact noise-conditional classifier of the perturbed
+        data (the classifier of [SDE] section 5 / appendix I.1, trained on the same SDE perturbations);
+        Bayes' rule gives ``grad_x log p_t(x) + grad_x log p_t(y | x) = grad_x log p_t(x | y)``.
+        """
+
+        def log_post(x: Tensor, t: Tensor) -> Tensor:
+            t = sde._check_xt(x, t)
+            return torch.log_softmax(self._component_terms(x, *sde.marginal_coeffs(t))[0], dim=1)
+
+        return log_post
+
+    def component_score_fn(self, sde: LinearSDE) -> Callable[[Tensor, Tensor, Tensor | int | None], Tensor]:
+        """``score(x, t, y)``: the exact label-conditional score ``grad_x log p_t(x | y)`` of component ``y_b`` per sample,
+        ``-(x - alpha mu_y) / (alpha^2 v_y + sigma^2)``; ``y=None`` gives the mixture's score ``grad_x log p_t(x)``
+        (the unconditional model of classifier-free guidance, as a null label does after label dropout).
+        """
+        mixture_score = self.score_fn(sde)
+
+        def score(x: Tensor, t: Tensor, y: Tensor | int | None) -> Tensor:
+            if y is None:
+                return mixture_score(x, t)
+            t = sde._check_xt(x, t)
+            k = self._labels(y, x)
+            if tuple(x.shape[1:]) != self.event_shape:
+                raise ValueError(f"x must have shape (B, *{self.event_shape}), got {tuple(x.shape)}")
+            alpha, sigma = sde.marginal_coeffs(t)
+            means, var = self.means.to(x)[k], self.variances.to(x)[k]
+            var = batch_broadcast(alpha.square(), var) * var + batch_broadcast(sigma.square(), var)
+            return -(x - batch_broadcast(alpha, means) * means) / var
+
+        return score
+
     # ------------------------------------------------------------------ common test densities
     @classmethod
     def ring(cls, num_components: int = 8, radius: float = 4.0, std: float = 0.3) -> "GaussianMixture":
