@@ -34,6 +34,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7.0", "pytest-xdist>=3.0"],
+        # FID / KID / IS with the standard Inception network; torch-fidelity needs a torch + torchvision pair that
+        # import together (PyPI's torchvision does not import beside the CPU build that constraints.txt pins)
+        "metrics": ["torch-fidelity>=0.3"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -7,7 +7,9 @@ Every dataset is a ``torch.utils.data.Dataset`` with
   images), or ``None`` for continuous data (the toy densities). An image is stored as its integer levels
   ``k in {0, ..., L - 1}`` (uint8) and means the value ``k / (L - 1)`` in ``[0, 1]``;
 * ``gather(indices) -> (B, *shape)`` tensor (uint8 levels for images, float points for toy data) and
-  ``__getitem__(i)`` for ``torch.utils.data.DataLoader``.
+  ``__getitem__(i)`` for ``torch.utils.data.DataLoader``;
+* ``labels``: the class labels ``(N,)`` int64 of the examples, in dataset order, where the dataset has them (the
+  digits), else ``None``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def check_split(split: str) -> str:
 
 class Dataset(torch.utils.data.Dataset):
     """Common interface; subclasses define ``__len__`` and ``gather``."""
+
+    labels: Tensor | None = None  # class labels (N,) int64 in dataset order, None where the data has none
 
     def __init__(self, name: str, split: str, shape: Sequence[int], num_levels: int | None):
         self.name = name  # config.data.dataset value that built it
@@ -58,9 +62,10 @@ class Dataset(torch.utils.data.Dataset):
 
 
 class InMemoryDataset(Dataset):
-    """All examples in one tensor ``data``: uint8 levels ``(N, C, H, W)`` for images, float ``(N, D)`` for points."""
+    """All examples in one tensor ``data``: uint8 levels ``(N, C, H, W)`` for images, float ``(N, D)`` for points;
+    optionally their class ``labels`` ``(N,)``."""
 
-    def __init__(self, name: str, split: str, data: Tensor, num_levels: int | None):
+    def __init__(self, name: str, split: str, data: Tensor, num_levels: int | None, labels: Tensor | None = None):
         super().__init__(name, split, data.shape[1:], num_levels)
         if num_levels is not None:
             if data.dtype != torch.uint8 or data.ndim != 4:
@@ -69,7 +74,10 @@ class InMemoryDataset(Dataset):
                 raise ValueError(f"image levels must lie in [0, {num_levels - 1}], found {int(data.max())}")
         elif not data.is_floating_point():
             raise ValueError(f"continuous data must be a floating-point tensor, got {data.dtype}")
+        if labels is not None and (labels.dtype != torch.int64 or tuple(labels.shape) != (data.shape[0],)):
+            raise ValueError(f"labels must be an int64 tensor ({data.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
         self.data = data  # the examples
+        self.labels = labels  # class of each example, or None
 
     def __len__(self) -> int:
         return self.data.shape[0]

@@ -3,7 +3,7 @@
 * ``digits``: scikit-learn's 8x8 handwritten digits (``sklearn.datasets.load_digits``, 1797 images, read from
   the package's own csv file). Pixel values are the integers 0..16, i.e. **17 levels**; an image is
   ``(1, 8, 8)`` with value ``v / 16``. Fixed split: the first 1500 images are ``train``, the remaining 297
-  ``test`` (every class has 27 to 33 test images).
+  ``test`` (every class has 27 to 33 test images). ``labels`` holds the digit ``0..9`` of each image.
 * ``faces``: the 100 face images of scikit-image's ``skimage.data.lfw_subset()`` (its last 100 images are
   non-faces and are not used), ``(1, 25, 25)`` greyscale. The package stores them as float64 in ``[0, 1]`` that
   are *not* quantized (resized crops: ~45 000 distinct values), so they are rounded to 8 bits,
@@ -41,12 +41,13 @@ def _split_rows(array: np.ndarray, n_train: int, split: str) -> np.ndarray:
 
 
 def digits(split: str = "train") -> InMemoryDataset:
-    """scikit-learn's 8x8 digits as 17-level images ``(N, 1, 8, 8)``: 1500 ``train`` / 297 ``test``."""
+    """scikit-learn's 8x8 digits as 17-level images ``(N, 1, 8, 8)`` with their ``labels``: 1500 ``train`` / 297 ``test``."""
     from sklearn.datasets import load_digits
 
-    images = load_digits().images  # float64 integers 0..16, (1797, 8, 8)
-    levels = _split_rows(images, DIGITS_TRAIN_SIZE, split)
-    return InMemoryDataset("digits", split, torch.from_numpy(levels.astype(np.uint8)[:, None]), DIGITS_LEVELS)
+    bunch = load_digits()  # images: float64 integers 0..16, (1797, 8, 8); target: the digits, (1797,)
+    levels = _split_rows(bunch.images, DIGITS_TRAIN_SIZE, split)
+    labels = torch.from_numpy(_split_rows(bunch.target, DIGITS_TRAIN_SIZE, split).astype(np.int64))
+    return InMemoryDataset("digits", split, torch.from_numpy(levels.astype(np.uint8)[:, None]), DIGITS_LEVELS, labels)
 
 
 def faces(split: str = "train") -> InMemoryDataset:

@@ -26,6 +26,16 @@ def test_digits_are_the_sklearn_digits_with_17_levels_and_a_fixed_split(digit_sp
     assert sorted(np.unique(both).tolist()) == list(range(17))  # all 17 levels occur
 
 
+def test_digit_labels_are_the_sklearn_targets_of_each_split(digit_splits):
+    train, test = digit_splits
+    target = load_digits().target
+    assert train.labels.dtype == test.labels.dtype == torch.int64
+    np.testing.assert_array_equal(torch.cat([train.labels, test.labels]).numpy(), target)  # same order as the images
+    assert faces("test").labels is None  # datasets without classes say so
+    with pytest.raises(ValueError, match="labels"):
+        embedded.InMemoryDataset("digits", "test", test.data, 17, test.labels[:-1])
+
+
 def test_digit_test_split_holds_every_class():
     counts = np.bincount(load_digits().target[1500:], minlength=10)
     assert counts.min() >= 27
