@@ -4,7 +4,8 @@
   (``config.model.name``), as in the 2021 reference; each model translates its own config fields.
 * :class:`MLPScoreNet` (``"mlp"``): a noise-conditioned MLP for low-dimensional data.
 * :class:`NCSNpp` (``"ncsnpp"``: NCSN++ and DDPM++) and :class:`DDPM` (``"ddpm"``): the U-Nets, with FIR
-  resampling in pure PyTorch (:func:`upfirdn2d`).
+  resampling in pure PyTorch (:func:`upfirdn2d`); on the CPU, float32 inference runs their 3x3 convolutions by
+  Winograd's F(4x4, 3x3) (:class:`WinogradConv2d`; :func:`set_winograd_enabled` switches it off).
 * :class:`NCSNv2` / :class:`NCSNv2Deeper` / :class:`NCSNv2Deepest` (``"ncsnv2_64"``, ``"ncsnv2_128"``,
   ``"ncsnv2_256"``) and :class:`NCSN` (``"ncsn"``): the RefineNet-based SMLD networks.
 * :func:`get_score_fn` / :func:`get_sampling_score_fn`: a network as ``score_fn(x, t)`` for the samplers, with
@@ -35,6 +36,7 @@ from .ncsnpp import NCSNpp
 from .ncsnv2 import NCSNv2, NCSNv2Deeper, NCSNv2Deepest
 from .normalization import ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus, get_normalization
 from .registry import available_models, create_model, get_model, register_model
+from .winograd import WinogradConv2d, set_winograd_enabled, winograd_disabled
 from .upfirdn2d import conv_downsample_2d, downsample_2d, fir_kernel_2d, upfirdn2d, upsample_2d, upsample_conv_2d
 from .score_fn import VP_CONTINUOUS_LABEL_SCALE, get_model_fn, get_sampling_score_fn, get_score_fn, model_dtype
 
@@ -53,6 +55,9 @@ __all__ = [
     "upsample_conv_2d",
     "conv_downsample_2d",
     "fir_kernel_2d",
+    "WinogradConv2d",
+    "set_winograd_enabled",
+    "winograd_disabled",
     "NCSNv2",
     "NCSNv2Deeper",
     "NCSNv2Deepest",

@@ -4,14 +4,19 @@ Parameter names inside every block are those of the 2021 reference (``GroupNorm_
 ``NIN_0``, ``Conv2d_0`` ...), and tensors keep its layouts (``NIN.W`` is ``(in, out)``), so a reference
 ``state_dict`` loads block by block with a renaming of module prefixes only.
 
-* :func:`ddpm_init_`: DDPM's variance-scaling initialisation (uniform, ``fan_avg``); :func:`conv3x3`,
-  :func:`conv1x1`, :func:`dense` and :class:`NIN` use it.
+* :func:`ddpm_init_`: DDPM's variance-scaling initialisation (uniform, ``fan_avg``); :func:`conv3x3` (a
+  :class:`~models.winograd.WinogradConv2d` when stride 1, padding 1), :func:`conv1x1`, :func:`dense` and :class:`NIN`
+  use it.
 * :class:`ResnetBlockDDPM`: the residual block of DDPM and of DDPM++ (``resblock_type='ddpm'``).
 * :class:`ResnetBlockBigGAN`: the BigGAN-style residual block of NCSN++ with optional FIR or naive up/down-sampling.
 * :class:`SelfAttention`: DDPM's single-head self-attention over pixels.
 * :class:`Upsample`, :class:`Downsample`: factor-2 resampling, FIR or not, with or without a convolution.
 * :class:`ResampleConv2d`: a convolution fused with FIR up- or down-sampling (StyleGAN2's ``Conv2d``).
 * :class:`Combine`: merges a progressive-growing input into the feature maps (sum or concatenation).
+
+Layout and in-place work: every block keeps a channels-last input channels-last; :func:`norm_act` runs the activation
+in place when autograd is off, and :func:`residual_sum_` / :func:`add_label_shift_` write into a convolution's fresh
+output (safe under autograd too: neither operation needs its input for the backward pass).
 
 Group normalisation: the reference's DDPM uses 32 groups everywhere, NCSN++ uses ``min(C // 4, 32)``; blocks take
 ``groups=None`` for the NCSN++ rule or a fixed count.
@@ -27,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .upfirdn2d import conv_downsample_2d, downsample_2d, fir_kernel_2d, upsample_2d, upsample_conv_2d
+from .winograd import WinogradConv2d
 
 SQRT2 = math.sqrt(2.0)  # the residual rescaling (x + h) / sqrt(2) of skip_rescale
 FIR_KERNEL = (1, 3, 3, 1)  # NCSN++'s default FIR taps
@@ -52,8 +58,12 @@ def ddpm_init_(weight: Tensor, scale: float = 1.0) -> Tensor:
 def conv3x3(
     in_ch: int, out_ch: int, stride: int = 1, bias: bool = True, init_scale: float = 1.0, padding: int = 1
 ) -> nn.Conv2d:
-    """3x3 convolution with :func:`ddpm_init_` weights (variance ``init_scale / fan_avg``) and zero bias."""
-    conv = nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=padding, bias=bias)
+    """3x3 convolution with :func:`ddpm_init_` weights (variance ``init_scale / fan_avg``) and zero bias; the common
+    stride-1, padding-1 case is a :class:`~models.winograd.WinogradConv2d` (fast on the CPU in inference)."""
+    if stride == 1 and padding == 1:
+        conv: nn.Conv2d = WinogradConv2d(in_ch, out_ch, bias=bias)
+    else:
+        conv = nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=padding, bias=bias)
     ddpm_init_(conv.weight, init_scale)
     if bias:
         nn.init.zeros_(conv.bias)
@@ -101,12 +111,43 @@ class NIN(nn.Module):
         self.b = nn.Parameter(torch.zeros(num_units))  # bias
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.W.t()[:, :, None, None], self.b)
+        # one matrix product over the pixels in channels-last order (a view when x is channels-last)
+        batch, channels, height, width = x.shape
+        y = torch.addmm(self.b, x.permute(0, 2, 3, 1).reshape(-1, channels), self.W)
+        return y.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
 
 def residual_sum(x: Tensor, h: Tensor, skip_rescale: bool) -> Tensor:
     """``x + h``, divided by sqrt(2) with ``skip_rescale`` to keep the variance of a sum of two unit-variance paths."""
     return (x + h) / SQRT2 if skip_rescale else x + h
+
+
+def residual_sum_(x: Tensor, h: Tensor, skip_rescale: bool) -> Tensor:
+    """:func:`residual_sum` written into ``h``, a branch output that nothing else holds (autograd-safe: neither the
+    sum nor the division needs its input for the backward pass)."""
+    h = h.add_(x)
+    return h.div_(SQRT2) if skip_rescale else h
+
+
+def add_label_shift_(h: Tensor, shift: Tensor) -> Tensor:
+    """``h + shift[:, :, None, None]`` written into ``h`` (a convolution's output): the per-channel label embedding."""
+    return h.add_(shift[:, :, None, None])
+
+
+def norm_act(norm: nn.Module, act: nn.Module, x: Tensor) -> Tensor:
+    """``act(norm(x))``; without autograd the activation runs in place on the normalised tensor (one buffer less)."""
+    h = norm(x)
+    if torch.is_grad_enabled():
+        return act(h)
+    if isinstance(act, nn.SiLU):
+        return F.silu(h, inplace=True)
+    if isinstance(act, nn.ReLU):
+        return F.relu_(h)
+    if isinstance(act, nn.LeakyReLU):
+        return F.leaky_relu_(h, act.negative_slope)
+    if isinstance(act, nn.ELU):
+        return F.elu_(h, act.alpha)
+    return act(h)
 
 
 class ResnetBlockDDPM(nn.Module):
@@ -148,15 +189,15 @@ class ResnetBlockDDPM(nn.Module):
         self.out_ch = out_ch
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
-        h = self.Conv_0(self.act(self.GroupNorm_0(x)))
+        h = self.Conv_0(norm_act(self.GroupNorm_0, self.act, x))
         if temb is not None:
-            h = h + self.Dense_0(self.act(temb))[:, :, None, None]
-        h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
+            h = add_label_shift_(h, self.Dense_0(self.act(temb)))
+        h = self.Conv_1(self.Dropout_0(norm_act(self.GroupNorm_1, self.act, h)))
         if hasattr(self, "Conv_2"):
             x = self.Conv_2(x)
         elif hasattr(self, "NIN_0"):
             x = self.NIN_0(x)
-        return residual_sum(x, h, self.skip_rescale)
+        return residual_sum_(x, h, self.skip_rescale)
 
 
 class _FIRResampler(nn.Module):
@@ -219,18 +260,18 @@ class ResnetBlockBigGAN(_FIRResampler):
         self.out_ch = out_ch
 
     def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
-        h = self.act(self.GroupNorm_0(x))
+        h = norm_act(self.GroupNorm_0, self.act, x)
         if self.up:
             h, x = self._up(h), self._up(x)
         elif self.down:
             h, x = self._down(h), self._down(x)
         h = self.Conv_0(h)
         if temb is not None:
-            h = h + self.Dense_0(self.act(temb))[:, :, None, None]
-        h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
+            h = add_label_shift_(h, self.Dense_0(self.act(temb)))
+        h = self.Conv_1(self.Dropout_0(norm_act(self.GroupNorm_1, self.act, h)))
         if hasattr(self, "Conv_2"):
             x = self.Conv_2(x)
-        return residual_sum(x, h, self.skip_rescale)
+        return residual_sum_(x, h, self.skip_rescale)
 
 
 class SelfAttention(nn.Module):
@@ -251,14 +292,15 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, height, width = x.shape
-        h = self.GroupNorm_0(x).reshape(b, c, height * width).transpose(1, 2)  # (B, HW, C)
+        # pixels as rows (B * HW, C): a view when the normalised tensor is channels-last
+        h = self.GroupNorm_0(x).permute(0, 2, 3, 1).reshape(b * height * width, c)
         weight = torch.cat([self.NIN_0.W, self.NIN_1.W, self.NIN_2.W], dim=1)
         bias = torch.cat([self.NIN_0.b, self.NIN_1.b, self.NIN_2.b])
-        q, k, v = torch.matmul(h, weight).add_(bias).chunk(3, dim=-1)
-        h = F.scaled_dot_product_attention(q, k, v)  # softmax over keys, scale 1 / sqrt(C)
+        q, k, v = torch.addmm(bias, h, weight).view(b, 1, height * width, 3 * c).chunk(3, dim=-1)  # one head
+        h = F.scaled_dot_product_attention(q, k, v)  # softmax over keys, scale 1 / sqrt(C); (B, 1, HW, C)
         h = torch.addmm(self.NIN_3.b, h.reshape(b * height * width, c), self.NIN_3.W)
-        h = h.reshape(b, height, width, c).permute(0, 3, 1, 2)
-        return residual_sum(x, h, self.skip_rescale)
+        h = h.view(b, height, width, c).permute(0, 3, 1, 2)  # channels-last (B, C, H, W)
+        return residual_sum_(x, h, self.skip_rescale)
 
 
 class ResampleConv2d(_FIRResampler):
