@@ -16,20 +16,23 @@ from absl import app, flags
 from ml_collections.config_flags import config_flags
 
 from train_lib.checkpoints import CheckpointError
+from train_lib.evaluation import evaluate, sample, train_and_evaluate
 from train_lib.experiment import ConfigError, shutdown_distributed
-from train_lib.run import TrainingDivergedError, train
+from train_lib.run import TrainingDivergedError
 
 FLAGS = flags.FLAGS
 
 #: --mode -> job(config, workdir, eval_folder)
 JOBS = {
-    "train": lambda config, workdir, eval_folder: train(config, workdir),
+    "train": train_and_evaluate,  # then evaluate the last checkpoint if config.eval.after_training
+    "eval": evaluate,
+    "sample": sample,
 }
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (ml-collections).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder of the run: checkpoints, samples, TensorBoard events, log.txt.")
 flags.DEFINE_enum("mode", "train", list(JOBS), "What to run.")
-flags.DEFINE_string("eval_folder", "eval", "Subfolder of the workdir for evaluation results.")
+flags.DEFINE_string("eval_folder", None, "Subfolder of the workdir for the results: default 'eval' (train, eval), 'samples' (sample).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -1,4 +1,5 @@
-"""Atomic file writes for the metric files (statistics ``.npz``, the cached digits classifier)."""
+"""Atomic file writes, used for every file the toolkit writes that must never be seen half-written: checkpoints,
+sample rounds, reports, statistics ``.npz`` files, the cached digits classifier."""
 
 from __future__ import annotations
 
@@ -23,4 +24,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)

@@ -15,6 +15,9 @@
 * :func:`train`: the training job of ``main.py`` (resumable, multi-process with ``torchrun``);
   :class:`TrainingDivergedError`.
 * :func:`save_samples`, :func:`save_image_grid`, :func:`save_scatter_plot`: PNG grids / scatter plots and ``.npz``.
+* :func:`evaluate`, :func:`sample`, :func:`train_and_evaluate`: the ``eval``, ``sample`` and ``train`` jobs of
+  ``main.py`` (test loss, bits/dim or exact log-likelihood, resumable sampling rounds, per-dataset sample metrics
+  registered with :func:`register_sample_metric`).
 """
 
 from .checkpoints import CheckpointError, load_checkpoint_file, restore_checkpoint, save_checkpoint
@@ -32,6 +35,7 @@ from .optim import OPTIMIZERS, get_optimizer, optimization_manager, warmup_lr
 from .experiment import ConfigError, DistributedContext, Experiment, WorkdirLayout, build_experiment
 from .images import image_grid, save_image_grid, save_samples, save_scatter_plot
 from .run import TrainingDivergedError, train
+from .evaluation import evaluate, register_sample_metric, sample, train_and_evaluate
 from .time_sampling import LikelihoodTimeSampler
 
 __all__ = [
@@ -63,4 +67,8 @@ __all__ = [
     "save_image_grid",
     "save_scatter_plot",
     "image_grid",
+    "evaluate",
+    "sample",
+    "train_and_evaluate",
+    "register_sample_metric",
 ]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, MutableMapping
 
@@ -24,6 +23,7 @@ import torch
 
 from models import ExponentialMovingAverage, load_reference_training_state, strip_data_parallel_prefix
 from models.checkpoint import NUMPY_FLOAT64_SAFE_GLOBALS
+from sample_quality.files import atomic_write
 
 #: the keys of a training checkpoint, as the reference writes them
 CHECKPOINT_KEYS = ("model", "ema", "optimizer", "step")
@@ -63,35 +63,9 @@ def save_checkpoint(path: str | os.PathLike, state: TrainState) -> Path:
     """
     path = Path(path)
     payload = checkpoint_payload(state)
-    path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-save (one writer per path)
         stale.unlink(missing_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-    return path
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened (Windows)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+    return atomic_write(path, lambda file: torch.save(payload, file))
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

@@ -95,7 +95,7 @@ class Schedule:
 
 
 # ------------------------------------------------------------------ logging
-def _open_log(log_file: Path, enabled: bool) -> logging.Logger:
+def open_log(log_file: Path, enabled: bool) -> logging.Logger:
     """The run's logger: ``log_file`` (appended) and stdout on rank 0, silent elsewhere."""
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(logging.INFO)
@@ -111,7 +111,7 @@ def _open_log(log_file: Path, enabled: bool) -> logging.Logger:
     return logger
 
 
-def _close_log(logger: logging.Logger) -> None:
+def close_log(logger: logging.Logger) -> None:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
@@ -244,7 +244,7 @@ def train(config: Any, workdir: str | os.PathLike) -> Experiment:
     schedule = Schedule.from_config(config)
     exp = build_experiment(config, workdir, "train")
     main = exp.distributed.is_main
-    logger = _open_log(exp.layout.log_file, main)
+    logger = open_log(exp.layout.log_file, main)
     writer = None
     try:
         logger.info(_describe(exp, schedule))
@@ -260,7 +260,7 @@ def train(config: Any, workdir: str | os.PathLike) -> Experiment:
     finally:
         if writer is not None:
             writer.close()
-        _close_log(logger)
+        close_log(logger)
 
 
 class _SpeedMeter:

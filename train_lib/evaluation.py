@@ -1,0 +1,488 @@
+"""The ``eval`` and ``sample`` jobs of ``main.py``: test loss, likelihood and samples of saved checkpoints.
+
+:func:`evaluate` ``(config, workdir, eval_folder='eval')`` goes through the numbered checkpoints
+``config.eval.begin_ckpt .. config.eval.end_ckpt`` that exist in ``workdir/checkpoints`` and, under the EMA
+weights of each, computes what ``config.eval`` enables:
+
+* ``enable_loss``: the training objective on the whole test split (every example once; the mean over examples).
+* ``enable_bpd``: for quantized data (images with ``L = dataset.num_levels`` levels: 17 for the digits, 256 for
+  8-bit images) the bits per dimension of uniformly dequantized test data through the probability-flow ODE
+  ([SDE] Sec. 4.3 and Table 2; :func:`samplers.dequantized_bits_per_dim`), averaged over ``bpd_num_repeats``
+  dequantizations, with its standard error over test examples; for continuous data (the 2-D toy densities) the
+  exact log-likelihood in nats per example (no quantization; the exact divergence for low dimensions), beside the
+  true log-density of the same points where :func:`data_lib.toy_log_prob` has one.
+* ``enable_sampling``: ``num_samples`` samples of the configured sampler in rounds of ``eval.batch_size``, round
+  ``r`` saved as ``ckpt_{k}/samples_{r}.npz`` (written atomically: a temporary file renamed over the target) and
+  drawn from a generator seeded by ``(config.seed, k, r)``, so a round whose file exists is skipped when the job
+  is re-run after a pre-emption and the final set equals that of an uninterrupted run. The samples are then
+  scored by the metrics registered for the kind of data (:func:`register_sample_metric`, :func:`metric_kinds`):
+  for the 2-D toy densities the sliced Wasserstein distance to fresh data and the mean exact log-density of the
+  samples (:func:`sample_quality.toy_metrics`); image metrics (a digits classifier, FID) plug in the same way.
+
+Results go to ``workdir/eval_folder/ckpt_{k}/report.json`` (written atomically), to ``log.txt`` and to stdout.
+With several processes (``torchrun``) round ``r`` is drawn by rank ``r % WORLD_SIZE``, each rank takes its shard
+of the test split and the sums are all-reduced; only rank 0 writes the report.
+
+:func:`sample` ``(config, workdir, eval_folder='samples')`` draws ``eval.num_samples`` samples from the latest
+checkpoint (``config.eval.ckpt`` if set, else the pre-emption checkpoint or the highest numbered one) in the same
+resumable rounds and saves them with a PNG grid (a scatter plot for 2-D points).
+
+:func:`train_and_evaluate` is the ``train`` job of ``main.py``: :func:`train_lib.train`, then, when
+``config.eval.after_training`` is set, :func:`evaluate` of the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import data_lib
+import models
+from sample_quality.files import atomic_write
+from sample_quality import (
+    MetricSetupError,
+    digits_metrics,
+    feature_metrics,
+    inception_feature_extractor,
+    load_statistics,
+    toy_metrics,
+)
+from samplers import dequantized_bits_per_dim, log_likelihood
+from samplers.common import check_choice
+from samplers.likelihood import DIVERGENCES
+from sde_lib import config_value
+from sde_lib.base import check_positive_int
+
+from .checkpoints import CheckpointError, restore_checkpoint
+from .experiment import ConfigError, Experiment, build_experiment
+from .images import save_image_grid, save_scatter_plot, to_uint8
+from .run import close_log, open_log, step_seed, train
+
+# independent random streams derived from config.seed (train_lib.run uses 2..6)
+EVAL_SAMPLES_STREAM = 7  # the prior draw of sampling round r of checkpoint k (eval)
+SAMPLE_JOB_STREAM = 11  # the prior draw of sampling round r from the checkpoint of step s (sample)
+LOSS_STREAM = 8  # times and noise of the test loss, per checkpoint and batch
+LIKELIHOOD_STREAM = 9  # dequantization noise and Hutchinson probes, per checkpoint, rank and batch
+METRIC_STREAM = 10  # fresh data and projections of the sample metrics, per checkpoint
+
+#: data dimension up to which the log-likelihood of continuous data uses the exact divergence (one backward pass
+#: per dimension) instead of the configured Hutchinson estimator
+EXACT_DIVERGENCE_MAX_DIM = 16
+#: the likelihood settings of config.eval and their defaults (those of the 2021 reference's get_likelihood_fn)
+LIKELIHOOD_DEFAULTS = {"hutchinson_type": "Rademacher", "likelihood_rtol": 1e-5, "likelihood_atol": 1e-5,
+                       "likelihood_method": "RK45", "likelihood_eps": 1e-5}
+MAX_GRID_IMAGES = 256  # the PNG grid shows at most this many images of the first round
+
+
+# ------------------------------------------------------------------ sample metrics, per kind of data
+@dataclasses.dataclass(frozen=True)
+class MetricContext:
+    """What a sample metric may use besides the samples."""
+
+    experiment: Experiment  # the run: config, dataset splits, device, model (EMA weights loaded)
+    generator: torch.Generator  # seeded per checkpoint: fresh data, projections
+
+    @property
+    def dataset_name(self) -> str:
+        return str(self.experiment.config.data.dataset).lower()
+
+
+SampleMetric = Callable[[Tensor, MetricContext], dict[str, float]]
+"""``metric(samples, context) -> {name: value}``; ``samples`` in data space, as saved: ``(N, D)`` float points or
+``(N, C, H, W)`` images in ``[0, 1]`` (8-bit levels ``k / 255``)."""
+
+_SAMPLE_METRICS: dict[str, list[SampleMetric]] = {}
+
+
+def register_sample_metric(kind: str) -> Callable[[SampleMetric], SampleMetric]:
+    """Decorator: compute ``metric`` on the evaluation samples of every dataset of ``kind`` (see :func:`metric_kinds`:
+    ``'toy'``, ``'image'``, or a dataset name such as ``'digits'``)."""
+
+    def register(metric: SampleMetric) -> SampleMetric:
+        _SAMPLE_METRICS.setdefault(kind.lower(), []).append(metric)
+        return metric
+
+    return register
+
+
+def metric_kinds(config: Any) -> tuple[str, ...]:
+    """The kinds whose metrics apply to ``config.data.dataset``: ``('toy',)`` for the 2-D densities, ``('image',
+    name)`` for an image dataset (``'image'`` metrics such as FID apply to all images, ``name`` ones to that one)."""
+    name = str(config.data.dataset).lower()
+    return ("toy",) if name in data_lib.TOY_DATASETS else ("image", name)
+
+
+def sample_metrics(samples: Tensor, context: MetricContext) -> dict[str, float]:
+    """Every registered metric of the kinds of ``context``'s dataset, merged into one dict."""
+    results: dict[str, float] = {}
+    for kind in metric_kinds(context.experiment.config):
+        for metric in _SAMPLE_METRICS.get(kind, ()):
+            results.update(metric(samples, context))
+    return results
+
+
+@register_sample_metric("toy")
+def toy_sample_metrics(samples: Tensor, context: MetricContext) -> dict[str, float]:
+    """:func:`sample_quality.toy_metrics`: the sliced Wasserstein distance to fresh data (and its noise floor, data
+    to data) and, where the density has a closed form, the mean exact log-density of the samples (and of data)."""
+    return toy_metrics(samples, context.dataset_name, context.generator)
+
+
+def _metric_seed(context: MetricContext) -> int:
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=context.generator))
+
+
+@register_sample_metric("digits")
+def digits_sample_metrics(samples: Tensor, context: MetricContext) -> dict[str, float]:
+    """:func:`sample_quality.digits_metrics`: digits FID / KID / Inception score in the features of a classifier the
+    toolkit trains on the digits training split (once, cached), against the test split; class coverage."""
+    return digits_metrics(samples.cpu(), seed=_metric_seed(context))
+
+
+def _inception_setup(config: Any, device: torch.device) -> tuple[Any, Any] | None:
+    """The Inception feature extractor and the reference statistics when ``config.eval.stats_path`` is set (else
+    ``None``); :class:`ConfigError` saying what is missing (torch-fidelity, weights, statistics file)."""
+    stats_path = config_value(config, "eval.stats_path", None)
+    if not stats_path:
+        return None
+    try:
+        extractor = inception_feature_extractor(config_value(config, "eval.inception_weights", None), device=device)
+        return extractor, load_statistics(stats_path)
+    except (MetricSetupError, FileNotFoundError) as error:
+        raise ConfigError(f"eval.stats_path is set, but FID cannot be computed: {error}") from error
+
+
+@register_sample_metric("image")
+def inception_sample_metrics(samples: Tensor, context: MetricContext) -> dict[str, float]:
+    """FID, KID and Inception score with the standard Inception network against the statistics file
+    ``config.eval.stats_path`` (weights from ``config.eval.inception_weights``); nothing when no file is set."""
+    setup = _inception_setup(context.experiment.config, context.experiment.device)
+    if setup is None:
+        return {}
+    extractor, reference = setup
+    return feature_metrics(samples, extractor, reference, seed=_metric_seed(context))
+
+
+# ------------------------------------------------------------------ files
+def _save_round(path: Path, samples: Tensor, nfe: int) -> None:
+    """One sampling round: images as uint8 ``(N, H, W, C)`` (the reference's layout), points as float32 ``(N, D)``."""
+    array = to_uint8(samples) if samples.ndim == 4 else samples.detach().to("cpu", torch.float32).numpy()
+    atomic_write(path, lambda file: np.savez_compressed(file, samples=array, nfe=np.int64(nfe)))
+
+
+def _load_round(path: Path) -> tuple[Tensor, int]:
+    """A saved round back in data space: images ``(N, C, H, W)`` in ``[0, 1]``, points ``(N, D)``; and its NFE."""
+    with np.load(path) as file:
+        array, nfe = file["samples"], int(file["nfe"])
+    if array.dtype == np.uint8:
+        return torch.from_numpy(array).permute(0, 3, 1, 2).to(torch.float32) / 255.0, nfe
+    return torch.from_numpy(array), nfe
+
+
+def _write_json(path: Path, report: dict[str, Any]) -> Path:
+    text = json.dumps(report, indent=2, sort_keys=False, allow_nan=True) + "\n"
+    return atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
+# ------------------------------------------------------------------ checkpoints
+def numbered_checkpoints(exp: Experiment) -> dict[int, Path]:
+    """The numbered checkpoints ``checkpoint_{k}.pth`` of the workdir, by ``k``."""
+    found = {}
+    for path in exp.layout.checkpoint_dir.glob("checkpoint_*.pth"):
+        suffix = path.stem.removeprefix("checkpoint_")
+        if suffix.isdigit():
+            found[int(suffix)] = path
+    return dict(sorted(found.items()))
+
+
+def _checkpoint_range(exp: Experiment) -> list[int]:
+    config = exp.config
+    begin = int(config_value(config, "eval.begin_ckpt", 1))
+    end = int(config_value(config, "eval.end_ckpt", begin))
+    existing = numbered_checkpoints(exp)
+    chosen = [k for k in existing if begin <= k <= end]
+    if not chosen:
+        have = ", ".join(map(str, existing)) or "none"
+        raise CheckpointError(
+            f"no checkpoint to evaluate: config.eval.begin_ckpt..end_ckpt = {begin}..{end}, but "
+            f"{exp.layout.checkpoint_dir} holds checkpoints {have} (train first, or set --config.eval.begin_ckpt/end_ckpt)"
+        )
+    return chosen
+
+
+def latest_checkpoint(exp: Experiment) -> Path:
+    """``config.eval.ckpt`` if set (a numbered checkpoint), else the pre-emption checkpoint or, if there is none,
+    the highest numbered one; :class:`CheckpointError` if the workdir has no checkpoint."""
+    chosen = config_value(exp.config, "eval.ckpt", None)
+    existing = numbered_checkpoints(exp)
+    if chosen is not None:
+        path = exp.layout.checkpoint_path(int(chosen))
+        if not path.exists():
+            raise CheckpointError(f"config.eval.ckpt={chosen}: {path} does not exist (have {list(existing) or 'none'})")
+        return path
+    if exp.layout.meta_checkpoint.exists():
+        return exp.layout.meta_checkpoint
+    if existing:
+        return existing[max(existing)]
+    raise CheckpointError(f"no checkpoint in {exp.layout.workdir}: train first (python main.py --mode train ...)")
+
+
+def _load_ema_weights(exp: Experiment, path: Path) -> int:
+    """Restore ``path`` strictly into the state, put the EMA weights into the model; the checkpoint's step."""
+    restore_checkpoint(path, exp.state, map_location=exp.device)
+    exp.ema.copy_to(exp.model.parameters())
+    exp.model.eval()
+    return int(exp.state["step"])
+
+
+# ------------------------------------------------------------------ distributed sums
+def _all_reduce_sums(values: list[float], exp: Experiment) -> list[float]:
+    """Element-wise sum of ``values`` over ranks (float64); the values themselves for one process."""
+    if not exp.distributed.is_distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=exp.device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _barrier(exp: Experiment) -> None:
+    if exp.distributed.is_distributed:
+        torch.distributed.barrier()
+
+
+# ------------------------------------------------------------------ the measurements
+def _test_batches(exp: Experiment, dequantize: bool) -> Iterator[Tensor]:
+    """This rank's shard of the test split, in dataset order, ``eval.batch_size`` per batch, in ``[0, 1]`` (or the
+    toy coordinates); quantized levels ``k / (L - 1)`` unless ``dequantize`` (the config's training preprocessing)."""
+    return data_lib.iterate_batches(
+        exp.test_ds, int(exp.config.eval.batch_size), shuffle=False, rank=exp.distributed.rank,
+        world_size=exp.distributed.world_size, uniform_dequantization=dequantize, dtype=exp.batch_dtype,
+    )
+
+
+def _mean_and_stderr(total: float, total_sq: float, count: float) -> tuple[float, float]:
+    """Mean and standard error of the mean ``s / sqrt(n)`` (unbiased ``s``) from the sums of values and squares."""
+    mean = total / count
+    variance = max(total_sq - count * mean * mean, 0.0) / (count - 1) if count > 1 else float("nan")
+    return mean, math.sqrt(variance / count)
+
+
+def test_loss(exp: Experiment, ckpt: int) -> dict[str, float]:
+    """The loss of ``config.training`` on every test example once, under the EMA weights (the mean over examples;
+    the noise of batch ``i`` on rank ``r`` is seeded by ``(seed, k, r, i)``)."""
+    dequantize = data_lib.preprocessing_options(exp.config, train=False)["uniform_dequantization"]
+    total = count = 0.0
+    generator = torch.Generator(exp.device)
+    for index, batch in enumerate(_test_batches(exp, dequantize)):
+        generator.manual_seed(step_seed(exp.config, LOSS_STREAM, ckpt, exp.distributed.rank, index))
+        loss = exp.eval_step_fn(exp.state, exp.scaler(batch.to(exp.device)), generator)
+        total += float(loss) * batch.shape[0]
+        count += batch.shape[0]
+    total, count = _all_reduce_sums([total, count], exp)
+    return {"mean": total / count, "count": int(count)}
+
+
+def likelihood_options(config: Any) -> dict[str, Any]:
+    """The solver settings of :func:`samplers.log_likelihood` from ``config.eval`` (:data:`LIKELIHOOD_DEFAULTS`)."""
+    get = lambda name: config_value(config, f"eval.{name}", LIKELIHOOD_DEFAULTS[name])  # noqa: E731
+    return {
+        "divergence": check_choice("config.eval.hutchinson_type", str(get("hutchinson_type")).lower(), DIVERGENCES),
+        "rtol": float(get("likelihood_rtol")), "atol": float(get("likelihood_atol")),
+        "method": str(get("likelihood_method")), "eps": float(get("likelihood_eps")),
+    }
+
+
+def test_likelihood(exp: Experiment, ckpt: int) -> dict[str, Any]:
+    """Bits/dim of the dequantized test split (quantized data) or its log-likelihood in nats (continuous data)."""
+    score_fn = models.get_sampling_score_fn(exp.sde, exp.model, continuous=True)
+    options = likelihood_options(exp.config)
+    quantized = exp.test_ds.num_levels is not None
+    if not quantized and math.prod(exp.data_shape) <= EXACT_DIVERGENCE_MAX_DIM:
+        options["divergence"] = "exact"
+    repeats = check_positive_int("config.eval.bpd_num_repeats", int(config_value(exp.config, "eval.bpd_num_repeats", 1)))
+    total = total_sq = count = nfe = true_total = 0.0
+    true_log_prob = None if quantized else data_lib.toy_log_prob(exp.test_ds.name)
+    generator = torch.Generator(exp.device)
+    for index, batch in enumerate(_test_batches(exp, dequantize=False)):
+        generator.manual_seed(step_seed(exp.config, LIKELIHOOD_STREAM, ckpt, exp.distributed.rank, index))
+        batch = batch.to(exp.device)
+        if quantized:
+            result = dequantized_bits_per_dim(
+                exp.sde, score_fn, batch, n_bins=exp.test_ds.num_levels, scaler=exp.scaler,
+                inverse_scaler=exp.inverse_scaler, num_repeats=repeats, generator=generator, **options,
+            )
+            values, batch_nfe = result.per_sample, result.nfe
+        else:
+            values, _, batch_nfe = log_likelihood(exp.sde, score_fn, exp.scaler(batch), generator=generator, **options)
+            if true_log_prob is not None:
+                true_total += float(true_log_prob(batch.to(torch.float64)).sum())
+        values = values.detach().to(torch.float64)
+        total, total_sq = total + float(values.sum()), total_sq + float((values**2).sum())
+        count, nfe = count + values.numel(), nfe + batch_nfe
+    total, total_sq, count, nfe, true_total = _all_reduce_sums([total, total_sq, count, nfe, true_total], exp)
+    mean, stderr = _mean_and_stderr(total, total_sq, count)
+    report = {"mean": mean, "stderr": stderr, "count": int(count), "nfe": int(nfe), **options}
+    if quantized:
+        return {"unit": "bits/dim", "n_bins": exp.test_ds.num_levels, "num_repeats": repeats, **report}
+    report = {"unit": "nats", **report}
+    if true_log_prob is not None:
+        report["true_log_density_mean"] = true_total / count
+    return report
+
+
+def sampling_rounds(exp: Experiment, folder: Path, seed_key: tuple[int, ...], logger: logging.Logger) -> tuple[Tensor, list[int]]:
+    """Draw the missing rounds of ``config.eval.num_samples`` samples into ``folder/samples_{r}.npz`` (the rounds
+    ``r = rank mod WORLD_SIZE``; round ``r``'s generator seeded by ``(seed, *seed_key, r)``) and return all samples
+    (the first ``num_samples``) with the NFE of each round. Every rank returns them once all rounds are written."""
+    config, context = exp.config, exp.distributed
+    num_samples = check_positive_int("config.eval.num_samples", config_value(config, "eval.num_samples"))
+    rounds = math.ceil(num_samples / exp.sampling_shape[0])
+    paths = [folder / f"samples_{r}.npz" for r in range(rounds)]
+    generator = torch.Generator(exp.device)
+    for r in range(context.rank, rounds, context.world_size):
+        if paths[r].exists():
+            logger.info("sampling round %d/%d: %s exists, skipped", r + 1, rounds, paths[r])
+            continue
+        generator.manual_seed(step_seed(config, *seed_key, r))
+        samples, nfe = exp.sampling_fn(exp.model, generator=generator)
+        _save_round(paths[r], samples, nfe)
+        logger.info("sampling round %d/%d: %d samples, %d score evaluations -> %s", r + 1, rounds, samples.shape[0], nfe, paths[r])
+    _barrier(exp)
+    loaded = [_load_round(path) for path in paths]
+    samples = torch.cat([x for x, _ in loaded])[:num_samples]
+    return samples, [nfe for _, nfe in loaded]
+
+
+def save_sample_picture(samples: Tensor, path: Path, title: str) -> Path:
+    """A PNG of the samples: a grid of the first :data:`MAX_GRID_IMAGES` images, or a scatter plot of all points."""
+    if samples.ndim == 4:
+        return save_image_grid(samples[:MAX_GRID_IMAGES], path)
+    return save_scatter_plot(samples, path, title=title)
+
+
+def _sampling_report(exp: Experiment, folder: Path, seed_key: tuple[int, ...], logger: logging.Logger, with_metrics: bool) -> dict[str, Any]:
+    samples, nfes = sampling_rounds(exp, folder, seed_key, logger)
+    report: dict[str, Any] = {
+        "count": samples.shape[0], "rounds": len(nfes), "nfe_per_round": nfes,
+        "files": [f"samples_{r}.npz" for r in range(len(nfes))],
+    }
+    if exp.distributed.is_main:
+        first_round = samples[: exp.sampling_shape[0]] if samples.ndim == 4 else samples
+        png = save_sample_picture(first_round, folder / "samples.png", f"{samples.shape[0]} samples, {nfes[0]} score evaluations")
+        report["png"] = str(png)
+    if with_metrics:
+        generator = torch.Generator().manual_seed(step_seed(exp.config, METRIC_STREAM, *seed_key[1:]))
+        report["metrics"] = sample_metrics(samples, MetricContext(exp, generator))
+    return report
+
+
+# ------------------------------------------------------------------ human-readable lines
+def _describe(ckpt: int, step: int, report: dict[str, Any]) -> list[str]:
+    head = f"ckpt {ckpt} (step {step}):"
+    lines = []
+    if "loss" in report:
+        lines.append(f"{head} test loss {report['loss']['mean']:.6e} over {report['loss']['count']} examples")
+    if "likelihood" in report:
+        lik = report["likelihood"]
+        what = "bits/dim" if lik["unit"] == "bits/dim" else "log-likelihood (nats per example)"
+        line = f"{head} test {what} {lik['mean']:.4f} +- {lik['stderr']:.4f} over {lik['count']} examples"
+        if lik["unit"] == "bits/dim":
+            line += f" ({lik['num_repeats']} dequantization(s), {lik['n_bins']} levels)"
+        if "true_log_density_mean" in lik:
+            line += f"; true log-density of the same points {lik['true_log_density_mean']:.4f}"
+        lines.append(f"{line}; {lik['nfe']} score evaluations")
+    if "samples" in report:
+        samples = report["samples"]
+        lines.append(
+            f"{head} {samples['count']} samples in {samples['rounds']} round(s), score evaluations per round "
+            f"{samples['nfe_per_round'][0]}; picture {samples.get('png', '-')}"
+        )
+        for name, value in samples.get("metrics", {}).items():
+            lines.append(f"{head} {name} {value:.6g}")
+    return lines
+
+
+# ------------------------------------------------------------------ the jobs
+def evaluate(config: Any, workdir: str | os.PathLike, eval_folder: str | None = "eval", checkpoints: list[int] | None = None) -> dict[int, dict[str, Any]]:
+    """Evaluate the numbered checkpoints of ``workdir`` (module docstring); the reports by checkpoint number.
+
+    ``eval_folder`` ``None`` means ``'eval'``. ``checkpoints`` overrides the range ``config.eval.begin_ckpt .. end_ckpt``. :class:`CheckpointError` when no
+    checkpoint of the range exists or one cannot be loaded; :class:`ConfigError` for a config that cannot run.
+    """
+    eval_folder = eval_folder or "eval"
+    exp = build_experiment(config, workdir, "eval")
+    if bool(config_value(exp.config, "eval.enable_sampling", False)):
+        _inception_setup(exp.config, exp.device)  # a missing library, weights or statistics file fails before any work
+    logger = open_log(exp.layout.log_file, exp.distributed.is_main)
+    enabled = {name: bool(config_value(exp.config, f"eval.enable_{name}", False)) for name in ("loss", "bpd", "sampling")}
+    try:
+        indices = checkpoints if checkpoints is not None else _checkpoint_range(exp)
+        reports = {}
+        for ckpt in indices:
+            path = exp.layout.checkpoint_path(ckpt)
+            if not path.exists():
+                raise CheckpointError(f"checkpoint {path} does not exist")
+            step = _load_ema_weights(exp, path)
+            folder = exp.layout.workdir / eval_folder / f"ckpt_{ckpt}"
+            logger.info("evaluating %s (step %d) under its EMA weights; results in %s", path, step, folder)
+            report: dict[str, Any] = {"checkpoint": str(path), "ckpt": ckpt, "step": step, "dataset": exp.test_ds.name}
+            if enabled["loss"]:
+                report["loss"] = test_loss(exp, ckpt)
+            if enabled["bpd"]:
+                report["likelihood"] = test_likelihood(exp, ckpt)
+            if enabled["sampling"]:
+                report["samples"] = _sampling_report(exp, folder, (EVAL_SAMPLES_STREAM, ckpt), logger, with_metrics=True)
+            if exp.distributed.is_main:
+                report_path = _write_json(folder / "report.json", report)
+                for line in _describe(ckpt, step, report):
+                    logger.info(line)
+                logger.info("ckpt %d: report %s", ckpt, report_path)
+            reports[ckpt] = report
+        _barrier(exp)
+        return reports
+    finally:
+        close_log(logger)
+
+
+def sample(config: Any, workdir: str | os.PathLike, eval_folder: str | None = "samples") -> dict[str, Any]:
+    """Draw ``config.eval.num_samples`` samples from the latest checkpoint (module docstring) into
+    ``workdir/eval_folder/step_{s}/`` (``None`` means ``'samples'``): resumable ``samples_{r}.npz`` rounds and
+    ``samples.png``. Returns the report."""
+    eval_folder = eval_folder or "samples"
+    exp = build_experiment(config, workdir, "sample")
+    logger = open_log(exp.layout.log_file, exp.distributed.is_main)
+    try:
+        path = latest_checkpoint(exp)
+        step = _load_ema_weights(exp, path)
+        folder = exp.layout.workdir / eval_folder / f"step_{step}"
+        logger.info("sampling from %s (step %d) under its EMA weights into %s", path, step, folder)
+        report = {"checkpoint": str(path), "step": step, **_sampling_report(exp, folder, (SAMPLE_JOB_STREAM, step), logger, with_metrics=False)}
+        if exp.distributed.is_main:
+            logger.info(
+                "%d samples (%d score evaluations per round) in %s; picture %s",
+                report["count"], report["nfe_per_round"][0], folder, report["png"],
+            )
+        _barrier(exp)
+        return report
+    finally:
+        close_log(logger)
+
+
+def train_and_evaluate(config: Any, workdir: str | os.PathLike, eval_folder: str | None = "eval") -> None:
+    """The ``train`` job of ``main.py``: :func:`train_lib.train`, then, if ``config.eval.after_training`` is True,
+    :func:`evaluate` of the run's last numbered checkpoint into ``workdir/eval_folder``."""
+    exp = train(config, workdir)
+    if bool(config_value(config, "eval.after_training", False)):
+        existing = numbered_checkpoints(exp)
+        if not existing:
+            raise CheckpointError(f"training wrote no numbered checkpoint in {exp.layout.checkpoint_dir} to evaluate")
+        evaluate(config, workdir, eval_folder, checkpoints=[max(existing)])
