@@ -225,7 +225,7 @@ def test_digits_bits_per_dim_matches_an_independent_computation(tmp_path):
     from PIL import Image
 
     with Image.open(folder / "samples.png") as png:
-        assert png.size == (10 * 10 + 2, 10 * 10 + 2)
+        assert png.size == (4 * (10 * 10 + 2), 4 * (10 * 10 + 2))  # 8 px digits are shown 4x larger
 
 
 def test_sample_mode_writes_npz_and_picture(toy_run):

@@ -304,9 +304,9 @@ def test_image_grid_layout(tmp_path):
     assert grid[:2].max() == 0 and grid[-12:, 12:].max() == 0  # padding and the empty sixth cell
     from PIL import Image
 
-    with Image.open(save_image_grid(images, tmp_path / "grid.png")) as png:
-        assert png.size == (22, 32) and png.mode == "L"
-        assert np.array_equal(np.asarray(png), grid[..., 0])
+    with Image.open(save_image_grid(images, tmp_path / "grid.png")) as png:  # 8 px images are shown 4x larger
+        assert png.size == (4 * 22, 4 * 32) and png.mode == "L"
+        assert np.array_equal(np.asarray(png), grid[..., 0].repeat(4, axis=0).repeat(4, axis=1))
 
 
 def test_image_run_writes_a_grid_of_its_samples(tmp_path):
@@ -323,7 +323,7 @@ def test_image_run_writes_a_grid_of_its_samples(tmp_path):
     samples = np.load(folder / "sample.npz")["samples"]
     assert samples.shape == (8, 8, 8, 1) and samples.dtype == np.uint8
     with Image.open(folder / "sample.png") as png:
-        grid = np.asarray(png)
+        grid = np.asarray(png)[::4, ::4]  # the PNG shows 8 px images 4x larger, each pixel a 4x4 block
     assert grid.shape == (4 * 10 + 2, 2 * 10 + 2)  # floor(sqrt(8)) = 2 per row, 4 rows, 2-pixel padding
     for index in range(8):
         row, col = divmod(index, 2)

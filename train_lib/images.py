@@ -48,11 +48,24 @@ def image_grid(images: Tensor, nrow: int | None = None, padding: int = 2, pad_va
     return grid
 
 
+#: small images are enlarged (each pixel repeated) until a grid cell is at least this many pixels wide
+MIN_CELL_PIXELS = 32
+
+
+def grid_scale(image_size: int) -> int:
+    """The whole-number enlargement of a grid of ``image_size`` images: ``ceil(MIN_CELL_PIXELS / image_size)``, at
+    least 1 (8x8 digits are shown 4 times larger, 32x32 images as they are)."""
+    return max(1, -(-MIN_CELL_PIXELS // image_size))
+
+
 def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int | None = None, padding: int = 2) -> Path:
-    """Write :func:`image_grid` as a PNG (greyscale for one channel, RGB for three)."""
+    """Write :func:`image_grid` as a PNG (greyscale for one channel, RGB for three), enlarged by
+    :func:`grid_scale` with nearest-neighbour repetition so that small images stay visible."""
     from PIL import Image
 
     grid = image_grid(images, nrow=nrow, padding=padding)
+    scale = grid_scale(max(images.shape[-2:]))
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
