@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from sde_lib import config_value
-from sde_lib.base import check_finite_positive, check_positive_int
+from sde_lib.base import check_choice, check_finite_positive, check_positive_int
 
 from .embeddings import GaussianFourierProjection, sinusoidal_embedding
 from .layers import (
@@ -79,10 +79,8 @@ def _is_channels_last(t: Tensor) -> bool:
 
 
 def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
-    key = value.lower() if isinstance(value, str) else value
-    if key not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
-    return key
+    """``check_choice`` on the lower-cased value (config strings are case-insensitive, as in the reference)."""
+    return check_choice(name, value.lower() if isinstance(value, str) else value, allowed)
 
 
 class LabelEmbedding(nn.Module):

@@ -45,7 +45,8 @@ def get_model_fn(model: nn.Module, train: bool = False) -> ModelFn:
     return model_fn
 
 
-def _checked_output(out: Tensor, x: Tensor) -> Tensor:
+def check_model_output(out: Tensor, x: Tensor) -> Tensor:
+    """``out`` if the network's output is shaped like its input ``x``, else ``ValueError`` naming both shapes."""
     if out.shape != x.shape:
         raise ValueError(f"the model returned shape {tuple(out.shape)}, expected the shape of x {tuple(x.shape)}")
     return out
@@ -63,7 +64,7 @@ def _vp_score_fn(sde: VPSDE | subVPSDE, model_fn: ModelFn, continuous: bool) -> 
         else:
             labels = t * (sde.N - 1) / sde.T
             std = sde._table("sqrt_1m_alphas_cumprod", t)[labels.long()]
-        out = _checked_output(model_fn(x, labels), x)
+        out = check_model_output(model_fn(x, labels), x)
         return -out / batch_broadcast(std, out)
 
     return score_fn
@@ -78,7 +79,7 @@ def _ve_score_fn(sde: VESDE, model_fn: ModelFn, continuous: bool) -> ScoreFn:
             labels = sde.marginal_coeffs(t)[1]
         else:
             labels = torch.round((sde.T - t) * (sde.N - 1) / sde.T).long()
-        return _checked_output(model_fn(x, labels), x)
+        return check_model_output(model_fn(x, labels), x)
 
     return score_fn
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from sde_lib import SDE, LinearSDE, ScoreFn, batch_broadcast
 from sde_lib.base import check_finite_positive as check_positive  # noqa: F401 - re-exported for the samplers
-from sde_lib.base import check_positive_int, check_shape  # noqa: F401 - re-exported for the samplers
+from sde_lib.base import check_choice, check_positive_int, check_shape  # noqa: F401 - re-exported for the samplers
 
 T_ = TypeVar("T_")
 
@@ -45,14 +45,6 @@ def check_eps(eps: float, sde: SDE, name: str = "eps") -> float:
     if not 0.0 < eps < sde.T:
         raise ValueError(f"{name} must lie in (0, T) = (0, {sde.T}), got {eps}")
     return eps
-
-
-def check_choice(name: str, value: str, allowed: Iterable[str]) -> str:
-    """``value`` if it is one of ``allowed``, else ``ValueError`` listing the allowed values."""
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    return value
 
 
 def resolve_device(

@@ -19,7 +19,7 @@ import abc
 import math
 import numbers
 import weakref
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -50,6 +50,14 @@ def check_finite_positive(name: str, value: float) -> float:
         raise ValueError(f"{name} must be a positive number, got {value!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: str, allowed: Iterable[str]) -> str:
+    """``value`` if it is one of ``allowed``, else ``ValueError`` listing the allowed values."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
     return value
 
 

@@ -57,7 +57,7 @@ from sample_quality import (
     toy_metrics,
 )
 from samplers import dequantized_bits_per_dim, log_likelihood
-from samplers.common import check_choice
+from sde_lib.base import check_choice
 from samplers.likelihood import DIVERGENCES
 from sde_lib import config_value
 from sde_lib.base import check_positive_int

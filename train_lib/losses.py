@@ -24,8 +24,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from models.score_fn import get_model_fn, get_score_fn
-from samplers.common import check_choice, check_eps
+from models.score_fn import check_model_output, get_model_fn, get_score_fn
+from samplers.common import check_eps
+from sde_lib.base import check_choice
 from sde_lib import SDE, VESDE, VPSDE, batch_broadcast, config_value
 
 from .optim import optimization_manager
@@ -65,10 +66,7 @@ def _check_flag(name: str, value: Any) -> bool:
 
 def _network_output(model: nn.Module, train: bool, x: Tensor, labels: Tensor) -> Tensor:
     """``model(x, labels)`` in train or eval mode, checked to be shaped like ``x`` and cast to its dtype (autocast)."""
-    out = get_model_fn(model, train=train)(x, labels)
-    if out.shape != x.shape:
-        raise ValueError(f"the model returned shape {tuple(out.shape)}, expected the shape of x {tuple(x.shape)}")
-    return out.to(x.dtype)
+    return check_model_output(get_model_fn(model, train=train)(x, labels), x).to(x.dtype)
 
 
 def _finish(losses: Tensor, per_example: bool) -> Tensor:
