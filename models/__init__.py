@@ -2,7 +2,9 @@
 
 * :func:`register_model`, :func:`get_model`, :func:`create_model`: networks by config name
   (``config.model.name``), as in the 2021 reference; each model translates its own config fields.
-* :class:`MLPScoreNet` (``"mlp"``): a noise-conditioned MLP for low-dimensional data.
+* :class:`MLPScoreNet` (``"mlp"``): a noise-conditioned MLP for low-dimensional data;
+  :class:`ConditionalMLPScoreNet` (``"conditional_mlp"``) adds a class label (with a null label, for
+  classifier-free guidance) and :class:`MLPClassifier` (``"mlp_classifier"``) is a noise-conditional classifier.
 * :class:`NCSNpp` (``"ncsnpp"``: NCSN++ and DDPM++) and :class:`DDPM` (``"ddpm"``): the U-Nets, with FIR
   resampling in pure PyTorch (:func:`upfirdn2d`); on the CPU, float32 inference runs their 3x3 convolutions by
   Winograd's F(4x4, 3x3) (:class:`WinogradConv2d`; :func:`set_winograd_enabled` switches it off).
@@ -29,6 +31,8 @@ from .checkpoint import (
 )
 from .ema import ExponentialMovingAverage
 from .embeddings import GaussianFourierProjection, sinusoidal_embedding
+from .classifier_mlp import MLPClassifier
+from .conditional_mlp import ClassConditioned, ConditionalMLPScoreNet, check_class_labels
 from .ddpm import DDPM
 from .mlp import EMBEDDING_TYPES, MLPScoreNet
 from .ncsn import NCSN
@@ -47,6 +51,10 @@ __all__ = [
     "available_models",
     "MLPScoreNet",
     "EMBEDDING_TYPES",
+    "ConditionalMLPScoreNet",
+    "ClassConditioned",
+    "check_class_labels",
+    "MLPClassifier",
     "NCSNpp",
     "DDPM",
     "upfirdn2d",

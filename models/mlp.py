@@ -136,10 +136,12 @@ class MLPScoreNet(nn.Module):
             return self.fourier(torch.log(labels.to(dtype)))
         return sinusoidal_embedding(labels, self.embedding_dim, self.max_positions, dtype=dtype)
 
-    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
-        self._check_inputs(x, labels)
-        dtype = self.input_proj.weight.dtype  # labels are embedded in the network's own precision
-        temb = self.embedding_mlp(self._embed(labels, dtype))
+    def label_features(self, labels: Tensor) -> Tensor:
+        """The embedding of the noise labels fed to every block, ``(B, hidden_dim)``, in the network's precision."""
+        return self.embedding_mlp(self._embed(labels, self.input_proj.weight.dtype))
+
+    def trunk(self, x: Tensor, labels: Tensor, temb: Tensor) -> Tensor:
+        """The residual trunk on ``x`` given the block conditioning ``temb``, with the output scaling."""
         h = self.input_proj(x)
         for block in self.blocks:
             h = block(h, temb)
@@ -147,3 +149,7 @@ class MLPScoreNet(nn.Module):
         if self.scale_by_sigma:
             out = out / labels.to(out.dtype)[:, None]
         return out
+
+    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
+        self._check_inputs(x, labels)
+        return self.trunk(x, labels, self.label_features(labels))

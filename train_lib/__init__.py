@@ -20,6 +20,8 @@
   registered with :func:`register_sample_metric`).
 """
 
+from .classifier import classifier_log_prob_fn, get_classifier_loss_fn, perturb
+from .classifier_free import cfg_score_fns, drop_labels, get_cfg_loss_fn
 from .checkpoints import CheckpointError, load_checkpoint_file, restore_checkpoint, save_checkpoint
 from .losses import (
     MIXED_PRECISION,
@@ -39,6 +41,12 @@ from .evaluation import evaluate, register_sample_metric, sample, train_and_eval
 from .time_sampling import LikelihoodTimeSampler
 
 __all__ = [
+    "get_classifier_loss_fn",
+    "classifier_log_prob_fn",
+    "perturb",
+    "get_cfg_loss_fn",
+    "cfg_score_fns",
+    "drop_labels",
     "get_sde_loss_fn",
     "get_smld_loss_fn",
     "get_ddpm_loss_fn",
