@@ -16,6 +16,7 @@ from absl import app, flags
 from ml_collections.config_flags import config_flags
 
 from train_lib.checkpoints import CheckpointError
+from train_lib.controllable import MASKS, colorize, inpaint, interpolate
 from train_lib.evaluation import evaluate, sample, train_and_evaluate
 from train_lib.experiment import ConfigError, shutdown_distributed
 from train_lib.run import TrainingDivergedError
@@ -27,12 +28,17 @@ JOBS = {
     "train": train_and_evaluate,  # then evaluate the last checkpoint if config.eval.after_training
     "eval": evaluate,
     "sample": sample,
+    "inpaint": inpaint,  # the first test images with the --mask region generated (PC sampler of config.sampling)
+    "colorize": colorize,  # the first test images of an RGB dataset colorized from their grey level
+    "interpolate": interpolate,  # pairs of test images interpolated in the latent space of the probability-flow ODE
 }
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (ml-collections).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder of the run: checkpoints, samples, TensorBoard events, log.txt.")
 flags.DEFINE_enum("mode", "train", list(JOBS), "What to run.")
-flags.DEFINE_string("eval_folder", None, "Subfolder of the workdir for the results: default 'eval' (train, eval), 'samples' (sample).")
+flags.DEFINE_string("eval_folder", None, "Subfolder of the workdir for the results: default 'eval' (train, eval), "
+                    "'samples' (sample), 'controllable' (inpaint, colorize, interpolate).")
+flags.DEFINE_enum("mask", "right_half", list(MASKS), "--mode inpaint: the region of the test images to generate.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,7 +46,8 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        JOBS[FLAGS.mode](FLAGS.config, FLAGS.workdir, FLAGS.eval_folder)
+        options = {"mask": FLAGS.mask} if FLAGS.mode == "inpaint" else {}
+        JOBS[FLAGS.mode](FLAGS.config, FLAGS.workdir, FLAGS.eval_folder, **options)
     except (ConfigError, CheckpointError, TrainingDivergedError) as error:
         print(f"main.py: error: {error}", file=sys.stderr)
         return 1

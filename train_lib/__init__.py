@@ -38,9 +38,15 @@ from .experiment import ConfigError, DistributedContext, Experiment, WorkdirLayo
 from .images import image_grid, save_image_grid, save_samples, save_scatter_plot
 from .run import TrainingDivergedError, train
 from .evaluation import evaluate, register_sample_metric, sample, train_and_evaluate
+from .controllable import MASKS, colorize, inpaint, interpolate, region_mask
 from .time_sampling import LikelihoodTimeSampler
 
 __all__ = [
+    "inpaint",
+    "colorize",
+    "interpolate",
+    "region_mask",
+    "MASKS",
     "get_classifier_loss_fn",
     "classifier_log_prob_fn",
     "perturb",

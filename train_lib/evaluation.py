@@ -236,7 +236,7 @@ def latest_checkpoint(exp: Experiment) -> Path:
     raise CheckpointError(f"no checkpoint in {exp.layout.workdir}: train first (python main.py --mode train ...)")
 
 
-def _load_ema_weights(exp: Experiment, path: Path) -> int:
+def load_ema_weights(exp: Experiment, path: Path) -> int:
     """Restore ``path`` strictly into the state, put the EMA weights into the model; the checkpoint's step."""
     restore_checkpoint(path, exp.state, map_location=exp.device)
     exp.ema.copy_to(exp.model.parameters())
@@ -431,7 +431,7 @@ def evaluate(config: Any, workdir: str | os.PathLike, eval_folder: str | None = 
             path = exp.layout.checkpoint_path(ckpt)
             if not path.exists():
                 raise CheckpointError(f"checkpoint {path} does not exist")
-            step = _load_ema_weights(exp, path)
+            step = load_ema_weights(exp, path)
             folder = exp.layout.workdir / eval_folder / f"ckpt_{ckpt}"
             logger.info("evaluating %s (step %d) under its EMA weights; results in %s", path, step, folder)
             report: dict[str, Any] = {"checkpoint": str(path), "ckpt": ckpt, "step": step, "dataset": exp.test_ds.name}
@@ -462,7 +462,7 @@ def sample(config: Any, workdir: str | os.PathLike, eval_folder: str | None = "s
     logger = open_log(exp.layout.log_file, exp.distributed.is_main)
     try:
         path = latest_checkpoint(exp)
-        step = _load_ema_weights(exp, path)
+        step = load_ema_weights(exp, path)
         folder = exp.layout.workdir / eval_folder / f"step_{step}"
         logger.info("sampling from %s (step %d) under its EMA weights into %s", path, step, folder)
         report = {"checkpoint": str(path), "step": step, **_sampling_report(exp, folder, (SAMPLE_JOB_STREAM, step), logger, with_metrics=False)}

@@ -1,0 +1,192 @@
+"""The ``inpaint``, ``colorize`` and ``interpolate`` jobs of ``main.py``: controllable generation with a trained model.
+
+Each job builds the experiment of ``config`` (:func:`train_lib.build_experiment`), loads the latest checkpoint of
+``workdir`` under its EMA weights (:func:`train_lib.evaluation.latest_checkpoint`, as ``--mode sample`` does),
+takes the first test images and writes a PNG and an ``.npz`` into ``workdir/eval_folder`` (default
+``controllable``):
+
+* :func:`inpaint`: the first ``NUM_IMAGES`` test images with a region (:data:`MASKS`) to generate, filled in by
+  :func:`samplers.controllable.pc_inpaint` with the PC settings of ``config.sampling`` (``predictor``,
+  ``corrector``, ``snr``, ``n_steps_each``, ``probability_flow``, ``noise_removal``; where a config sampling with
+  another method has none, the reference's ``reverse_diffusion``, ``langevin``, 0.16, 1) and
+  ``N = config.model.num_scales`` steps. ``inpaint.png``: rows original | masked (unknown pixels grey) | inpainted.
+* :func:`colorize`: the same for RGB data with the grey level known (:func:`samplers.controllable.pc_colorize`).
+  ``colorize.png``: rows original | grey | colorized.
+* :func:`interpolate`: ``NUM_PAIRS`` pairs of test images encoded by the probability-flow ODE, their latents
+  interpolated spherically at ``NUM_STEPS`` points and decoded (:func:`samplers.controllable.ode_interpolate`,
+  ODE options ``config.sampling.ode_method`` / ``rtol`` / ``atol``). ``interpolate.png``: one row per pair,
+  the first input, the ``NUM_STEPS`` decoded images, the second input.
+
+Every ``.npz`` holds float32 images ``(N, C, H, W)`` in ``[0, 1]`` (not clipped) and ``nfe``, the batched score
+evaluations made. The PC jobs draw their noise from a generator seeded by ``config.seed``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import data_lib
+import models
+from samplers.common import check_choice
+from samplers.controllable import pc_colorize, pc_inpaint, ode_interpolate
+from samplers.ode import DEFAULT_METHOD
+from samplers.pc import available_correctors, available_predictors
+from sde_lib import config_value
+
+from .evaluation import latest_checkpoint, load_ema_weights
+from .experiment import ConfigError, Experiment, build_experiment
+from .images import save_image_grid
+from .run import close_log, open_log
+
+MASKS = ("right_half", "center", "random")  # --mask of the inpaint job: the region that is generated
+NUM_IMAGES = 16  # test images inpainted or colorized
+NUM_PAIRS = 4  # pairs of test images interpolated (images 0-1, 2-3, ...)
+NUM_STEPS = 8  # interpolation points per pair, from 0 to 1 inclusive
+UNKNOWN_GREY = 0.5  # value shown for the unknown pixels of the masked images
+CONTROLLABLE_STREAM = 12  # seed offset of the PC noise (train_lib.run and evaluation use 2..11)
+
+
+# ------------------------------------------------------------------ inputs
+def region_mask(name: str, shape: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
+    """Boolean mask of ``shape`` ``(N, C, H, W)``, True where a pixel is known.
+
+    ``'right_half'``: the columns ``>= W // 2`` are generated; ``'center'``: the central ``H/2 x W/2`` square;
+    ``'random'``: each pixel (all channels together) independently with probability 1/2 (from ``generator``).
+    """
+    check_choice("mask", name, MASKS)
+    n, _, height, width = shape
+    known = torch.ones((n, 1, height, width), dtype=torch.bool)
+    if name == "right_half":
+        known[..., width // 2:] = False
+    elif name == "center":
+        known[..., height // 4: height // 4 + height // 2, width // 4: width // 4 + width // 2] = False
+    else:
+        known = torch.rand((n, 1, height, width), generator=generator) >= 0.5
+    return known.expand(shape)
+
+
+def _test_images(exp: Experiment, count: int) -> Tensor:
+    """The first ``count`` test images in ``[0, 1]``, on the experiment's device, in the model's dtype."""
+    if len(exp.test_ds) < count:
+        raise ConfigError(f"the test split of {exp.test_ds.name} has {len(exp.test_ds)} examples, {count} are needed")
+    if len(exp.data_shape) != 3:
+        raise ConfigError(f"controllable generation needs images (C, H, W), config.data describes {exp.data_shape}")
+    batches = data_lib.iterate_batches(exp.test_ds, count, shuffle=False, uniform_dequantization=False,
+                                       dtype=exp.batch_dtype)  # levels k / (L - 1), as the evaluation reads them
+    return next(iter(batches)).to(exp.device)
+
+
+def _pc_options(config: Any) -> dict[str, Any]:
+    """The PC settings of ``config.sampling`` (the reference's field names), with the defaults of
+    :func:`samplers.controllable.pc_inpaint` where the config has none; :class:`ConfigError` for unknown names."""
+    get = lambda field, default=...: config_value(config, f"sampling.{field}", default)  # noqa: E731
+    try:
+        predictor = check_choice("config.sampling.predictor", str(get("predictor", "reverse_diffusion")).lower(), available_predictors())
+        corrector = check_choice("config.sampling.corrector", str(get("corrector", "langevin")).lower(), available_correctors())
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    return dict(
+        predictor=predictor, corrector=corrector, snr=float(get("snr", 0.16)), n_steps=int(get("n_steps_each", 1)),
+        probability_flow=bool(get("probability_flow", False)), denoise=bool(get("noise_removal", True)),
+    )
+
+
+def _score_fn(exp: Experiment, continuous: bool):
+    return models.get_sampling_score_fn(exp.sde, exp.model, continuous=continuous)
+
+
+# ------------------------------------------------------------------ running a job
+def _run(config: Any, workdir: str | os.PathLike, eval_folder: str | None, name: str, body) -> dict[str, Any]:
+    """Build the experiment, load the latest checkpoint's EMA weights, run ``body(exp, folder, logger)``."""
+    exp = build_experiment(config, workdir, "eval")  # the eval mode opens the test split
+    logger = open_log(exp.layout.log_file, exp.distributed.is_main)
+    try:
+        path = latest_checkpoint(exp)
+        step = load_ema_weights(exp, path)
+        folder = exp.layout.workdir / (eval_folder or "controllable")
+        logger.info("%s with %s (step %d) under its EMA weights into %s", name, path, step, folder)
+        with torch.no_grad():
+            report = {"checkpoint": str(path), "step": step, **body(exp, folder)}
+        logger.info("%s: %d score evaluations; picture %s", name, report["nfe"], report["png"])
+        return report
+    finally:
+        close_log(logger)
+
+
+def _save(folder: Path, name: str, rows: list[Tensor], nfe: int, **arrays: Tensor) -> dict[str, Any]:
+    """``folder/name.png``: the images of ``rows`` (each ``(n, C, H, W)``) one row each; ``folder/name.npz``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    png = save_image_grid(torch.cat(rows), folder / f"{name}.png", nrow=rows[0].shape[0])
+    npz = folder / f"{name}.npz"
+    host = {key: value.detach().to("cpu", torch.float32 if value.is_floating_point() else value.dtype).numpy()
+            for key, value in arrays.items()}
+    np.savez_compressed(npz, nfe=np.int64(nfe), **host)
+    return {"png": str(png), "npz": str(npz), "nfe": nfe}
+
+
+def _known_value_job(exp: Experiment, folder: Path, name: str, images: Tensor, mask: Tensor, colour: bool) -> dict[str, Any]:
+    """Inpainting (``colour=False``: ``mask`` known) or colorization (the grey level known) of ``images``."""
+    generator = torch.Generator(exp.device).manual_seed(int(config_value(exp.config, "seed", 0)) + CONTROLLABLE_STREAM)
+    options = _pc_options(exp.config)
+    score_fn = _score_fn(exp, bool(config_value(exp.config, "training.continuous", True)))
+    if colour:
+        given = images.mean(dim=1, keepdim=True).expand_as(images)
+        x, nfe = pc_colorize(exp.sde, score_fn, exp.scaler(given), eps=exp.sampling_eps, generator=generator, **options)
+    else:
+        given = torch.where(mask, images, torch.full_like(images, UNKNOWN_GREY))
+        x, nfe = pc_inpaint(exp.sde, score_fn, exp.scaler(images), mask, eps=exp.sampling_eps, generator=generator,
+                            **options)
+    result = exp.inverse_scaler(x)
+    arrays = {"original": images, "given": given, "result": result}
+    if not colour:
+        arrays["mask"] = mask
+    return _save(folder, name, [images, given, result], nfe, **arrays)
+
+
+# ------------------------------------------------------------------ the jobs
+def inpaint(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None, mask: str = "right_half") -> dict[str, Any]:
+    """Inpaint the ``mask`` region (:data:`MASKS`) of the first :data:`NUM_IMAGES` test images (module docstring)."""
+    check_choice("mask", mask, MASKS)
+
+    def body(exp: Experiment, folder: Path) -> dict[str, Any]:
+        images = _test_images(exp, NUM_IMAGES)
+        generator = torch.Generator().manual_seed(int(config_value(exp.config, "seed", 0)))
+        known = region_mask(mask, tuple(images.shape), generator).to(exp.device)
+        return {"mask": mask, **_known_value_job(exp, folder, "inpaint", images, known, colour=False)}
+
+    return _run(config, workdir, eval_folder, f"inpainting ({mask})", body)
+
+
+def colorize(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None) -> dict[str, Any]:
+    """Colorize the grey levels of the first :data:`NUM_IMAGES` test images of an RGB dataset (module docstring)."""
+
+    def body(exp: Experiment, folder: Path) -> dict[str, Any]:
+        if exp.data_shape[0] != 3:
+            raise ConfigError(f"--mode colorize needs RGB data (3 channels), config.data describes {exp.data_shape}")
+        return _known_value_job(exp, folder, "colorize", _test_images(exp, NUM_IMAGES), None, colour=True)
+
+    return _run(config, workdir, eval_folder, "colorization", body)
+
+
+def interpolate(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None) -> dict[str, Any]:
+    """Interpolate :data:`NUM_PAIRS` pairs of test images through the probability-flow ODE (module docstring)."""
+
+    def body(exp: Experiment, folder: Path) -> dict[str, Any]:
+        images = _test_images(exp, 2 * NUM_PAIRS)
+        first, second = images[0::2], images[1::2]
+        alphas = torch.linspace(0, 1, NUM_STEPS, dtype=torch.float64)
+        options = dict(method=str(config_value(exp.config, "sampling.ode_method", DEFAULT_METHOD)),
+                       rtol=float(config_value(exp.config, "sampling.rtol", 1e-5)),
+                       atol=float(config_value(exp.config, "sampling.atol", 1e-5)), eps=exp.sampling_eps)
+        path, nfe = ode_interpolate(exp.sde, _score_fn(exp, True), exp.scaler(first), exp.scaler(second), alphas, **options)
+        path = exp.inverse_scaler(path).transpose(0, 1)  # (pairs, NUM_STEPS, C, H, W)
+        rows = [torch.cat([a[None], row, b[None]]) for a, row, b in zip(first, path, second)]
+        return _save(folder, "interpolate", rows, nfe, first=first, second=second, path=path, alphas=alphas)
+
+    return _run(config, workdir, eval_folder, "interpolation", body)
