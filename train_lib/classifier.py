@@ -21,7 +21,9 @@ from torch import Tensor, nn
 
 from models.score_fn import model_dtype
 from samplers.common import check_eps
-from sde_lib import SDE, batch_broadcast
+from sde_lib import SDE
+
+from .losses import perturb_data, uniform_times
 
 ClassifierLossFn = Callable[..., Tensor]
 """``loss_fn(classifier, x0, y, generator=None, per_example=False)``: the mean cross-entropy, or ``(B,)`` values."""
@@ -29,10 +31,8 @@ ClassifierLossFn = Callable[..., Tensor]
 
 def perturb(sde: SDE, x0: Tensor, eps: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """``(x(t), t)`` with ``t ~ U(eps, T)`` and ``x(t) = mean(x0, t) + std(t) z``, ``z ~ N(0, I)``: [SDE] eq. (7)'s draws."""
-    t = torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype) * (sde.T - eps) + eps
-    z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    mean, std = sde.marginal_prob(x0, t)
-    return mean + batch_broadcast(std, x0) * z, t
+    t = uniform_times(sde, x0, eps, generator)
+    return perturb_data(sde, x0, t, generator)[0], t
 
 
 def _check_data(x0: Tensor, y: Tensor) -> None:

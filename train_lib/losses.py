@@ -76,6 +76,23 @@ def _finish(losses: Tensor, per_example: bool) -> Tensor:
 # ---------------------------------------------------------------------------- continuous time
 
 
+def uniform_times(sde: SDE, x0: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
+    """``t ~ U(eps, T)``, one time per row of ``x0``, in its dtype and on its device."""
+    u = torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
+    return u * (sde.T - eps) + eps
+
+
+def perturb_data(
+    sde: SDE, x0: Tensor, t: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x(t), z, std)``: ``x(t) = mean(x0, t) + std(t) z`` with ``z ~ N(0, I)`` drawn from ``generator`` and ``std``
+    broadcast like ``x0``, the perturbation of [SDE] eq. (7) shared by the score and classifier losses."""
+    z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    mean, std = sde.marginal_prob(x0, t)
+    std = batch_broadcast(std, x0)
+    return mean + std * z, z, std
+
+
 def get_sde_loss_fn(
     sde: SDE,
     train: bool,
@@ -118,10 +135,10 @@ def get_sde_loss_fn(
     reduce = _reduce_op(reduce_mean)
 
     def sample_times(batch: Tensor, generator: torch.Generator | None) -> Tensor:
-        u = torch.rand(batch.shape[0], generator=generator, device=batch.device, dtype=batch.dtype)
         if time_sampler is not None:
+            u = torch.rand(batch.shape[0], generator=generator, device=batch.device, dtype=batch.dtype)
             return time_sampler.icdf(u).to(batch.dtype)
-        return u * (sde.T - eps) + eps
+        return uniform_times(sde, batch, eps, generator)
 
     def loss_fn(
         model: nn.Module, batch: Tensor, generator: torch.Generator | None = None, per_example: bool = False
@@ -129,10 +146,8 @@ def get_sde_loss_fn(
         _check_batch(batch)
         score_fn = get_score_fn(sde, model, train=train, continuous=continuous)
         t = sample_times(batch, generator)
-        z = torch.randn(batch.shape, generator=generator, device=batch.device, dtype=batch.dtype)
-        mean, std = sde.marginal_prob(batch, t)
-        std = batch_broadcast(std, batch)
-        score = score_fn(mean + std * z, t).to(batch.dtype)
+        perturbed, z, std = perturb_data(sde, batch, t, generator)
+        score = score_fn(perturbed, t).to(batch.dtype)
         if time_sampler is not None:
             losses = time_sampler.uniform_weight * reduce(torch.square(score * std + z))
         elif likelihood_weighting:
