@@ -16,6 +16,7 @@ from absl import app, flags
 from ml_collections.config_flags import config_flags
 
 from train_lib.checkpoints import CheckpointError
+from train_lib.classifier_training import train_classifier
 from train_lib.controllable import MASKS, colorize, inpaint, interpolate
 from train_lib.evaluation import evaluate, sample, train_and_evaluate
 from train_lib.experiment import ConfigError, shutdown_distributed
@@ -26,6 +27,7 @@ FLAGS = flags.FLAGS
 #: --mode -> job(config, workdir, eval_folder)
 JOBS = {
     "train": train_and_evaluate,  # then evaluate the last checkpoint if config.eval.after_training
+    "train_classifier": train_classifier,  # the noise-conditional classifier of config.classifier, into config.sampling.classifier
     "eval": evaluate,
     "sample": sample,
     "inpaint": inpaint,  # the first test images with the --mask region generated (PC sampler of config.sampling)

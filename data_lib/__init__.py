@@ -11,6 +11,7 @@ from .embedded import digits, faces, photo_patches
 from .loader import (
     DATASETS,
     available_datasets,
+    check_labelled,
     get_dataset,
     iterate_batches,
     mix_seeds,
@@ -20,7 +21,7 @@ from .loader import (
     training_batches,
 )
 from .scalers import get_data_inverse_scaler, get_data_scaler
-from .toy import TOY_DATASETS, sample_toy, toy_gaussian_mixture, toy_log_prob
+from .toy import TOY_DATASETS, TOY_NUM_CLASSES, sample_toy, sample_toy_with_labels, toy_classify, toy_gaussian_mixture, toy_log_prob
 
 __all__ = [
     "Dataset",
@@ -29,6 +30,7 @@ __all__ = [
     "DATASETS",
     "TOY_DATASETS",
     "available_datasets",
+    "check_labelled",
     "get_dataset",
     "iterate_batches",
     "mix_seeds",
@@ -39,7 +41,10 @@ __all__ = [
     "get_data_scaler",
     "get_data_inverse_scaler",
     "sample_toy",
+    "sample_toy_with_labels",
+    "TOY_NUM_CLASSES",
     "toy_log_prob",
+    "toy_classify",
     "toy_gaussian_mixture",
     "digits",
     "faces",

@@ -60,18 +60,24 @@ def _cifar_dir(root: Path) -> Path:
     raise missing(root, "the python version of CIFAR-10, cifar-10-batches-py/{data_batch_1..5, test_batch}, in it or as it")
 
 
-def read_cifar_batch(path: Path) -> np.ndarray:
-    """One pickled CIFAR-10 batch as uint8 ``(N, 3, 32, 32)``."""
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """One pickled CIFAR-10 batch: uint8 images ``(N, 3, 32, 32)`` and int64 class labels ``(N,)`` (``None`` if the
+    batch has no ``labels`` entry)."""
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
         data = batch.get(b"data", batch.get("data"))
+        labels = batch.get(b"labels", batch.get("labels"))
     except Exception as err:  # a truncated or foreign file: say which
         raise ValueError(f"cannot read the CIFAR-10 batch {path}: {err}") from None
     data = np.asarray(data)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(f"{path}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
-    return data.reshape(-1, 3, 32, 32)
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (data.shape[0],) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+            raise ValueError(f"{path}: 'labels' must hold {data.shape[0]} classes in 0..9, got shape {labels.shape}")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def cifar10(root: Path | str, split: str, image_size: int = 32) -> InMemoryDataset:
@@ -81,8 +87,10 @@ def cifar10(root: Path | str, split: str, image_size: int = 32) -> InMemoryDatas
     absent = [p.name for p in paths if not p.is_file()]
     if absent:
         raise missing(root, f"the CIFAR-10 {split} batches; missing {', '.join(absent)} in {folder}")
-    levels = torch.from_numpy(np.concatenate([read_cifar_batch(p) for p in paths]))
-    return InMemoryDataset("CIFAR10", split, resize_levels(levels, image_size), 256)
+    batches = [read_cifar_batch(p) for p in paths]
+    levels = torch.from_numpy(np.concatenate([images for images, _ in batches]))
+    labels = None if any(y is None for _, y in batches) else torch.from_numpy(np.concatenate([y for _, y in batches]))
+    return InMemoryDataset("CIFAR10", split, resize_levels(levels, image_size), 256, labels)
 
 
 # ------------------------------------------------------------------ MNIST
@@ -116,13 +124,28 @@ def _mnist_file(root: Path, split: str) -> Path:
     raise missing(root, f"the MNIST idx file {prefix}-images-idx3-ubyte[.gz] in it, in raw/ or in MNIST/raw/")
 
 
+def _mnist_labels(images_path: Path, count: int) -> torch.Tensor | None:
+    """The digits of the idx label file beside ``images_path`` (``...-labels-idx1-ubyte[.gz]``), or ``None`` if absent."""
+    name = images_path.name.replace("-images-idx3-ubyte", "-labels-idx1-ubyte").replace("-images.idx3-ubyte", "-labels.idx1-ubyte")
+    candidates = [images_path.with_name(name), images_path.with_name(name.removesuffix(".gz")), images_path.with_name(name.removesuffix(".gz") + ".gz")]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        return None
+    labels = read_idx(path)
+    if labels.shape != (count,) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+        raise ValueError(f"{path}: MNIST labels must hold {count} digits 0..9, got shape {labels.shape}")
+    return torch.from_numpy(labels.astype(np.int64))
+
+
 def mnist(root: Path | str, split: str, image_size: int = 28) -> InMemoryDataset:
-    """MNIST images ``(N, 1, image_size, image_size)`` (resized with antialiasing if ``image_size != 28``)."""
+    """MNIST images ``(N, 1, image_size, image_size)`` (resized with antialiasing if ``image_size != 28``), with
+    their ``labels`` when the label file ``{train,t10k}-labels-idx1-ubyte[.gz]`` lies beside the images."""
     path = _mnist_file(Path(root), check_split(split))
     images = read_idx(path)
     if images.dtype != np.uint8 or images.ndim != 3:
         raise ValueError(f"{path}: MNIST images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
-    return InMemoryDataset("MNIST", split, resize_levels(torch.from_numpy(images[:, None].copy()), image_size), 256)
+    levels = resize_levels(torch.from_numpy(images[:, None].copy()), image_size)
+    return InMemoryDataset("MNIST", split, levels, 256, _mnist_labels(path, images.shape[0]))
 
 
 # ------------------------------------------------------------------ CelebA

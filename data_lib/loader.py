@@ -28,7 +28,7 @@ from sde_lib.registry import config_value
 
 from . import embedded, files
 from .base import Dataset, InMemoryDataset, check_split
-from .toy import TOY_DATASETS, sample_toy
+from .toy import TOY_DATASETS, sample_toy_with_labels
 
 TOY_DEFAULT_SIZES = {"train": 100_000, "test": 10_000}
 PHOTO_PATCHES_PER_IMAGE = 1000
@@ -84,7 +84,8 @@ def _toy(config: Any, split: str) -> InMemoryDataset:
     n = _int_field(config, f"num_{split}", TOY_DEFAULT_SIZES[split])
     seed = int(_data_field(config, "seed", 0))
     generator = torch.Generator().manual_seed(mix_seeds(seed, 0 if split == "train" else 1))
-    return InMemoryDataset(name, split, sample_toy(name, n, generator), None)
+    points, labels = sample_toy_with_labels(name, n, generator)
+    return InMemoryDataset(name, split, points, None, labels)
 
 
 def _digits(config: Any, split: str) -> Dataset:
@@ -220,6 +221,17 @@ def prepare_batch(
     return x
 
 
+def check_labelled(dataset: Dataset) -> Dataset:
+    """``dataset`` if it has class labels, else a ``ValueError`` saying which data do (class-conditional training and
+    classifiers need them)."""
+    if dataset.labels is None:
+        raise ValueError(
+            f"the {dataset.split} split of {dataset.name} has no class labels; class-conditional models and classifiers "
+            "need labelled data: digits, CIFAR10, MNIST (with its label files) or a toy density other than swissroll"
+        )
+    return dataset
+
+
 def _load_batches(dataset: Dataset, batches: list[Tensor], num_workers: int) -> Iterator[Tensor]:
     """The raw examples of each index batch; decoded by ``num_workers`` DataLoader workers if > 0."""
     if num_workers <= 0 or isinstance(dataset, InMemoryDataset):
@@ -240,8 +252,11 @@ def iterate_batches(
     uniform_dequantization: bool = False,
     num_workers: int = 0,
     dtype: torch.dtype = torch.float32,
-) -> Iterator[Tensor]:
-    """One epoch of ``rank``'s shard in batches of ``batch_size`` (per rank), prepared by :func:`prepare_batch`.
+    with_labels: bool = False,
+) -> Iterator[Tensor] | Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of ``rank``'s shard in batches of ``batch_size`` (per rank), prepared by :func:`prepare_batch`;
+    with ``with_labels``, pairs ``(batch, labels)`` with the class labels ``(B,)`` int64 of the examples
+    (:func:`check_labelled`: the dataset must have them).
 
     The order is ``torch.randperm`` of ``generator`` (CPU; the same seed on every rank) if ``shuffle``, else the
     dataset order. Flips and dequantization noise come from a generator derived from one draw of ``generator``
@@ -250,9 +265,12 @@ def iterate_batches(
     n = len(dataset)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     noise = torch.Generator().manual_seed(mix_seeds(int(torch.randint(0, 2**62, (1,), generator=generator)), rank))
+    if with_labels:
+        check_labelled(dataset)
     batches = shard_batches(order, batch_size, drop_last, rank, world_size)
-    for raw in _load_batches(dataset, batches, num_workers):
-        yield prepare_batch(raw, dataset.num_levels, noise, random_flip, uniform_dequantization, dtype)
+    for indices, raw in zip(batches, _load_batches(dataset, batches, num_workers)):
+        x = prepare_batch(raw, dataset.num_levels, noise, random_flip, uniform_dequantization, dtype)
+        yield (x, dataset.labels[indices]) if with_labels else x
 
 
 def training_batches(
@@ -266,8 +284,10 @@ def training_batches(
     uniform_dequantization: bool = False,
     num_workers: int = 0,
     dtype: torch.dtype = torch.float32,
-) -> Iterator[Tensor]:
-    """Endless shuffled full batches for training, batch ``s`` for ``s = start_step, start_step + 1, ...``.
+    with_labels: bool = False,
+) -> Iterator[Tensor] | Iterator[tuple[Tensor, Tensor]]:
+    """Endless shuffled full batches for training, batch ``s`` for ``s = start_step, start_step + 1, ...``; with
+    ``with_labels``, pairs ``(batch, labels)`` as :func:`iterate_batches`.
 
     Batch ``s`` is a function of ``(seed, s, rank)`` only: epoch ``e = s // steps_per_epoch`` is ordered by a
     permutation seeded with ``(seed, e)`` and the flips/dequantization of step ``s`` use a generator seeded with
@@ -280,14 +300,17 @@ def training_batches(
     steps_per_epoch = len(dataset) // (batch_size * world_size)
     if steps_per_epoch == 0:
         raise ValueError(f"the {dataset.split} split of {dataset.name} has {len(dataset)} examples, fewer than one batch of batch_size * world_size = {batch_size * world_size}")
+    if with_labels:
+        check_labelled(dataset)
     epoch, offset = divmod(start_step, steps_per_epoch)
     step = start_step
     while True:
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(mix_seeds(seed, 0, epoch)))
         batches = shard_batches(order, batch_size, True, rank, world_size)[offset:]
-        for raw in _load_batches(dataset, batches, num_workers):
+        for indices, raw in zip(batches, _load_batches(dataset, batches, num_workers)):
             noise = torch.Generator().manual_seed(mix_seeds(seed, 1, step, rank))
-            yield prepare_batch(raw, dataset.num_levels, noise, random_flip, uniform_dequantization, dtype)
+            x = prepare_batch(raw, dataset.num_levels, noise, random_flip, uniform_dequantization, dtype)
+            yield (x, dataset.labels[indices]) if with_labels else x
             step += 1
         epoch, offset = epoch + 1, 0
 

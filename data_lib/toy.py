@@ -21,6 +21,12 @@ that tests can compare samples with exact statistics:
 
 All samplers take a ``torch.Generator``, so the same seed gives the same points; they compute in float64 and
 return float32 (or ``dtype``) on the generator's device.
+
+Class labels (:func:`sample_toy_with_labels`, :data:`TOY_NUM_CLASSES`), for class-conditional generation: the
+mixture component each point was drawn from, which is exact knowledge of the generative process: ``8gaussians``
+the Gaussian (8 classes, the components of :func:`eight_gaussians`), ``checkerboard`` the square (8, in the
+order of :func:`_checker_squares`), ``rings`` the circle (4, radii ascending), ``moons`` the moon (2: 0 the upper
+one), ``pinwheel`` the arm (5). ``swissroll`` is one curve and has no classes.
 """
 
 from __future__ import annotations
@@ -79,46 +85,52 @@ def _checker_squares(device: torch.device) -> Tensor:
     return CHECKER_SIDE * idx - 2 * CHECKER_SIDE
 
 
-def _sample_checkerboard(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+Labelled = tuple[Tensor, "Tensor | None"]  # points (n, 2) float64 and class labels (n,) int64 (None: no classes)
+
+
+def _sample_checkerboard(n: int, generator: torch.Generator | None, device: torch.device) -> Labelled:
     corners = _checker_squares(device)
-    return corners[_choice(n, len(corners), generator, device)] + CHECKER_SIDE * _uniform(n, generator, device, 2)
+    square = _choice(n, len(corners), generator, device)
+    return corners[square] + CHECKER_SIDE * _uniform(n, generator, device, 2), square
 
 
-def _sample_rings(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    radii = torch.tensor(RING_RADII, dtype=torch.float64, device=device)[_choice(n, len(RING_RADII), generator, device)]
+def _sample_rings(n: int, generator: torch.Generator | None, device: torch.device) -> Labelled:
+    ring = _choice(n, len(RING_RADII), generator, device)
+    radii = torch.tensor(RING_RADII, dtype=torch.float64, device=device)[ring]
     angle = 2 * math.pi * _uniform(n, generator, device)[:, 0]
     circle = radii[:, None] * torch.stack([angle.cos(), angle.sin()], dim=1)
-    return circle + RING_NOISE * _normal(n, generator, device)
+    return circle + RING_NOISE * _normal(n, generator, device), ring
 
 
-def _sample_moons(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+def _sample_moons(n: int, generator: torch.Generator | None, device: torch.device) -> Labelled:
     angle = math.pi * _uniform(n, generator, device)[:, 0]
     upper = torch.stack([angle.cos() - 0.5, angle.sin() - 0.25], dim=1)  # the upper moon, shifted by the mean
-    sign = 1.0 - 2.0 * _choice(n, 2, generator, device).to(torch.float64)  # the lower moon is the upper one negated
-    return MOONS_SCALE * (sign[:, None] * upper + MOONS_NOISE * _normal(n, generator, device))
+    moon = _choice(n, 2, generator, device)  # 0: the upper moon; 1: the lower one, the upper one negated
+    sign = 1.0 - 2.0 * moon.to(torch.float64)
+    return MOONS_SCALE * (sign[:, None] * upper + MOONS_NOISE * _normal(n, generator, device)), moon
 
 
-def _sample_swissroll(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+def _sample_swissroll(n: int, generator: torch.Generator | None, device: torch.device) -> Labelled:
     t = 1.5 * math.pi * (1 + 2 * _uniform(n, generator, device)[:, 0])
     roll = torch.stack([t * t.cos(), t * t.sin()], dim=1) / SWISSROLL_DIVISOR
-    return roll + SWISSROLL_NOISE * _normal(n, generator, device)
+    return roll + SWISSROLL_NOISE * _normal(n, generator, device), None
 
 
-def _sample_pinwheel(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+def _sample_pinwheel(n: int, generator: torch.Generator | None, device: torch.device) -> Labelled:
     features = _normal(n, generator, device) * torch.tensor([PINWHEEL_RADIAL_STD, PINWHEEL_TANGENTIAL_STD], dtype=torch.float64, device=device)
     features[:, 0] += 1.0
-    arm = _choice(n, PINWHEEL_ARMS, generator, device).to(torch.float64)
-    angle = 2 * math.pi * arm / PINWHEEL_ARMS + PINWHEEL_RATE * torch.exp(features[:, 0])
+    arm = _choice(n, PINWHEEL_ARMS, generator, device)
+    angle = 2 * math.pi * arm.to(torch.float64) / PINWHEEL_ARMS + PINWHEEL_RATE * torch.exp(features[:, 0])
     cos, sin = angle.cos(), angle.sin()
     rotated = torch.stack([cos * features[:, 0] - sin * features[:, 1], sin * features[:, 0] + cos * features[:, 1]], dim=1)
-    return PINWHEEL_SCALE * rotated
+    return PINWHEEL_SCALE * rotated, arm
 
 
-def _sample_eight_gaussians(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
-    return eight_gaussians().sample(n, generator=generator, device=device, dtype=torch.float64)
+def _sample_eight_gaussians(n: int, generator: torch.Generator | None, device: torch.device) -> Labelled:
+    return eight_gaussians().sample_with_labels(n, generator=generator, device=device, dtype=torch.float64)
 
 
-_SAMPLERS: dict[str, Callable[[int, torch.Generator | None, torch.device], Tensor]] = {
+_SAMPLERS: dict[str, Callable[[int, torch.Generator | None, torch.device], Labelled]] = {
     "checkerboard": _sample_checkerboard,
     "moons": _sample_moons,
     "swissroll": _sample_swissroll,
@@ -129,6 +141,9 @@ _SAMPLERS: dict[str, Callable[[int, torch.Generator | None, torch.device], Tenso
 
 #: the names of the toy densities, as ``config.data.dataset`` values
 TOY_DATASETS: tuple[str, ...] = tuple(_SAMPLERS)
+
+#: the number of classes of each labelled toy density (module docstring); swissroll has none
+TOY_NUM_CLASSES: dict[str, int] = {"checkerboard": 8, "moons": 2, "8gaussians": 8, "rings": len(RING_RADII), "pinwheel": PINWHEEL_ARMS}
 
 
 def _check_name(name: str) -> str:
@@ -147,10 +162,23 @@ def sample_toy(
 ) -> Tensor:
     """``n`` i.i.d. points ``(n, 2)`` from the toy density ``name`` (see the module docstring), on ``device`` (default:
     the generator's). ``ValueError`` for an unknown name, listing the known ones."""
+    return sample_toy_with_labels(name, n, generator, device, dtype)[0]
+
+
+def sample_toy_with_labels(
+    name: str,
+    n: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`sample_toy` and the class label ``(n,)`` int64 of each point (module docstring; ``None`` for
+    ``swissroll``). The points are those :func:`sample_toy` draws from the same generator state."""
     key = _check_name(name)
     check_positive_int("n", n)
     device = torch.device(device) if device is not None else (generator.device if generator is not None else torch.device("cpu"))
-    return _SAMPLERS[key](n, generator, device).to(dtype)
+    points, labels = _SAMPLERS[key](n, generator, device)
+    return points.to(dtype), labels
 
 
 def _checkerboard_log_prob(x: Tensor) -> Tensor:
@@ -169,6 +197,24 @@ def _rings_log_prob(x: Tensor) -> Tensor:
     var = RING_NOISE**2
     log_terms = -(r - radii).square() / (2 * var) + torch.log(torch.special.i0e(r * radii / var)) - math.log(2 * math.pi * var)
     return torch.logsumexp(log_terms, dim=1) - math.log(len(RING_RADII))
+
+
+def toy_classify(name: str, x: Tensor) -> Tensor | None:
+    """The class ``(B,)`` int64 of points ``x`` ``(B, 2)`` by the geometry of the density, or ``None`` where there is
+    no exact rule (``moons``, ``pinwheel``, ``swissroll``): for ``8gaussians`` the most probable component (equal
+    weights and variances: the nearest mean, the Bayes classifier), for ``rings`` the nearest radius, for
+    ``checkerboard`` the dark square holding the point (-1 outside every dark square)."""
+    key = _check_name(name)
+    x = x.detach().to(torch.float64)
+    if key == "8gaussians":
+        return torch.cdist(x, eight_gaussians().means.to(x)).argmin(dim=1)
+    if key == "rings":
+        return (x.norm(dim=1, keepdim=True) - torch.tensor(RING_RADII, dtype=x.dtype, device=x.device)).abs().argmin(dim=1)
+    if key == "checkerboard":
+        corners = _checker_squares(x.device)
+        inside = ((x[:, None, :] >= corners) & (x[:, None, :] < corners + CHECKER_SIDE)).all(dim=2)  # (B, 8)
+        return torch.where(inside.any(dim=1), inside.to(torch.int64).argmax(dim=1), torch.full_like(x[:, 0], -1, dtype=torch.int64))
+    return None
 
 
 def toy_gaussian_mixture(name: str) -> GaussianMixture | None:

@@ -4,10 +4,13 @@
   (``config.model.name``), as in the 2021 reference; each model translates its own config fields.
 * :class:`MLPScoreNet` (``"mlp"``): a noise-conditioned MLP for low-dimensional data;
   :class:`ConditionalMLPScoreNet` (``"conditional_mlp"``) adds a class label (with a null label, for
-  classifier-free guidance) and :class:`MLPClassifier` (``"mlp_classifier"``) is a noise-conditional classifier.
+  classifier-free guidance) and :class:`MLPClassifier` (``"mlp_classifier"``) is a noise-conditional classifier;
+  :class:`ConvClassifier` (``"conv_classifier"``) is its image counterpart (the DDPM++ encoder).
 * :class:`NCSNpp` (``"ncsnpp"``: NCSN++ and DDPM++) and :class:`DDPM` (``"ddpm"``): the U-Nets, with FIR
   resampling in pure PyTorch (:func:`upfirdn2d`); on the CPU, float32 inference runs their 3x3 convolutions by
-  Winograd's F(4x4, 3x3) (:class:`WinogradConv2d`; :func:`set_winograd_enabled` switches it off).
+  Winograd's F(4x4, 3x3) (:class:`WinogradConv2d`; :func:`set_winograd_enabled` switches it off). ``NCSNpp(...,
+  num_classes=K)`` (``config.model.class_conditional``) adds a class embedding with a null label, for classifier-free
+  guidance.
 * :class:`NCSNv2` / :class:`NCSNv2Deeper` / :class:`NCSNv2Deepest` (``"ncsnv2_64"``, ``"ncsnv2_128"``,
   ``"ncsnv2_256"``) and :class:`NCSN` (``"ncsn"``): the RefineNet-based SMLD networks.
 * :func:`get_score_fn` / :func:`get_sampling_score_fn`: a network as ``score_fn(x, t)`` for the samplers, with
@@ -33,6 +36,7 @@ from .ema import ExponentialMovingAverage
 from .embeddings import GaussianFourierProjection, sinusoidal_embedding
 from .classifier_mlp import MLPClassifier
 from .conditional_mlp import ClassConditioned, ConditionalMLPScoreNet, check_class_labels
+from .conv_classifier import ConvClassifier
 from .ddpm import DDPM
 from .mlp import EMBEDDING_TYPES, MLPScoreNet
 from .ncsn import NCSN
@@ -55,6 +59,7 @@ __all__ = [
     "ClassConditioned",
     "check_class_labels",
     "MLPClassifier",
+    "ConvClassifier",
     "NCSNpp",
     "DDPM",
     "upfirdn2d",

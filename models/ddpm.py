@@ -14,7 +14,8 @@ Labels: whatever :func:`models.get_score_fn` passes for VP/sub-VP (``t * 999`` o
 Config (read by :meth:`DDPM.from_config`): ``data.image_size``, ``model.nf``, ``ch_mult``, ``num_res_blocks``,
 ``attn_resolutions`` (required); ``data.num_channels`` [3], ``data.centered`` [False], ``model.dropout`` [0.1],
 ``resamp_with_conv`` [True], ``conditional`` [True], ``scale_by_sigma`` [False], ``nonlinearity`` ["swish"],
-``sigma_min`` [0.01], ``sigma_max`` [50], ``num_scales`` [1000].
+``sigma_min`` [0.01], ``sigma_max`` [50], ``num_scales`` [1000]; ``model.class_conditional`` [False] with
+``data.num_classes``: a class embedding with a null label, as :class:`models.NCSNpp` (classifier-free guidance).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Sequence
 
 from sde_lib import config_value
 
-from .ncsnpp import NCSNpp
+from .ncsnpp import NCSNpp, class_count_from_config
 from .registry import register_model
 
 DDPM_NORM_GROUPS = 32  # DDPM's GroupNorm group count
@@ -50,12 +51,13 @@ class DDPM(NCSNpp):
         sigma_min: float = 0.01,  # the sigmas buffer: smallest noise scale
         sigma_max: float = 50.0,  # largest noise scale
         num_scales: int = 1000,  # number of noise scales
+        num_classes: int | None = None,  # class-conditional with a null label (classifier-free guidance); None: not
     ):
         super().__init__(
             image_size=image_size, num_channels=num_channels, nf=nf, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
             attn_resolutions=attn_resolutions, dropout=dropout, resamp_with_conv=resamp_with_conv,
             conditional=conditional, scale_by_sigma=scale_by_sigma, centered=centered, nonlinearity=nonlinearity,
-            sigma_min=sigma_min, sigma_max=sigma_max, num_scales=num_scales,
+            sigma_min=sigma_min, sigma_max=sigma_max, num_scales=num_scales, num_classes=num_classes,
             # DDPM's fixed choices
             resblock_type="ddpm", fir=False, skip_rescale=False, progressive="none", progressive_input="none",
             embedding_type="positional", init_scale=0.0, norm_groups=DDPM_NORM_GROUPS,
@@ -81,4 +83,5 @@ class DDPM(NCSNpp):
             sigma_min=field("sigma_min", 0.01),
             sigma_max=field("sigma_max", 50.0),
             num_scales=field("num_scales", 1000),
+            num_classes=class_count_from_config(config),
         )

@@ -14,6 +14,13 @@ One class, :class:`NCSNpp` (config name ``"ncsnpp"``), covers both families and 
   ``dropout``, ``conditional``, ``resamp_with_conv``, ``centered`` (inputs in [-1, 1]; otherwise [0, 1],
   mapped to ``2 x - 1``).
 
+Class conditioning (classifier-free guidance, Ho & Salimans, 2022; issue 7): with ``num_classes = K`` a learned
+embedding ``class_embed`` of ``K + 1`` rows (row ``K`` = :attr:`NCSNpp.null_label`, "no label") is added to the noise-level
+embedding that every residual block receives, and the network is called ``model(x, labels, class_labels)`` (see
+:class:`models.conditional_mlp.ClassConditioned`, :func:`train_lib.get_cfg_loss_fn`). It needs ``conditional=True``.
+Without ``num_classes`` (the default) the network, its state dict and its reference key map are those of the reference;
+a class-conditional network has no reference counterpart (:meth:`NCSNpp.reference_key_map` raises ``ValueError``).
+
 The DDPM network (Ho et al., 2020) is the same U-Net with DDPM blocks and 32 normalisation groups:
 :class:`models.ddpm.DDPM` builds it from this class.
 
@@ -33,7 +40,8 @@ rounding, ~5e-6 relative). Without autograd, activations run in place; attention
 
 Config (read only by :meth:`NCSNpp.from_config`): ``data.image_size`` and ``model.nf``, ``ch_mult``,
 ``num_res_blocks``, ``attn_resolutions`` (required); ``data.num_channels`` [3], ``data.centered`` [False] and
-``model.*`` with the defaults of the constructor (those of ``configs/ve/cifar10_ncsnpp_continuous``).
+``model.*`` with the defaults of the constructor (those of ``configs/ve/cifar10_ncsnpp_continuous``);
+``model.class_conditional`` [False]: when True, ``num_classes = data.num_classes`` (then required).
 The reference's unused fields ``normalization``, ``attention_type`` and ``conv_size`` are ignored, as there.
 """
 
@@ -63,6 +71,7 @@ from .layers import (
     dense,
     group_norm,
 )
+from .conditional_mlp import check_class_labels
 from .ncsnv2 import geometric_sigmas
 from .refinenet import get_activation
 from .registry import register_model
@@ -210,6 +219,20 @@ class UpLevel(nn.Module):
         return h, pyramid
 
 
+def class_count_from_config(config: Any) -> int | None:
+    """``config.data.num_classes`` when ``config.model.class_conditional`` [False] is True (it is then required), else
+    ``None``: the ``num_classes`` of a class-conditional U-Net."""
+    class_conditional = config_value(config, "model.class_conditional", False)
+    if not isinstance(class_conditional, bool):
+        raise ValueError(f"config.model.class_conditional must be True or False, got {class_conditional!r}")
+    if not class_conditional:
+        return None
+    num_classes = config_value(config, "data.num_classes", None)
+    if num_classes is None:
+        raise ValueError("config.model.class_conditional=True needs config.data.num_classes (the number of classes)")
+    return num_classes
+
+
 @register_model(name="ncsnpp")
 class NCSNpp(nn.Module):
     """NCSN++ / DDPM++ U-Net ``(x (B, C, H, W), labels (B,)) -> (B, C, H, W)``; see the module docstring."""
@@ -242,6 +265,7 @@ class NCSNpp(nn.Module):
         sigma_max: float = 50.0,  # largest noise scale
         num_scales: int = 1000,  # number of noise scales
         norm_groups: int | None = None,  # GroupNorm groups of blocks and output (None: min(C // 4, 32); DDPM: 32)
+        num_classes: int | None = None,  # class labels 0..K-1 plus the null label K (classifier-free guidance); None: none
     ):
         super().__init__()
         self.image_size = check_positive_int("image_size", image_size)
@@ -272,6 +296,12 @@ class NCSNpp(nn.Module):
             raise ValueError(f"the positional embedding needs nf >= 4, got {nf}")
         if self.embedding_type == "fourier":
             check_finite_positive("fourier_scale", fourier_scale)
+        if num_classes is not None:
+            if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+                raise ValueError(f"num_classes must be None or an integer >= 1, got {num_classes!r}")
+            if not self.conditional:
+                raise ValueError("num_classes needs conditional=True: the class embedding is added to the label embedding")
+        self.num_classes = num_classes
         self.register_buffer("sigmas", geometric_sigmas(sigma_min, sigma_max, check_positive_int("num_scales", num_scales)))
         self.act = act = get_activation(nonlinearity)
 
@@ -375,6 +405,11 @@ class NCSNpp(nn.Module):
             self.norm_out = track(group_norm(in_ch, norm_groups))  # final normalisation
             self.conv_out = track(conv3x3(in_ch, self.num_channels, init_scale=init_scale))  # features -> output
 
+        if num_classes is not None:
+            # class-conditional (classifier-free guidance): created last, so that the other weights are initialised
+            # exactly as in the unconditional network of the same seed; no counterpart in the reference
+            self.class_embed = nn.Embedding(num_classes + 1, temb_dim)  # class (row K: the null label) -> temb shift
+
         names = {id(module): name for name, module in self.named_modules()}
         self._reference_prefixes = {f"all_modules.{i}": names[id(module)] for i, module in enumerate(order)}
         # convolution weights channels-last: the forward pass then runs channels-last (see forward)
@@ -385,6 +420,7 @@ class NCSNpp(nn.Module):
         """Build from ``config.data`` and ``config.model`` (fields and defaults in the module docstring)."""
         field = lambda name, default=...: config_value(config, f"model.{name}", default)  # noqa: E731
         embedding_type = field("embedding_type", "fourier")
+        num_classes = class_count_from_config(config)
         if isinstance(embedding_type, str) and embedding_type.lower() == "fourier" and not config_value(
             config, "training.continuous", True
         ):
@@ -415,10 +451,25 @@ class NCSNpp(nn.Module):
             sigma_min=field("sigma_min", 0.01),
             sigma_max=field("sigma_max", 50.0),
             num_scales=field("num_scales", 1000),
+            num_classes=num_classes,
         )
 
+    @property
+    def null_label(self) -> int | None:
+        """The class label standing for "no label" (the unconditional score), ``num_classes``; ``None`` when the
+        network is not class-conditional."""
+        return self.num_classes
+
     def reference_key_map(self) -> dict[str, str]:
-        """Reference module prefix (``all_modules.<i>``) -> the prefix of the same module here."""
+        """Reference module prefix (``all_modules.<i>``) -> the prefix of the same module here.
+
+        A class-conditional network (``num_classes`` set) has no counterpart in the reference: ``ValueError``.
+        """
+        if self.num_classes is not None:
+            raise ValueError(
+                f"a class-conditional {type(self).__name__} (num_classes={self.num_classes}) has no counterpart in the "
+                "2021 reference: its class embedding cannot be loaded from or saved to a reference state_dict"
+            )
         return dict(self._reference_prefixes)
 
     def _check_inputs(self, x: Tensor, labels: Tensor) -> None:
@@ -437,12 +488,26 @@ class NCSNpp(nn.Module):
                 f"labels must be floating-point noise scales sigma > 0 for embedding_type='fourier', got {labels.dtype}"
             )
 
-    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
+    def _class_shift(self, class_labels: Tensor | int | None, batch: int, device: torch.device) -> Tensor | None:
+        """The class embedding ``(B, 4 nf)`` of ``class_labels`` (``None``: the null label), or ``None`` when the
+        network is unconditional (then ``class_labels`` must be ``None``)."""
+        if self.num_classes is None:
+            if class_labels is not None:
+                raise ValueError(f"class_labels given to an unconditional {type(self).__name__}: build it with num_classes")
+            return None
+        return self.class_embed(check_class_labels(class_labels, batch, self.num_classes, device))
+
+    def forward(self, x: Tensor, labels: Tensor, class_labels: Tensor | int | None = None) -> Tensor:
+        """``labels``: the noise-level labels (module docstring); ``class_labels`` (class-conditional networks only):
+        ``(B,)`` integers or one integer in ``[0, num_classes]`` (``num_classes`` = null), ``None`` = the null label."""
         self._check_inputs(x, labels)
+        class_shift = self._class_shift(class_labels, x.shape[0], x.device)
         input_format = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
         if _is_channels_last(self.conv_in.weight):
             x = x.contiguous(memory_format=torch.channels_last)
         temb = self.label_embed(labels, x.dtype)
+        if class_shift is not None:
+            temb = temb + class_shift
         if not self.centered:
             x = 2 * x - 1.0
         pyramid = x if self.progressive_input != "none" else None

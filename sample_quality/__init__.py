@@ -5,11 +5,12 @@
   ``python -m sample_quality.stats``) and any feature extractor (:func:`feature_metrics`); the standard Inception
   network through torch-fidelity (:func:`inception_feature_extractor`, local weights only).
 * For the embedded digits, no download: a classifier trained here (:func:`load_digits_classifier`) giving a
-  "digits FID" and class coverage (:func:`digits_metrics`).
+  "digits FID" and class coverage (:func:`digits_metrics`); for class-conditional samples, how often the
+  classifier recognises the requested class (:func:`digits_predictions`, :func:`class_agreement`).
 * For the 2-D toy densities: sliced Wasserstein distance and exact mean log-density (:func:`toy_metrics`).
 """
 
-from .digits import DigitsClassifier, DigitsClassifierSpec, class_coverage, digits_metrics, digits_reference_statistics, load_digits_classifier, train_digits_classifier
+from .digits import DigitsClassifier, DigitsClassifierSpec, class_agreement, class_coverage, digits_metrics, digits_predictions, digits_reference_statistics, load_digits_classifier, train_digits_classifier
 from .features import compute_dataset_statistics, extract_features, feature_metrics, metrics_from_features
 from .frechet import FeatureStatistics, feature_statistics, frechet_distance, load_statistics, save_statistics
 from .inception import MetricSetupError, inception_feature_extractor
@@ -42,4 +43,6 @@ __all__ = [
     "digits_reference_statistics",
     "digits_metrics",
     "class_coverage",
+    "class_agreement",
+    "digits_predictions",
 ]

@@ -205,6 +205,24 @@ def class_coverage(labels: Tensor | np.ndarray, num_classes: int = NUM_CLASSES) 
             "class_entropy": entropy, "class_kl_uniform": math.log(num_classes) - entropy}
 
 
+def class_agreement(predicted: Tensor | np.ndarray, requested: Tensor | np.ndarray) -> dict[str, float]:
+    """How often samples drawn for class ``requested[i]`` are recognised as it: ``class_accuracy`` (the fraction with
+    ``predicted == requested``) and its binomial standard error ``class_accuracy_stderr = sqrt(a (1 - a) / N)``."""
+    predicted, requested = np.asarray(predicted).ravel(), np.asarray(requested).ravel()
+    if predicted.shape != requested.shape or predicted.size == 0:
+        raise ValueError(f"predicted and requested classes must be equal-length and not empty, got {predicted.shape} and {requested.shape}")
+    agree = float((predicted == requested).mean())
+    return {"class_accuracy": agree, "class_accuracy_stderr": math.sqrt(agree * (1 - agree) / predicted.size)}
+
+
+def digits_predictions(samples: Tensor, classifier: DigitsClassifier | None = None) -> Tensor:
+    """The classes ``(N,)`` the digits classifier (default :func:`load_digits_classifier`) predicts for ``samples``
+    ``(N, 1, 8, 8)`` (floats in ``[0, 1]``, rounded to 8 bits as saved, or uint8)."""
+    classifier = load_digits_classifier() if classifier is None else classifier.eval()
+    _, logits = extract_features(classifier.extract, image_batches(samples))
+    return torch.from_numpy(np.asarray(logits).argmax(axis=1))
+
+
 def digits_reference_statistics(classifier: DigitsClassifier, split: str = "test") -> FeatureStatistics:
     """The classifier's feature statistics (with the features) of the digits ``split``."""
     with torch.no_grad():

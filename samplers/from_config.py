@@ -35,7 +35,14 @@ def _score_fn(sde: SDE, model: torch.nn.Module, continuous: bool):
     return get_sampling_score_fn(sde, model, continuous=continuous)
 
 
-def get_sampling_fn(config: Any, sde: SDE, shape: tuple[int, ...], inverse_scaler: Scaler | None, eps: float):
+def get_sampling_fn(
+    config: Any,
+    sde: SDE,
+    shape: tuple[int, ...],
+    inverse_scaler: Scaler | None,
+    eps: float,
+    score_fn_factory: Callable[[torch.nn.Module, bool], Callable[[Tensor, Tensor], Tensor]] | None = None,
+):
     """The configured sampler as ``fn(model, generator=None, progress=False) -> (inverse_scaler(x), nfe)``.
 
     Fields (defaults in brackets where the reference configs have none):
@@ -49,6 +56,8 @@ def get_sampling_fn(config: Any, sde: SDE, shape: tuple[int, ...], inverse_scale
 
     ``config.training.continuous`` selects the score parameterization for PC, as the reference does. The ODE and
     other continuous-time samplers use the continuous one. All arguments are checked here, before any sampling.
+    ``score_fn_factory(model, continuous) -> score_fn`` replaces :func:`models.get_sampling_score_fn` as the way
+    the network becomes the score the sampler follows (e.g. a guided score, :mod:`train_lib.conditional`).
     """
     method = check_choice("config.sampling.method", str(config_value(config, "sampling.method")).lower(), SAMPLING_METHODS)
     shape = check_shape(shape)
@@ -57,6 +66,9 @@ def get_sampling_fn(config: Any, sde: SDE, shape: tuple[int, ...], inverse_scale
     continuous = bool(config_value(config, "training.continuous", True))
     device = config_value(config, "device", None)
     scale = inverse_scaler if inverse_scaler is not None else (lambda x: x)
+    if score_fn_factory is not None and not callable(score_fn_factory):
+        raise ValueError(f"score_fn_factory must be callable as factory(model, continuous) -> score_fn, got {score_fn_factory!r}")
+    make_score_fn = score_fn_factory if score_fn_factory is not None else (lambda model, cont: _score_fn(sde, model, cont))
 
     if method == "pc":
         predictor = check_choice("config.sampling.predictor", str(get("predictor")).lower(), available_predictors())
@@ -81,7 +93,7 @@ def get_sampling_fn(config: Any, sde: SDE, shape: tuple[int, ...], inverse_scale
         sampler, score_continuous = fast_sample, True
 
     def sampling_fn(model: torch.nn.Module, generator: torch.Generator | None = None, progress: bool = False):
-        score_fn = _score_fn(sde, model, score_continuous)
+        score_fn = make_score_fn(model, score_continuous)
         with torch.no_grad():
             x, nfe = sampler(sde, score_fn, shape, generator=generator, device=device, progress=progress, **options)
         return scale(x), nfe

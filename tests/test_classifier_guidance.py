@@ -34,6 +34,7 @@ from sde_lib import VESDE, VPSDE, GaussianMixture, batch_broadcast
 from train_lib.classifier import classifier_log_prob_fn, get_classifier_loss_fn, perturb
 from train_lib.classifier_free import cfg_score_fns, drop_labels, get_cfg_loss_fn
 from train_lib.losses import get_sde_loss_fn
+from training_checks import fit_on_mixture
 
 K_SE = 4.0
 TARGET = 3
@@ -74,18 +75,7 @@ def em_samples(sde, score_fn, seed: int) -> torch.Tensor:
 def train(model: torch.nn.Module, loss_fn, steps: int, lr: float, seed: int, decay_at: int | None = None):
     """Adam on fresh labelled ring batches; the learning rate drops 10x at step ``decay_at``."""
     torch.manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = seeded(seed)
-    for step in range(steps):
-        if step == decay_at:
-            for group in optimizer.param_groups:
-                group["lr"] = lr / 10
-        x0, y = ring().sample_with_labels(BATCH, generator)
-        loss = loss_fn(model, x0, y, generator)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model
+    return fit_on_mixture(model, loss_fn, ring(), steps, BATCH, lr, seeded(seed), decay_at)
 
 
 # ---------------------------------------------------------------------------------------------- classifier

@@ -31,11 +31,12 @@ def coordinate_image(h, w):
 
 
 # ------------------------------------------------------------------ CIFAR-10
-def write_cifar_batch(path, images_hwc):
-    """The python CIFAR-10 format: ``data`` rows are the R, G, B 32x32 planes, row-major; bytes keys."""
+def write_cifar_batch(path, images_hwc, labels=None):
+    """The python CIFAR-10 format: ``data`` rows are the R, G, B 32x32 planes, row-major; bytes keys; labels a list."""
     rows = np.stack([np.concatenate([im[:, :, c].ravel() for c in range(3)]) for im in images_hwc]).astype(np.uint8)
+    labels = [0] * len(rows) if labels is None else [int(v) for v in labels]
     with open(path, "wb") as f:
-        pickle.dump({b"batch_label": b"x", b"labels": [0] * len(rows), b"data": rows, b"filenames": [b"a"] * len(rows)}, f, protocol=2)
+        pickle.dump({b"batch_label": b"x", b"labels": labels, b"data": rows, b"filenames": [b"a"] * len(rows)}, f, protocol=2)
 
 
 @pytest.fixture
@@ -43,8 +44,8 @@ def cifar_root(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     images = {name: RNG.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
-    for name, ims in images.items():
-        write_cifar_batch(folder / name, ims)
+    for i, (name, ims) in enumerate(images.items()):
+        write_cifar_batch(folder / name, ims, labels=[(2 * i + j) % 10 for j in range(len(ims))])
     return tmp_path, images
 
 
@@ -56,6 +57,9 @@ def test_cifar10_pixels_round_trip(cifar_root):
     np.testing.assert_array_equal(train.data.numpy(), expected)
     test = get_dataset(data_config("CIFAR10", root / "cifar-10-batches-py", image_size=32), "test")  # root = the folder itself
     np.testing.assert_array_equal(test.data.numpy(), images["test_batch"].transpose(0, 3, 1, 2))
+    # the class labels of each batch, in file order: batch i holds (2 i + j) % 10
+    assert train.labels.tolist() == [(2 * i + j) % 10 for i in range(5) for j in range(2)]
+    assert test.labels.tolist() == [0, 1] and test.labels.dtype == torch.int64
 
 
 def test_cifar10_resize_keeps_constants_and_means(cifar_root):
@@ -105,11 +109,14 @@ def test_mnist_idx_pixels_round_trip(tmp_path, compressed):
                 f.write(idx_bytes(ims, 0x08))
         else:
             name.write_bytes(idx_bytes(ims, 0x08))
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(len(ims), np.uint8), 0x08))
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(len(ims), dtype=np.uint8) * 3 % 10, 0x08))
     for split, prefix in (("train", "train"), ("test", "t10k")):
         data = get_dataset(data_config("MNIST", tmp_path, image_size=28, num_channels=1), split)
         assert data.shape == (1, 28, 28) and data.num_levels == 256
         np.testing.assert_array_equal(data.data[:, 0].numpy(), images[prefix])
+        assert data.labels.tolist() == [3 * i % 10 for i in range(len(images[prefix]))]
+    (raw / "t10k-labels-idx1-ubyte").unlink()  # labels are optional: the images alone load, without labels
+    assert get_dataset(data_config("MNIST", tmp_path, image_size=28, num_channels=1), "test").labels is None
 
 
 def test_idx_reads_big_endian_types(tmp_path):

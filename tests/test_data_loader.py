@@ -193,6 +193,26 @@ def test_training_batches_epochs_and_ddp_union():
         next(training_batches(data, 4, seed=0, rank=2, world_size=2))
 
 
+def test_labels_travel_with_their_examples():
+    """With with_labels every batch comes with the labels of exactly its examples (ids dataset: label = 7 id % 5),
+    for one epoch, the endless stream, its resumption and every rank; the examples are those of the unlabelled
+    stream. A dataset without labels is refused before the first batch, naming the data that have them."""
+    data = ids_dataset(40)
+    data.labels = (7 * torch.arange(40)) % 5
+    check = lambda x, y: torch.equal(y, (7 * x[:, 0].long()) % 5)  # noqa: E731
+    pairs = list(iterate_batches(data, 8, torch.Generator().manual_seed(0), with_labels=True))
+    assert all(check(x, y) for x, y in pairs)
+    plain = list(iterate_batches(data, 8, torch.Generator().manual_seed(0)))
+    assert all(torch.equal(x, p) for (x, _), p in zip(pairs, plain))
+    stream = training_batches(data, 6, seed=2, start_step=5, rank=1, world_size=2, with_labels=True)
+    reference = training_batches(data, 6, seed=2, start_step=5, rank=1, world_size=2)
+    for _ in range(8):
+        x, y = next(stream)
+        assert check(x, y) and torch.equal(x, next(reference))
+    with pytest.raises(ValueError, match="no class labels.*digits"):
+        next(training_batches(ids_dataset(40), 6, seed=0, with_labels=True))
+
+
 # ------------------------------------------------------------------ scalers
 @pytest.mark.parametrize("centered", [True, False])
 def test_scaler_and_inverse(centered):

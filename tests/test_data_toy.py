@@ -14,7 +14,9 @@ import scipy.integrate
 import scipy.stats
 import torch
 
-from data_lib import TOY_DATASETS, sample_toy, toy_gaussian_mixture, toy_log_prob
+import ml_collections
+
+from data_lib import TOY_DATASETS, TOY_NUM_CLASSES, get_dataset, sample_toy, sample_toy_with_labels, toy_gaussian_mixture, toy_log_prob
 
 N = 40_000
 Z = 5.0  # standard errors allowed
@@ -190,3 +192,47 @@ def test_unknown_name_lists_the_known_ones():
         toy_log_prob("spirals")
     with pytest.raises(ValueError, match="n must be"):
         sample_toy("moons", 0)
+
+
+# ------------------------------------------------------------------ class labels
+@pytest.mark.parametrize("name", sorted(TOY_NUM_CLASSES))
+def test_labels_are_those_of_the_drawn_points(name):
+    """The points of sample_toy_with_labels are exactly those of sample_toy (same generator state), and each class is
+    drawn with probability 1/K: the counts lie within 5 binomial standard deviations of n/K."""
+    n, k = 20000, TOY_NUM_CLASSES[name]
+    points, labels = sample_toy_with_labels(name, n, torch.Generator().manual_seed(3))
+    assert torch.equal(points, sample_toy(name, n, torch.Generator().manual_seed(3)))
+    assert labels.dtype == torch.int64 and labels.shape == (n,)
+    counts = torch.bincount(labels, minlength=k).double()
+    assert len(counts) == k
+    assert (counts - n / k).abs().max() < 5 * math.sqrt(n * (1 / k) * (1 - 1 / k))
+
+
+def test_labels_name_the_component_geometrically():
+    """Each label is the piece of the density its point belongs to: the checkerboard square (exact), the ring of the
+    nearest radius (misassigned only if the noise exceeds 5 of its sd: probability ~6e-7 per point), the nearest
+    of the 8 Gaussian means (std 0.3 against a spacing of 3.06: misassigned with probability ~1e-7), the moon on
+    the side of the separating curve (the upper moon is the negated lower one, noise 0.2 per coordinate)."""
+    n = 5000
+    x, y = sample_toy_with_labels("checkerboard", n, torch.Generator().manual_seed(0), dtype=torch.float64)
+    corners = 2.0 * torch.tensor([(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0], dtype=torch.float64) - 4.0
+    assert torch.equal(torch.floor((x - corners[y]) / 2.0), torch.zeros_like(x))
+    x, y = sample_toy_with_labels("rings", n, torch.Generator().manual_seed(0), dtype=torch.float64)
+    nearest = (x.norm(dim=1, keepdim=True) - torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)).abs().argmin(dim=1)
+    assert torch.equal(nearest, y)
+    x, y = sample_toy_with_labels("8gaussians", n, torch.Generator().manual_seed(0), dtype=torch.float64)
+    means = toy_gaussian_mixture("8gaussians").means.to(torch.float64)
+    assert torch.equal(torch.cdist(x, means).argmin(dim=1), y)
+    x, y = sample_toy_with_labels("moons", n, torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert float((x[y == 0, 1] > -1.5).double().mean()) > 0.99 and float((x[y == 1, 1] < 1.5).double().mean()) > 0.99
+    assert float(x[y == 0, 1].mean()) > 0.4 and float(x[y == 1, 1].mean()) < -0.4  # upper moon: mean y = 2 * (2/pi - 1/4)
+
+
+def test_datasets_carry_labels_and_swissroll_has_none():
+    config = ml_collections.ConfigDict({"data": {"dataset": "8gaussians", "dim": 2, "num_train": 64, "num_test": 32, "seed": 1}})
+    train = get_dataset(config, "train")
+    assert train.labels is not None and train.labels.shape == (64,)
+    assert torch.equal(torch.cdist(train.data.double(), toy_gaussian_mixture("8gaussians").means.double()).argmin(1), train.labels)
+    assert sample_toy_with_labels("swissroll", 8, torch.Generator().manual_seed(0))[1] is None
+    config.data.dataset = "swissroll"
+    assert get_dataset(config, "test").labels is None

@@ -78,13 +78,7 @@ def main_command(sde: str, workdir: Path, **extra) -> list[str]:
     return [sys.executable, str(ROOT / "main.py"), f"--config={toy_config_path(sde)}", f"--workdir={workdir}", "--mode=train", *flags]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as the ``main.py`` children get: the in-process and subprocess runs must agree bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def sample_ema(sde: str, workdir: Path, checkpoint: Path | None, seed: int = 1) -> torch.Tensor:

@@ -50,6 +50,8 @@ import models
 from sample_quality.files import atomic_write
 from sample_quality import (
     MetricSetupError,
+    class_agreement,
+    digits_predictions,
     digits_metrics,
     feature_metrics,
     inception_feature_extractor,
@@ -64,8 +66,8 @@ from sde_lib.base import check_positive_int
 
 from .checkpoints import CheckpointError, restore_checkpoint
 from .experiment import ConfigError, Experiment, build_experiment
-from .images import save_image_grid, save_scatter_plot, to_uint8
-from .run import close_log, open_log, step_seed, train
+from .images import class_grid_columns, save_image_grid, save_scatter_plot, to_uint8
+from .run import close_log, model_batch, open_log, step_seed, train
 
 # independent random streams derived from config.seed (train_lib.run uses 2..6)
 EVAL_SAMPLES_STREAM = 7  # the prior draw of sampling round r of checkpoint k (eval)
@@ -90,6 +92,7 @@ class MetricContext:
 
     experiment: Experiment  # the run: config, dataset splits, device, model (EMA weights loaded)
     generator: torch.Generator  # seeded per checkpoint: fresh data, projections
+    labels: Tensor | None = None  # the class each sample was drawn for (class-conditional samples), else None
 
     @property
     def dataset_name(self) -> str:
@@ -141,6 +144,24 @@ def _metric_seed(context: MetricContext) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=context.generator))
 
 
+@register_sample_metric("toy")
+def toy_class_metrics(samples: Tensor, context: MetricContext) -> dict[str, float]:
+    """Class-conditional samples of a toy density with an exact class rule (:func:`data_lib.toy_classify`): the
+    fraction that lands in the class it was drawn for (:func:`sample_quality.class_agreement`)."""
+    if context.labels is None:
+        return {}
+    predicted = data_lib.toy_classify(context.dataset_name, samples)
+    return {} if predicted is None else class_agreement(predicted.cpu(), context.labels.cpu())
+
+
+@register_sample_metric("digits")
+def digits_class_metrics(samples: Tensor, context: MetricContext) -> dict[str, float]:
+    """Class-conditional digits: the fraction the digits classifier recognises as the class they were drawn for."""
+    if context.labels is None:
+        return {}
+    return class_agreement(digits_predictions(samples.cpu()), context.labels.cpu())
+
+
 @register_sample_metric("digits")
 def digits_sample_metrics(samples: Tensor, context: MetricContext) -> dict[str, float]:
     """:func:`sample_quality.digits_metrics`: digits FID / KID / Inception score in the features of a classifier the
@@ -173,19 +194,23 @@ def inception_sample_metrics(samples: Tensor, context: MetricContext) -> dict[st
 
 
 # ------------------------------------------------------------------ files
-def _save_round(path: Path, samples: Tensor, nfe: int) -> None:
-    """One sampling round: images as uint8 ``(N, H, W, C)`` (the reference's layout), points as float32 ``(N, D)``."""
+def _save_round(path: Path, samples: Tensor, nfe: int, labels: Tensor | None) -> None:
+    """One sampling round: images as uint8 ``(N, H, W, C)`` (the reference's layout), points as float32 ``(N, D)``;
+    the classes ``labels`` ``(N,)`` of class-conditional samples."""
     array = to_uint8(samples) if samples.ndim == 4 else samples.detach().to("cpu", torch.float32).numpy()
-    atomic_write(path, lambda file: np.savez_compressed(file, samples=array, nfe=np.int64(nfe)))
+    extra = {} if labels is None else {"labels": labels.to("cpu", torch.int64).numpy()}
+    atomic_write(path, lambda file: np.savez_compressed(file, samples=array, nfe=np.int64(nfe), **extra))
 
 
-def _load_round(path: Path) -> tuple[Tensor, int]:
-    """A saved round back in data space: images ``(N, C, H, W)`` in ``[0, 1]``, points ``(N, D)``; and its NFE."""
+def _load_round(path: Path) -> tuple[Tensor, int, Tensor | None]:
+    """A saved round back in data space: images ``(N, C, H, W)`` in ``[0, 1]``, points ``(N, D)``; its NFE; the
+    classes of class-conditional samples (else ``None``)."""
     with np.load(path) as file:
         array, nfe = file["samples"], int(file["nfe"])
+        labels = torch.from_numpy(file["labels"]) if "labels" in file.files else None
     if array.dtype == np.uint8:
-        return torch.from_numpy(array).permute(0, 3, 1, 2).to(torch.float32) / 255.0, nfe
-    return torch.from_numpy(array), nfe
+        return torch.from_numpy(array).permute(0, 3, 1, 2).to(torch.float32) / 255.0, nfe, labels
+    return torch.from_numpy(array), nfe, labels
 
 
 def _write_json(path: Path, report: dict[str, Any]) -> Path:
@@ -282,11 +307,18 @@ def test_loss(exp: Experiment, ckpt: int) -> dict[str, float]:
     dequantize = data_lib.preprocessing_options(exp.config, train=False)["uniform_dequantization"]
     total = count = 0.0
     generator = torch.Generator(exp.device)
-    for index, batch in enumerate(_test_batches(exp, dequantize)):
+    batches = data_lib.iterate_batches(
+        exp.test_ds, int(exp.config.eval.batch_size), shuffle=False, rank=exp.distributed.rank,
+        world_size=exp.distributed.world_size, uniform_dequantization=dequantize, dtype=exp.batch_dtype,
+        with_labels=exp.labelled,
+    )
+    for index, batch in enumerate(batches):
         generator.manual_seed(step_seed(exp.config, LOSS_STREAM, ckpt, exp.distributed.rank, index))
-        loss = exp.eval_step_fn(exp.state, exp.scaler(batch.to(exp.device)), generator)
-        total += float(loss) * batch.shape[0]
-        count += batch.shape[0]
+        batch = model_batch(exp, batch)
+        loss = exp.eval_step_fn(exp.state, batch, generator)
+        size = (batch[0] if isinstance(batch, tuple) else batch).shape[0]
+        total += float(loss) * size
+        count += size
     total, count = _all_reduce_sums([total, count], exp)
     return {"mean": total / count, "count": int(count)}
 
@@ -339,10 +371,11 @@ def test_likelihood(exp: Experiment, ckpt: int) -> dict[str, Any]:
     return report
 
 
-def sampling_rounds(exp: Experiment, folder: Path, seed_key: tuple[int, ...], logger: logging.Logger) -> tuple[Tensor, list[int]]:
+def sampling_rounds(exp: Experiment, folder: Path, seed_key: tuple[int, ...], logger: logging.Logger) -> tuple[Tensor, list[int], Tensor | None]:
     """Draw the missing rounds of ``config.eval.num_samples`` samples into ``folder/samples_{r}.npz`` (the rounds
     ``r = rank mod WORLD_SIZE``; round ``r``'s generator seeded by ``(seed, *seed_key, r)``) and return all samples
-    (the first ``num_samples``) with the NFE of each round. Every rank returns them once all rounds are written."""
+    (the first ``num_samples``) with the NFE of each round and, for class-conditional samples, their classes.
+    Every rank returns them once all rounds are written."""
     config, context = exp.config, exp.distributed
     num_samples = check_positive_int("config.eval.num_samples", config_value(config, "eval.num_samples"))
     rounds = math.ceil(num_samples / exp.sampling_shape[0])
@@ -354,34 +387,43 @@ def sampling_rounds(exp: Experiment, folder: Path, seed_key: tuple[int, ...], lo
             continue
         generator.manual_seed(step_seed(config, *seed_key, r))
         samples, nfe = exp.sampling_fn(exp.model, generator=generator)
-        _save_round(paths[r], samples, nfe)
+        _save_round(paths[r], samples, nfe, exp.sample_labels)
         logger.info("sampling round %d/%d: %d samples, %d score evaluations -> %s", r + 1, rounds, samples.shape[0], nfe, paths[r])
     _barrier(exp)
     loaded = [_load_round(path) for path in paths]
-    samples = torch.cat([x for x, _ in loaded])[:num_samples]
-    return samples, [nfe for _, nfe in loaded]
+    samples = torch.cat([x for x, _, _ in loaded])[:num_samples]
+    labels = None if any(y is None for _, _, y in loaded) else torch.cat([y for _, _, y in loaded])[:num_samples]
+    return samples, [nfe for _, nfe, _ in loaded], labels
 
 
-def save_sample_picture(samples: Tensor, path: Path, title: str) -> Path:
-    """A PNG of the samples: a grid of the first :data:`MAX_GRID_IMAGES` images, or a scatter plot of all points."""
+def save_sample_picture(samples: Tensor, path: Path, title: str, labels: Tensor | None = None) -> Path:
+    """A PNG of the samples: a grid of the first :data:`MAX_GRID_IMAGES` images (one class per column for
+    class-conditional samples of cycling classes), or a scatter plot of all points (coloured by class)."""
+    labels = None if labels is None else labels[: len(samples)]
     if samples.ndim == 4:
-        return save_image_grid(samples[:MAX_GRID_IMAGES], path)
-    return save_scatter_plot(samples, path, title=title)
+        labels = None if labels is None else labels[:MAX_GRID_IMAGES]
+        return save_image_grid(samples[:MAX_GRID_IMAGES], path, nrow=class_grid_columns(labels))
+    return save_scatter_plot(samples, path, title=title, labels=labels)
 
 
 def _sampling_report(exp: Experiment, folder: Path, seed_key: tuple[int, ...], logger: logging.Logger, with_metrics: bool) -> dict[str, Any]:
-    samples, nfes = sampling_rounds(exp, folder, seed_key, logger)
+    samples, nfes, labels = sampling_rounds(exp, folder, seed_key, logger)
     report: dict[str, Any] = {
         "count": samples.shape[0], "rounds": len(nfes), "nfe_per_round": nfes,
         "files": [f"samples_{r}.npz" for r in range(len(nfes))],
     }
+    if exp.conditioning is not None:
+        report["conditioning"] = exp.conditioning.describe()
     if exp.distributed.is_main:
         first_round = samples[: exp.sampling_shape[0]] if samples.ndim == 4 else samples
-        png = save_sample_picture(first_round, folder / "samples.png", f"{samples.shape[0]} samples, {nfes[0]} score evaluations")
+        title = f"{samples.shape[0]} samples, {nfes[0]} score evaluations"
+        if exp.conditioning is not None:
+            title += f"\n{exp.conditioning.describe()}"
+        png = save_sample_picture(first_round, folder / "samples.png", title, labels)
         report["png"] = str(png)
     if with_metrics:
         generator = torch.Generator().manual_seed(step_seed(exp.config, METRIC_STREAM, *seed_key[1:]))
-        report["metrics"] = sample_metrics(samples, MetricContext(exp, generator))
+        report["metrics"] = sample_metrics(samples, MetricContext(exp, generator, labels))
     return report
 
 

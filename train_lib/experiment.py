@@ -29,8 +29,9 @@ from samplers.from_config import get_sampling_fn
 from sde_lib import SDE, VESDE, config_value, get_sde, subVPSDE, VPSDE
 from sde_lib.base import check_positive_int
 
-from .losses import StepFn, get_step_fn_from_config, step_fn_options
+from .conditional import ConditioningError, SamplingConditioning, check_label_dropout, num_classes, sampling_conditioning
 from .optim import get_optimizer
+from .steps import TASKS, StepFn, get_step_fn_from_config, step_fn_options
 
 MODES = ("train", "eval", "sample")
 
@@ -177,11 +178,24 @@ class Experiment:
     inverse_scaler: Scaler  # model space -> [0, 1]
     data_shape: tuple[int, ...]  # one example: (C, H, W) or (dim,)
     sampling_shape: tuple[int, ...]  # (batch, *data_shape) of the sampling function
-    sampling_fn: Callable[..., tuple[Tensor, int]]  # fn(model, generator, progress) -> (inverse-scaled x, nfe)
+    sampling_fn: Callable[..., tuple[Tensor, int]] | None  # fn(model, generator, progress) -> (inverse-scaled x, nfe); None for a classifier
     eval_step_fn: StepFn  # loss of a batch under the EMA weights
     train_step_fn: StepFn | None  # one optimizer step; None outside mode "train"
     train_ds: data_lib.Dataset | None  # training split (mode "train")
     test_ds: data_lib.Dataset | None  # test split (modes "train" and "eval")
+    task: str = "score"  # "score": the score network; "classifier": the noise-conditional classifier of guidance
+    conditioning: SamplingConditioning | None = None  # class labels and guidance of the samples; None: unconditional
+
+    @property
+    def labelled(self) -> bool:
+        """Whether training and evaluation batches are pairs ``(x, y)`` with class labels: a classifier, or a
+        label-conditional score network."""
+        return self.task == "classifier" or config_value(self.config, "training.label_dropout", None) is not None
+
+    @property
+    def sample_labels(self) -> Tensor | None:
+        """The classes ``(B,)`` of a sampling batch, or ``None`` for unconditional samples."""
+        return None if self.conditioning is None else self.conditioning.labels
 
     @property
     def per_rank_batch_size(self) -> int:
@@ -263,6 +277,21 @@ def check_model_input(model: nn.Module, sde: SDE, shape: tuple[int, ...], contin
         raise ConfigError(f"the model returned {tuple(out.shape)} for an input of shape {tuple(x.shape)}")
 
 
+def check_classifier_input(classifier: nn.Module, sde: SDE, shape: tuple[int, ...], classes: int, device: torch.device) -> None:
+    """One forward pass of the noise-conditional classifier on a single example of ``shape`` at ``t = T / 2``: it
+    must return ``(1, classes)`` logits (``config.data.num_classes``)."""
+    x = torch.zeros((1, *shape), device=device, dtype=models.model_dtype(classifier))
+    t = torch.full((1,), sde.T / 2, device=device, dtype=x.dtype)
+    try:
+        with torch.no_grad():
+            logits = classifier.eval()(x, t)
+    except (ValueError, RuntimeError, IndexError, TypeError) as error:
+        raise ConfigError(f"the classifier {type(classifier).__name__} cannot take data of shape {shape}: {error}") from error
+    if not isinstance(logits, Tensor) or logits.shape != (1, classes):
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ConfigError(f"the classifier must return logits (B, config.data.num_classes) = (1, {classes}), got {got}")
+
+
 def _load_datasets(config: Any, mode: str, shape: tuple[int, ...]) -> tuple[data_lib.Dataset | None, data_lib.Dataset | None]:
     """The splits a mode reads: train and test for training, test (and train when ``config.eval.bpd_dataset`` is
     ``'train'``) for evaluation, none for sampling. Each must have examples of ``shape``."""
@@ -279,8 +308,12 @@ def _load_datasets(config: Any, mode: str, shape: tuple[int, ...]) -> tuple[data
     return loaded.get("train"), loaded.get("test")
 
 
-def build_experiment(config: Any, workdir: str | os.PathLike, mode: str = "train") -> Experiment:
+def build_experiment(config: Any, workdir: str | os.PathLike, mode: str = "train", task: str = "score") -> Experiment:
     """Check ``config`` for ``mode`` and build every piece of the run; :class:`ConfigError` naming the field otherwise.
+
+    ``task`` is ``'score'`` (the score network of ``config.model``) or ``'classifier'`` (``config.model`` is the
+    noise-conditional classifier of classifier guidance, trained on labelled data: the config of
+    :func:`train_lib.conditional.classifier_config`; it has no sampler).
 
     Cheap checks come first (mode, rank layout, device, SDE, model name, sampler), then the model is built
     (seeded by ``config.seed``) and called once on one example, and the datasets are opened last (a missing
@@ -288,15 +321,17 @@ def build_experiment(config: Any, workdir: str | os.PathLike, mode: str = "train
     In a ``torchrun`` job the process group is started here (:func:`init_distributed`).
     """
     try:
-        return _build(config, Path(workdir), mode)
+        return _build(config, Path(workdir), mode, task)
     except ConfigError:
         raise
     except ValueError as error:
         raise ConfigError(str(error)) from error
 
 
-def _build(config: Any, workdir: Path, mode: str) -> Experiment:
+def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
     mode = _check_mode(mode)
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     context = distributed_context()
     _check_batch_split(config, context)
     device = resolve_device(config, context)
@@ -311,21 +346,38 @@ def _build(config: Any, workdir: Path, mode: str) -> Experiment:
     batch_field = "training.batch_size" if mode == "train" else "eval.batch_size"
     sample_batch = check_positive_int(f"config.{batch_field}", config_value(config, batch_field))
     sampling_shape = (sample_batch, *shape)
-    sampling_fn = get_sampling_fn(config, sde, sampling_shape, inverse_scaler, eps)
-    train_step_fn = get_step_fn_from_config(config, sde, train=True) if mode == "train" else None
-    eval_step_fn = get_step_fn_from_config(config, sde, train=False)
+    options = step_fn_options(config)
+    sampling_fn = get_sampling_fn(config, sde, sampling_shape, inverse_scaler, eps) if task == "score" else None
 
     model = _create_model(config)
-    check_model_input(model, sde, shape, step_fn_options(config)["continuous"], device)
+    conditioning = None
+    try:
+        if task == "classifier":
+            check_classifier_input(model, sde, shape, num_classes(config), device)
+        else:
+            check_model_input(model, sde, shape, options["continuous"], device)
+            check_label_dropout(config, model)
+            conditioning = sampling_conditioning(config, sde, model, sample_batch, workdir, device, load=mode != "train")
+    except ConditioningError as error:
+        raise ConfigError(str(error)) from error
+    if conditioning is not None:
+        sampling_fn = get_sampling_fn(config, sde, sampling_shape, inverse_scaler, eps, conditioning.score_factory)
+    train_step_fn = get_step_fn_from_config(config, sde, train=True, task=task) if mode == "train" else None
+    eval_step_fn = get_step_fn_from_config(config, sde, train=False, task=task)
     ema = models.ExponentialMovingAverage(model.parameters(), decay=config_value(config, "model.ema_rate"))
     optimizer = get_optimizer(config, model.parameters())
     state = {"model": model, "ema": ema, "optimizer": optimizer, "step": 0}
 
     train_ds, test_ds = _load_datasets(config, mode, shape)
+    labelled = task == "classifier" or config_value(config, "training.label_dropout", None) is not None
+    for dataset in (train_ds, test_ds):
+        if labelled and dataset is not None:
+            data_lib.check_labelled(dataset)
     init_distributed(context, device)
     return Experiment(
         config=config, mode=mode, layout=WorkdirLayout(workdir), device=device, distributed=context, sde=sde,
         sampling_eps=eps, model=model, ema=ema, optimizer=optimizer, state=state, scaler=scaler,
         inverse_scaler=inverse_scaler, data_shape=shape, sampling_shape=sampling_shape, sampling_fn=sampling_fn,
-        eval_step_fn=eval_step_fn, train_step_fn=train_step_fn, train_ds=train_ds, test_ds=test_ds,
+        eval_step_fn=eval_step_fn, train_step_fn=train_step_fn, train_ds=train_ds, test_ds=test_ds, task=task,
+        conditioning=conditioning,
     )

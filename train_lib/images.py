@@ -72,9 +72,10 @@ def save_image_grid(images: Tensor, path: str | os.PathLike, nrow: int | None = 
     return path
 
 
-def save_scatter_plot(points: Tensor, path: str | os.PathLike, title: str | None = None) -> Path:
+def save_scatter_plot(points: Tensor, path: str | os.PathLike, title: str | None = None, labels: Tensor | None = None) -> Path:
     """A square scatter plot (``SCATTER_SIZE_INCHES`` at ``SCATTER_DPI``) of the first two coordinates of ``points``
-    ``(N, D)``, ``D >= 2``, on equal axes. Non-finite points are left out (and counted in the title)."""
+    ``(N, D)``, ``D >= 2``, on equal axes, each point coloured by its class in ``labels`` ``(N,)`` if given.
+    Non-finite points are left out (and counted in the title)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -85,7 +86,16 @@ def save_scatter_plot(points: Tensor, path: str | os.PathLike, title: str | None
     figure = Figure(figsize=(SCATTER_SIZE_INCHES, SCATTER_SIZE_INCHES), dpi=SCATTER_DPI)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.scatter(xy[finite, 0], xy[finite, 1], s=4, alpha=0.6, linewidths=0)
+    if labels is None:
+        axes.scatter(xy[finite, 0], xy[finite, 1], s=4, alpha=0.6, linewidths=0)
+    else:
+        classes = labels.detach().to("cpu").numpy()
+        if classes.shape != (len(xy),):
+            raise ValueError(f"labels must have shape ({len(xy)},), one per point; got {classes.shape}")
+        for k in np.unique(classes):
+            chosen = finite & (classes == k)
+            axes.scatter(xy[chosen, 0], xy[chosen, 1], s=4, alpha=0.6, linewidths=0, color=f"C{int(k) % 10}", label=f"class {int(k)}")
+        axes.legend(loc="upper right", fontsize=7, markerscale=3)
     axes.set_aspect("equal", adjustable="datalim")
     dropped = int((~finite).sum())
     label = (title or "") + (f" ({dropped} non-finite points not shown)" if dropped else "")
@@ -97,21 +107,34 @@ def save_scatter_plot(points: Tensor, path: str | os.PathLike, title: str | None
     return path
 
 
-def save_samples(samples: Tensor, folder: str | os.PathLike, title: str | None = None) -> dict[str, Path]:
+def class_grid_columns(labels: Tensor | None) -> int | None:
+    """Columns of a grid of class-conditional images: the number of classes when the labels cycle ``0, 1, ...,
+    K - 1, 0, ...`` (one class per column), else the default layout (``None``)."""
+    if labels is None:
+        return None
+    k = int(labels.max()) + 1
+    cycling = torch.equal(labels.cpu(), torch.arange(len(labels)) % k)
+    return k if cycling and k > 1 else None
+
+
+def save_samples(samples: Tensor, folder: str | os.PathLike, title: str | None = None, labels: Tensor | None = None) -> dict[str, Path]:
     """Write ``folder/sample.npz`` and ``folder/sample.png`` for samples in data space (after the inverse scaler).
 
     Images ``(N, C, H, W)``: ``samples`` in the npz is uint8 ``(N, H, W, C)`` (the reference's ``sample.np``
     layout) and the PNG is an :func:`image_grid`. Points ``(N, D)``: float32 ``(N, D)`` and a scatter plot.
+    Class-conditional samples: their ``labels`` ``(N,)`` are saved too (``labels`` in the npz), the scatter plot
+    colours each class and a grid of cycling labels shows one class per column.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     png, npz = folder / "sample.png", folder / "sample.npz"
+    extra = {} if labels is None else {"labels": labels.detach().to("cpu", torch.int64).numpy()}
     if samples.ndim == 4:
-        np.savez_compressed(npz, samples=to_uint8(samples))
-        save_image_grid(samples, png)
+        np.savez_compressed(npz, samples=to_uint8(samples), **extra)
+        save_image_grid(samples, png, nrow=class_grid_columns(labels))
     elif samples.ndim == 2:
-        np.savez_compressed(npz, samples=samples.detach().to("cpu", torch.float32).numpy())
-        save_scatter_plot(samples, png, title=title)
+        np.savez_compressed(npz, samples=samples.detach().to("cpu", torch.float32).numpy(), **extra)
+        save_scatter_plot(samples, png, title=title, labels=labels)
     else:
         raise ValueError(f"samples must be images (N, C, H, W) or points (N, D), got shape {tuple(samples.shape)}")
     return {"png": png, "npz": npz}

@@ -1,4 +1,4 @@
-"""Training objectives of score-based models and the one-step training / evaluation function.
+"""Training objectives of score-based models.
 
 * :func:`get_sde_loss_fn`: continuous-time denoising score matching, [SDE] eq. (7) (Song et al., ICLR 2021),
   ``E_t E_x0 E_z [lambda(t) ||s_theta(x(t), t) + z / sigma(t)||^2]`` with ``x(t) = mean(x0, t) + sigma(t) z``,
@@ -7,8 +7,8 @@
   :class:`train_lib.time_sampling.LikelihoodTimeSampler`.
 * :func:`get_smld_loss_fn` and :func:`get_ddpm_loss_fn`: the discrete losses of NCSN (Song & Ermon 2019, eq. (5))
   and DDPM (Ho et al. 2020, eq. (14)) over step indices, as the 2021 reference trains them.
-* :func:`get_step_fn`: one optimizer step (or one evaluation under the EMA weights) on the reference's training
-  state ``{'model', 'optimizer', 'ema', 'step'}``; :func:`get_step_fn_from_config` reads ``config.training``.
+
+The one-step training / evaluation functions built on these losses are in :mod:`train_lib.steps`.
 
 Conventions are the reference's: the per-sample loss is the mean over data dimensions (``reduce_mean=True``)
 or half their sum (``reduce_mean=False``), then the batch mean is taken. Every loss function is called as
@@ -18,7 +18,6 @@ use ``generator``, so a seed fixes the loss; ``per_example=True`` returns the ``
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable
 
 import torch
@@ -26,20 +25,13 @@ from torch import Tensor, nn
 
 from models.score_fn import check_model_output, get_model_fn, get_score_fn
 from samplers.common import check_eps
-from sde_lib.base import check_choice
-from sde_lib import SDE, VESDE, VPSDE, batch_broadcast, config_value
+from sde_lib import SDE, VESDE, VPSDE, batch_broadcast
 
-from .optim import optimization_manager
 from .time_sampling import LikelihoodTimeSampler
 
 LossFn = Callable[..., Tensor]
 """``loss_fn(model, batch, generator=None, per_example=False)``: the scalar batch loss, or ``(B,)`` losses."""
 
-StepFn = Callable[..., Tensor]
-"""``step_fn(state, batch, generator=None)``: the (detached) loss of one training or evaluation step."""
-
-MIXED_PRECISION = ("no", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ---------------------------------------------------------------------------- shared pieces
@@ -251,127 +243,3 @@ def get_loss_fn(
         f"discrete training (continuous=False) supports VESDE (SMLD) and VPSDE (DDPM), got {type(sde).__name__}; "
         "use continuous=True"
     )
-
-
-# ---------------------------------------------------------------------------- training step
-
-
-def _autocast(mixed_precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast of the forward pass: none for ``'no'``, bf16 on CUDA or the CPU, fp16 on CUDA only."""
-    if mixed_precision == "no":
-        return contextlib.nullcontext()
-    if mixed_precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"mixed_precision='fp16' needs a CUDA device, the batch is on {device}; use 'bf16' or 'no'")
-    if device.type not in ("cuda", "cpu"):
-        raise ValueError(f"mixed_precision={mixed_precision!r} is supported on CUDA and the CPU, not on {device}")
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[mixed_precision])
-
-
-def _grad_scaler(state: dict, mixed_precision: str, device: torch.device) -> torch.amp.GradScaler | None:
-    """The fp16 loss scaler, kept in ``state['grad_scaler']`` (created on the first fp16 step); ``None`` otherwise."""
-    if mixed_precision != "fp16":
-        return None
-    if state.get("grad_scaler") is None:
-        state["grad_scaler"] = torch.amp.GradScaler(device.type)
-    return state["grad_scaler"]
-
-
-def get_step_fn(
-    sde: SDE,
-    train: bool,
-    optimize_fn: Callable[..., Any] | None = None,
-    reduce_mean: bool = False,
-    continuous: bool = True,
-    likelihood_weighting: bool = False,
-    importance_weighting: bool = False,
-    eps: float = 1e-5,
-    mixed_precision: str = "no",
-) -> StepFn:
-    """``step_fn(state, batch, generator=None) -> loss`` for training (``train=True``) or evaluation.
-
-    ``state`` is the reference's training state ``{'model', 'optimizer', 'ema', 'step'}``. Training:
-    ``zero_grad``, the loss of :func:`get_loss_fn` and its gradient, ``optimize_fn(optimizer, params,
-    step=state['step'])`` (see :func:`train_lib.optimization_manager`), ``step += 1`` and an EMA update.
-    Evaluation: the loss under the EMA weights (``ema.store``, ``copy_to``, then ``restore``) without gradients.
-    ``mixed_precision`` (``'no'``, ``'bf16'``, ``'fp16'``) autocasts the network's forward pass; fp16 (CUDA only)
-    scales the loss with a ``torch.amp.GradScaler`` kept in ``state['grad_scaler']``. Returns the detached loss.
-    """
-    _check_flag("train", train)
-    check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
-    if train and not callable(optimize_fn):
-        raise ValueError(
-            "a training step_fn needs optimize_fn(optimizer, params, step), e.g. optimization_manager(config)"
-        )
-    loss_fn = get_loss_fn(
-        sde,
-        train,
-        reduce_mean=reduce_mean,
-        continuous=continuous,
-        likelihood_weighting=likelihood_weighting,
-        importance_weighting=importance_weighting,
-        eps=eps,
-    )
-
-    def train_step(state: dict, batch: Tensor, generator: torch.Generator | None) -> Tensor:
-        model, optimizer = state["model"], state["optimizer"]
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(mixed_precision, batch.device):
-            loss = loss_fn(model, batch, generator)
-        scaler = _grad_scaler(state, mixed_precision, batch.device)
-        if scaler is None:
-            loss.backward()
-            optimize_fn(optimizer, model.parameters(), step=state["step"])
-        else:
-            scaler.scale(loss).backward()
-            optimize_fn(optimizer, model.parameters(), step=state["step"], grad_scaler=scaler)
-        state["step"] += 1
-        state["ema"].update(model.parameters())
-        return loss.detach()
-
-    def eval_step(state: dict, batch: Tensor, generator: torch.Generator | None) -> Tensor:
-        model, ema = state["model"], state["ema"]
-        with torch.no_grad():
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
-            try:
-                with _autocast(mixed_precision, batch.device):
-                    loss = loss_fn(model, batch, generator)
-            finally:
-                ema.restore(model.parameters())
-        return loss
-
-    def step_fn(state: dict, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        missing = {"model", "ema", "step", *(("optimizer",) if train else ())} - set(state)
-        if missing:
-            raise ValueError(f"state is missing {sorted(missing)}; it must hold 'model', 'optimizer', 'ema', 'step'")
-        return (train_step if train else eval_step)(state, batch, generator)
-
-    return step_fn
-
-
-def step_fn_options(config: Any) -> dict[str, Any]:
-    """The keyword arguments of :func:`get_step_fn` read from ``config.training`` (the one place they are read).
-
-    ``continuous`` [True], ``reduce_mean`` [False], ``likelihood_weighting`` [False], ``importance_weighting``
-    [False], ``eps`` [1e-5] (``config.training.eps``; the reference fixes it at 1e-5) and ``mixed_precision``
-    [``'no'``].
-    """
-    field = lambda name, default: config_value(config, f"training.{name}", default)  # noqa: E731
-    return {
-        "continuous": field("continuous", True),
-        "reduce_mean": field("reduce_mean", False),
-        "likelihood_weighting": field("likelihood_weighting", False),
-        "importance_weighting": field("importance_weighting", False),
-        "eps": field("eps", 1e-5),
-        "mixed_precision": field("mixed_precision", "no"),
-    }
-
-
-def get_step_fn_from_config(
-    config: Any, sde: SDE, train: bool, optimize_fn: Callable[..., Any] | None = None
-) -> StepFn:
-    """:func:`get_step_fn` with the options of ``config.training``; a training step defaults to
-    ``optimize_fn = optimization_manager(config)`` (warm-up and clipping from ``config.optim``)."""
-    if train and optimize_fn is None:
-        optimize_fn = optimization_manager(config)
-    return get_step_fn(sde, train, optimize_fn=optimize_fn, **step_fn_options(config))

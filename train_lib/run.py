@@ -171,19 +171,30 @@ def _save(path: Path, exp: Experiment, step: int) -> None:
     save_checkpoint(path, exp.state)
 
 
-def _eval_batches(exp: Experiment, start_step: int, eval_freq: int) -> Iterator[Tensor]:
+Batch = Tensor | tuple[Tensor, Tensor]  # x, or (x, y) with class labels (Experiment.labelled)
+
+
+def model_batch(exp: Experiment, batch: Batch) -> Batch:
+    """A batch from :func:`data_lib.training_batches` on the experiment's device, the data scaler applied to ``x``."""
+    if isinstance(batch, tuple):
+        x, y = batch
+        return exp.scaler(x.to(exp.device, non_blocking=True)), y.to(exp.device, non_blocking=True)
+    return exp.scaler(batch.to(exp.device, non_blocking=True))
+
+
+def _eval_batches(exp: Experiment, start_step: int, eval_freq: int) -> Iterator[Batch]:
     """Test batches, the ``k``-th used at step ``(k + 1) eval_freq``; a resumed run continues the same sequence."""
     test_ds = exp.test_ds
     batch = min(int(exp.config.training.batch_size), len(test_ds))
     return data_lib.training_batches(
         test_ds, batch, seed=step_seed(exp.config, EVAL_BATCH_STREAM), start_step=start_step // eval_freq,
-        **data_lib.preprocessing_options(exp.config, train=False), dtype=exp.batch_dtype,
+        **data_lib.preprocessing_options(exp.config, train=False), dtype=exp.batch_dtype, with_labels=exp.labelled,
     )
 
 
-def _evaluate(exp: Experiment, batches: Iterator[Tensor], step: int) -> float:
+def _evaluate(exp: Experiment, batches: Iterator[Batch], step: int) -> float:
     """Loss of the next test batch under the EMA weights (on this process only)."""
-    batch = exp.scaler(next(batches).to(exp.device))
+    batch = model_batch(exp, next(batches))
     generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, EVAL_NOISE_STREAM, step))
     return float(exp.eval_step_fn(exp.state, batch, generator))
 
@@ -198,8 +209,10 @@ def _snapshot_samples(exp: Experiment, step: int) -> dict[str, Path]:
         samples, nfe = exp.sampling_fn(model, generator=generator)
     finally:
         ema.restore(model.parameters())
-    paths = save_samples(samples, exp.layout.sample_folder(step), title=f"step {step}, {nfe} score evaluations")
-    return paths
+    title = f"step {step}, {nfe} score evaluations"
+    if exp.conditioning is not None:
+        title += f", {exp.conditioning.describe()}"
+    return save_samples(samples, exp.layout.sample_folder(step), title=title, labels=exp.sample_labels)
 
 
 def _resume(exp: Experiment, logger: logging.Logger) -> int:
@@ -225,8 +238,11 @@ def _training_state(exp: Experiment) -> dict[str, Any]:
 
 def _describe(exp: Experiment, schedule: Schedule) -> str:
     config = exp.config
+    what = "the noise-conditional classifier " if exp.task == "classifier" else ""
+    if exp.labelled and exp.task == "score":
+        what = f"the label-conditional network (label dropout {config.training.label_dropout}) "
     return (
-        f"training {config.model.name} on {config.data.dataset} {exp.data_shape} with {type(exp.sde).__name__}, "
+        f"training {what}{config.model.name} on {config.data.dataset} {exp.data_shape} with {type(exp.sde).__name__}, "
         f"{schedule.n_iters} steps of batch {config.training.batch_size} "
         f"({exp.distributed.world_size} process(es) of {exp.per_rank_batch_size}) on {exp.device}; "
         f"workdir {exp.layout.workdir}"
@@ -234,15 +250,18 @@ def _describe(exp: Experiment, schedule: Schedule) -> str:
 
 
 # ------------------------------------------------------------------ the job
-def train(config: Any, workdir: str | os.PathLike) -> Experiment:
+def train(config: Any, workdir: str | os.PathLike, task: str = "score") -> Experiment:
     """Train the model of ``config`` in ``workdir`` (module docstring), resuming from its meta checkpoint.
+
+    ``task='classifier'``: ``config.model`` is the noise-conditional classifier of classifier guidance
+    (:func:`train_lib.build_experiment`), trained on labelled batches; no samples are drawn.
 
     Every config error is raised (:class:`ConfigError`) before any step; a corrupt meta checkpoint raises
     :class:`train_lib.CheckpointError` naming the file; a NaN or infinite loss raises
     :class:`TrainingDivergedError` naming the step. Returns the :class:`Experiment`, whose ``state`` is final.
     """
     schedule = Schedule.from_config(config)
-    exp = build_experiment(config, workdir, "train")
+    exp = build_experiment(config, workdir, "train", task=task)
     main = exp.distributed.is_main
     logger = open_log(exp.layout.log_file, main)
     writer = None
@@ -291,7 +310,7 @@ def _train_loop(exp: Experiment, schedule: Schedule, step: int, logger: logging.
     batches = data_lib.training_batches(
         exp.train_ds, exp.per_rank_batch_size, seed=int(config_value(config, "seed", 0)), start_step=step,
         rank=context.rank, world_size=context.world_size,
-        **data_lib.preprocessing_options(config, train=True), dtype=exp.batch_dtype,
+        **data_lib.preprocessing_options(config, train=True), dtype=exp.batch_dtype, with_labels=exp.labelled,
     )
     eval_batches = _eval_batches(exp, step, schedule.eval_freq) if context.is_main else None
     state = _training_state(exp)
@@ -302,7 +321,7 @@ def _train_loop(exp: Experiment, schedule: Schedule, step: int, logger: logging.
         logging_redirect_tqdm([logger]) if show_bar else contextlib.nullcontext()
     ):
         while step < schedule.n_iters:
-            batch = exp.scaler(next(batches).to(exp.device, non_blocking=True))
+            batch = model_batch(exp, next(batches))
             generator.manual_seed(step_seed(config, LOSS_NOISE_STREAM, step, context.rank))
             _reseed_global_rng(exp.device, step_seed(config, GLOBAL_RNG_STREAM, step, context.rank))
             loss = _global_mean(exp.train_step_fn(state, batch, generator), exp)
@@ -316,7 +335,7 @@ def _train_loop(exp: Experiment, schedule: Schedule, step: int, logger: logging.
 
 
 def _after_step(
-    exp: Experiment, schedule: Schedule, step: int, loss: float, eval_batches: Iterator[Tensor],
+    exp: Experiment, schedule: Schedule, step: int, loss: float, eval_batches: Iterator[Batch],
     logger: logging.Logger, writer: Any, speed: _SpeedMeter,
 ) -> None:
     """Rank 0, after step ``step``: log, meta checkpoint, evaluation, numbered checkpoint and samples when due."""
@@ -334,6 +353,6 @@ def _after_step(
         path = layout.checkpoint_path(step // schedule.snapshot_freq)
         _save(path, exp, step)
         logger.info("step %d/%d  saved %s", step, n_iters, path)
-        if schedule.snapshot_sampling:
+        if schedule.snapshot_sampling and exp.sampling_fn is not None:
             paths = _snapshot_samples(exp, step)
             logger.info("step %d/%d  samples in %s", step, n_iters, paths["png"])
