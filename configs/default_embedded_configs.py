@@ -27,6 +27,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     sampling.method = "fast"  # DPM-Solver (UniPC corrector) on the probability-flow ODE
     sampling.nfe = 20  # score evaluations per sample, the last one spent on Tweedie's denoiser (noise_removal)
     sampling.noise_removal = True
+    sampling.inpainting = "replacement"  # --mode inpaint: the replacement method ([SDE] I.2) or "smc" (SMCDiff)
+    sampling.smc_particles = 16  # particles per image of "smc" inpainting
 
     evaluate = config.eval
     evaluate.begin_ckpt = 1

@@ -32,6 +32,7 @@ import torch
 
 from configs import load_config
 from train_lib.controllable import MASKS, NUM_IMAGES, NUM_PAIRS, NUM_STEPS, colorize, inpaint, interpolate, region_mask
+from train_lib.experiment import ConfigError
 from train_lib.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,23 @@ def test_inpaint_keeps_known_pixels_exactly(digits_run):
     assert np.isfinite(result).all() and not np.array_equal(result[~mask], original[~mask])
     assert np.all(saved["given"][~mask] == 0.5)
     assert not mask[..., 4:].any() and mask[..., :4].all()
+
+
+def test_smc_inpainting_job_keeps_known_pixels_exactly(digits_run):
+    """``sampling.inpainting = 'smc'``: SMCDiff with 4 particles per image, one reverse-diffusion step per noise level
+    (NFE = N), the known pixels exact; an unknown method is refused before any work."""
+    config, workdir = digits_run
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.sampling.inpainting, config.sampling.smc_particles = "smc", 4
+    report = inpaint(config, workdir, eval_folder="smc", mask="center")
+    saved = np.load(report["npz"])
+    assert report["method"] == "smc" and report["nfe"] == N_LEVELS
+    assert np.array_equal(saved["result"][saved["mask"]], saved["original"][saved["mask"]])
+    assert np.isfinite(saved["result"]).all() and not np.array_equal(saved["result"], saved["original"])
+    config.sampling.inpainting = "repaint"
+    with pytest.raises(ConfigError, match="sampling.inpainting must be one of replacement, smc"):
+        inpaint(config, workdir)
 
 
 def test_interpolation_endpoints_decode_to_the_inputs(digits_run):

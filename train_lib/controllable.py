@@ -10,6 +10,9 @@ takes the first test images and writes a PNG and an ``.npz`` into ``workdir/eval
   ``corrector``, ``snr``, ``n_steps_each``, ``probability_flow``, ``noise_removal``; where a config sampling with
   another method has none, the reference's ``reverse_diffusion``, ``langevin``, 0.16, 1) and
   ``N = config.model.num_scales`` steps. ``inpaint.png``: rows original | masked (unknown pixels grey) | inpainted.
+  ``config.sampling.inpainting`` [``'replacement'``] ``= 'smc'`` uses :func:`samplers.smc_inpaint` instead
+  (SMCDiff: asymptotically exact in its ``config.sampling.smc_particles`` [16] particles per image, which multiply
+  the cost), with the reverse-diffusion steps of the SDE and ``noise_removal``.
 * :func:`colorize`: the same for RGB data with the grey level known (:func:`samplers.controllable.pc_colorize`).
   ``colorize.png``: rows original | grey | colorized.
 * :func:`interpolate`: ``NUM_PAIRS`` pairs of test images encoded by the probability-flow ODE, their latents
@@ -35,6 +38,7 @@ import data_lib
 import models
 from samplers.common import check_choice
 from samplers.controllable import pc_colorize, pc_inpaint, ode_interpolate
+from samplers.smc import SMC_PARTICLES, smc_inpaint
 from samplers.ode import DEFAULT_METHOD
 from samplers.pc import available_correctors, available_predictors
 from sde_lib import config_value
@@ -45,6 +49,7 @@ from .images import save_image_grid
 from .run import close_log, open_log
 
 MASKS = ("right_half", "center", "random")  # --mask of the inpaint job: the region that is generated
+INPAINTING_METHODS = ("replacement", "smc")  # config.sampling.inpainting: pc_inpaint or smc_inpaint
 NUM_IMAGES = 16  # test images inpainted or colorized
 NUM_PAIRS = 4  # pairs of test images interpolated (images 0-1, 2-3, ...)
 NUM_STEPS = 8  # interpolation points per pair, from 0 to 1 inclusive
@@ -97,6 +102,18 @@ def _pc_options(config: Any) -> dict[str, Any]:
     )
 
 
+def _inpainting_method(config: Any) -> str:
+    """``config.sampling.inpainting`` [``'replacement'``], checked (:data:`INPAINTING_METHODS`), with
+    ``sampling.smc_particles`` for ``'smc'``; :class:`ConfigError` otherwise."""
+    method = config_value(config, "sampling.inpainting", "replacement")
+    particles = config_value(config, "sampling.smc_particles", SMC_PARTICLES)
+    if method not in INPAINTING_METHODS:
+        raise ConfigError(f"config.sampling.inpainting must be one of {', '.join(INPAINTING_METHODS)}, got {method!r}")
+    if method == "smc" and (isinstance(particles, bool) or not isinstance(particles, int) or particles < 1):
+        raise ConfigError(f"config.sampling.smc_particles must be an integer >= 1, got {particles!r}")
+    return method
+
+
 def _score_fn(exp: Experiment, continuous: bool):
     return models.get_sampling_score_fn(exp.sde, exp.model, continuous=continuous)
 
@@ -138,6 +155,11 @@ def _known_value_job(exp: Experiment, folder: Path, name: str, images: Tensor, m
     if colour:
         given = images.mean(dim=1, keepdim=True).expand_as(images)
         x, nfe = pc_colorize(exp.sde, score_fn, exp.scaler(given), eps=exp.sampling_eps, generator=generator, **options)
+    elif _inpainting_method(exp.config) == "smc":
+        given = torch.where(mask, images, torch.full_like(images, UNKNOWN_GREY))
+        particles = config_value(exp.config, "sampling.smc_particles", SMC_PARTICLES)
+        x, nfe = smc_inpaint(exp.sde, score_fn, exp.scaler(images), mask, num_particles=particles, denoise=options["denoise"],
+                             eps=exp.sampling_eps, generator=generator)
     else:
         given = torch.where(mask, images, torch.full_like(images, UNKNOWN_GREY))
         x, nfe = pc_inpaint(exp.sde, score_fn, exp.scaler(images), mask, eps=exp.sampling_eps, generator=generator,
@@ -153,12 +175,13 @@ def _known_value_job(exp: Experiment, folder: Path, name: str, images: Tensor, m
 def inpaint(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None, mask: str = "right_half") -> dict[str, Any]:
     """Inpaint the ``mask`` region (:data:`MASKS`) of the first :data:`NUM_IMAGES` test images (module docstring)."""
     check_choice("mask", mask, MASKS)
+    method = _inpainting_method(config)
 
     def body(exp: Experiment, folder: Path) -> dict[str, Any]:
         images = _test_images(exp, NUM_IMAGES)
         generator = torch.Generator().manual_seed(int(config_value(exp.config, "seed", 0)))
         known = region_mask(mask, tuple(images.shape), generator).to(exp.device)
-        return {"mask": mask, **_known_value_job(exp, folder, "inpaint", images, known, colour=False)}
+        return {"mask": mask, "method": method, **_known_value_job(exp, folder, "inpaint", images, known, colour=False)}
 
     return _run(config, workdir, eval_folder, f"inpainting ({mask})", body)
 
