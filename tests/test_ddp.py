@@ -10,7 +10,9 @@ so DDP's gradient average ``(g_0 + g_1) / 2`` is the gradient of the combined me
 point and a sum of two terms does not depend on the order, so the trajectories agree to float32 round-off; the
 tolerance ``ATOL`` allows ``1e-6`` absolute on weights of order 1 (measured: bit-identical, ``DDP_TEST_ATOL=0``
 passes). Adam's ``eps`` is set to 1 so that the update depends on the gradient's scale: an oracle whose gradient
-is twice as large (the sum over ranks instead of the mean) misses the final losses by 3.7e-2.
+is twice as large (the sum over ranks instead of the mean) misses the final losses by 3.7e-2. The same holds for
+the classifier-free-guidance config (labelled batches ``(x, y)`` sharded with their labels; the label dropout drawn
+from the per-(step, rank) loss generator; the label-conditional network inside DistributedDataParallel).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pytest
 import torch
 
 import data_lib
-from train_lib import get_loss_fn, optimization_manager, step_fn_options
+from train_lib import get_cfg_loss_fn, get_loss_fn, optimization_manager, step_fn_options
 from train_lib.experiment import build_experiment
 from train_lib.run import LOSS_NOISE_STREAM, step_seed
 
@@ -51,8 +53,13 @@ RUN = {
 }
 
 
-def toy_config_path(sde: str) -> Path:
-    return ROOT / "configs" / sde / "toy_mlp_continuous.py"
+#: the configs trained: the VP toy config, and its classifier-free-guidance twin (labelled batches (x, y), the
+#: label-conditional MLP, label dropout drawn from the loss generator)
+CONFIGS = {"unconditional": "toy_mlp_continuous", "label_conditional": "toy_mlp_cfg"}
+
+
+def toy_config_path(name: str = "unconditional") -> Path:
+    return ROOT / "configs" / "vp" / f"{CONFIGS[name]}.py"
 
 
 def free_port() -> int:
@@ -61,22 +68,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def config_with(fields: dict):
+def config_with(fields: dict, name: str = "unconditional"):
     from configs import load_config
 
-    config = load_config(toy_config_path("vp"))
+    config = load_config(toy_config_path(name))
     for path, value in fields.items():
         section, field = path.split(".")
         setattr(config[section], field, value)
     return config
 
 
-def run_torchrun(workdir: Path, fields: dict) -> None:
+def run_torchrun(workdir: Path, fields: dict, name: str = "unconditional") -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}", str(ROOT / "main.py"), f"--config={toy_config_path('vp')}",
+        f"--master_port={free_port()}", str(ROOT / "main.py"), f"--config={toy_config_path(name)}",
         f"--workdir={workdir}", *[f"--config.{k}={v}" for k, v in fields.items()],
     ]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -88,19 +95,27 @@ def single_process_on_combined_batch(config, workdir: Path) -> tuple[list[float]
     exp = build_experiment(config, workdir, "train")
     model, ema, optimizer = exp.model, exp.ema, exp.optimizer
     options = {k: v for k, v in step_fn_options(config).items() if k != "mixed_precision"}
-    loss_fn = get_loss_fn(exp.sde, train=True, **options)
+    if exp.labelled:
+        del options["continuous"]
+        cfg_loss = get_cfg_loss_fn(exp.sde, config.training.label_dropout, train=True, **options)
+        loss_fn = lambda model, batch, generator: cfg_loss(model, exp.scaler(batch[0]), batch[1], generator)  # noqa: E731
+    else:
+        score_loss = get_loss_fn(exp.sde, train=True, **options)
+        loss_fn = lambda model, batch, generator: score_loss(model, exp.scaler(batch), generator)  # noqa: E731
     optimize_fn = optimization_manager(config)
     half = BATCH // 2
-    streams = [data_lib.training_batches(exp.train_ds, half, seed=config.seed, rank=r, world_size=2) for r in (0, 1)]
-    whole = data_lib.training_batches(exp.train_ds, BATCH, seed=config.seed)
+    options = {"seed": config.seed, "with_labels": exp.labelled}
+    streams = [data_lib.training_batches(exp.train_ds, half, rank=r, world_size=2, **options) for r in (0, 1)]
+    whole = data_lib.training_batches(exp.train_ds, BATCH, **options)
+    points = lambda batch: batch[0] if exp.labelled else batch  # noqa: E731
     losses = []
     for step in range(N_STEPS):
         halves = [next(stream) for stream in streams]
-        combined = torch.cat(halves)
-        assert torch.equal(combined[combined[:, 0].argsort()], (w := next(whole))[w[:, 0].argsort()])  # same examples
+        combined, w = torch.cat([points(h) for h in halves]), points(next(whole))
+        assert torch.equal(combined[combined[:, 0].argsort()], w[w[:, 0].argsort()])  # same examples
         optimizer.zero_grad(set_to_none=True)
         per_rank = [
-            loss_fn(model, exp.scaler(batch), torch.Generator().manual_seed(step_seed(config, LOSS_NOISE_STREAM, step, rank)))
+            loss_fn(model, batch, torch.Generator().manual_seed(step_seed(config, LOSS_NOISE_STREAM, step, rank)))
             for rank, batch in enumerate(halves)
         ]
         loss = (per_rank[0] + per_rank[1]) / 2  # the mean over all BATCH examples
@@ -121,14 +136,14 @@ def tensorboard_losses(workdir: Path) -> dict[int, float]:
     return {event.step: event.value for event in accumulator.Scalars("training_loss")}
 
 
-@pytest.mark.parametrize("reduce_mean", [True, False])
-def test_two_process_ddp_equals_one_process_on_the_combined_batch(reduce_mean, tmp_path):
+@pytest.mark.parametrize("name, reduce_mean", [("unconditional", True), ("unconditional", False), ("label_conditional", True)])
+def test_two_process_ddp_equals_one_process_on_the_combined_batch(name, reduce_mean, tmp_path):
     fields = {**RUN, "training.reduce_mean": reduce_mean}
-    run_torchrun(tmp_path / "ddp", fields)
+    run_torchrun(tmp_path / "ddp", fields, name)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        losses, state = single_process_on_combined_batch(config_with(fields), tmp_path / "single")
+        losses, state = single_process_on_combined_batch(config_with(fields, name), tmp_path / "single")
     finally:
         torch.set_num_threads(threads)
 

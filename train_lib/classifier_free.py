@@ -31,6 +31,9 @@ LabelScoreFn = Callable[[Tensor, Tensor, "Tensor | int | None"], Tensor]
 
 
 def _null_label(model: nn.Module) -> int:
+    """The null label of a label-conditional network (also inside ``DistributedDataParallel``), else ``ValueError``."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
     null = getattr(model, "null_label", None)
     if isinstance(null, bool) or not isinstance(null, int):
         raise ValueError(
