@@ -22,7 +22,7 @@ from sde_lib import config_value
 
 from .conditional import ConditioningError, classifier_config, classifier_folder
 from .experiment import ConfigError, Experiment
-from .evaluation import _write_json
+from .evaluation import write_report
 from .losses import perturb_data
 from .run import close_log, open_log, step_seed, train
 
@@ -77,7 +77,7 @@ def train_classifier(config: Any, workdir: str | os.PathLike, eval_folder: str |
     if exp.distributed.is_main:
         logger = open_log(exp.layout.log_file, True)
         try:
-            path = _write_json(folder / "accuracy.json", report)
+            path = write_report(folder / "accuracy.json", report)
             accuracies = ", ".join(f"t={t}: {a:.3f}" for t, a in report["accuracy_by_time"].items())
             logger.info("classifier test accuracy by noise level (%d examples): %s; majority class %.3f; %s",
                         report["test_examples"], accuracies, report["chance"], path)

@@ -213,7 +213,8 @@ def _load_round(path: Path) -> tuple[Tensor, int, Tensor | None]:
     return torch.from_numpy(array), nfe, labels
 
 
-def _write_json(path: Path, report: dict[str, Any]) -> Path:
+def write_report(path: Path, report: dict[str, Any]) -> Path:
+    """``report`` as indented JSON at ``path``, written atomically (never seen half-written)."""
     text = json.dumps(report, indent=2, sort_keys=False, allow_nan=True) + "\n"
     return atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
@@ -484,7 +485,7 @@ def evaluate(config: Any, workdir: str | os.PathLike, eval_folder: str | None = 
             if enabled["sampling"]:
                 report["samples"] = _sampling_report(exp, folder, (EVAL_SAMPLES_STREAM, ckpt), logger, with_metrics=True)
             if exp.distributed.is_main:
-                report_path = _write_json(folder / "report.json", report)
+                report_path = write_report(folder / "report.json", report)
                 for line in _describe(ckpt, step, report):
                     logger.info(line)
                 logger.info("ckpt %d: report %s", ckpt, report_path)

@@ -184,13 +184,8 @@ class Experiment:
     train_ds: data_lib.Dataset | None  # training split (mode "train")
     test_ds: data_lib.Dataset | None  # test split (modes "train" and "eval")
     task: str = "score"  # "score": the score network; "classifier": the noise-conditional classifier of guidance
+    labelled: bool = False  # batches are pairs (x, y) with class labels: a classifier or a label-conditional network
     conditioning: SamplingConditioning | None = None  # class labels and guidance of the samples; None: unconditional
-
-    @property
-    def labelled(self) -> bool:
-        """Whether training and evaluation batches are pairs ``(x, y)`` with class labels: a classifier, or a
-        label-conditional score network."""
-        return self.task == "classifier" or config_value(self.config, "training.label_dropout", None) is not None
 
     @property
     def sample_labels(self) -> Tensor | None:
@@ -379,5 +374,5 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
         sampling_eps=eps, model=model, ema=ema, optimizer=optimizer, state=state, scaler=scaler,
         inverse_scaler=inverse_scaler, data_shape=shape, sampling_shape=sampling_shape, sampling_fn=sampling_fn,
         eval_step_fn=eval_step_fn, train_step_fn=train_step_fn, train_ds=train_ds, test_ds=test_ds, task=task,
-        conditioning=conditioning,
+        labelled=labelled, conditioning=conditioning,
     )
