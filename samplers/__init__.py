@@ -14,12 +14,13 @@ progress=False) -> (x, nfe)``, where ``score_fn(x, t)`` takes ``x`` of shape ``(
 :func:`pc_inpaint` / :func:`pc_colorize` (and the reference-style :func:`get_pc_inpainter` /
 :func:`get_pc_colorizer`), :func:`guided_score_fn` (classifier guidance), :func:`cfg_score_fn`
 (classifier-free guidance) and :func:`interpolate_latents` / :func:`ode_interpolate` give controllable generation;
-:func:`smc_inpaint` (SMCDiff) is inpainting that is exact in the limit of many particles.
+:func:`smc_inpaint` / :func:`smc_colorize` (SMCDiff) are inpainting and colorization that are exact in the limit of
+many particles.
 """
 
 from .adaptive import adaptive_sde_sample
 from .common import CountingScoreFn
-from .smc import smc_inpaint
+from .smc import smc_colorize, smc_inpaint
 from .controllable import (
     KnownValueReplacement,
     cfg_score_fn,
@@ -55,6 +56,7 @@ from .sde_solvers import sde_sample
 __all__ = [
     "pc_inpaint",
     "smc_inpaint",
+    "smc_colorize",
     "pc_colorize",
     "get_pc_inpainter",
     "get_pc_colorizer",

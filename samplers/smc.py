@@ -17,6 +17,9 @@ algorithm 2) makes it exact in the limit of many particles, with the same uncond
    unknown coordinates are drawn from the kernel and the known ones set to ``y_{i+1}`` (a fully adapted particle
    filter with adaptive resampling). The result is drawn from the final weights.
 
+:func:`smc_colorize` is the same in the decoupled colour space of :func:`samplers.controllable.decouple_colours`
+(an orthogonal map, under which the SDE's isotropic noise is unchanged), with the grey channel known.
+
 When the reverse kernels are the exact reverse of the forward chain, the particles at the end are weighted samples
 of ``p(x_unknown | x_known = y)``, exactly as ``K -> infinity`` (the usual ``O(1/K)`` bias of a particle filter);
 with a learned score, as exact as the score and the discretization. The cost is ``K`` times that of one sample.
@@ -30,7 +33,7 @@ from torch import Tensor
 from sde_lib import SDE, ScoreFn, batch_broadcast
 
 from .common import CountingScoreFn, check_eps, check_sde, progress_bar, resolve_device
-from .controllable import check_data, check_mask
+from .controllable import ChannelTransform, check_data, check_mask, colour_decoupling_matrix
 
 SMC_PARTICLES = 16  # default number of particles per inpainted example
 RESAMPLE_BELOW = 0.5  # resample an example's particles when their effective sample size falls below this fraction
@@ -159,3 +162,39 @@ def smc_inpaint(
     pick = torch.multinomial(weights, 1, generator=generator)  # one particle per example, drawn by its weight
     return x[(offsets + pick).reshape(-1)], counted.nfe
 
+
+
+def smc_colorize(
+    sde: SDE,
+    score_fn: ScoreFn,
+    data: Tensor,
+    num_particles: int = SMC_PARTICLES,
+    resample_below: float = RESAMPLE_BELOW,
+    denoise: bool = True,
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, int]:
+    """Colorization by SMCDiff: :func:`smc_inpaint` of the grey channel in the decoupled colour space
+    (:func:`samplers.controllable.colour_decoupling_matrix` ``M``, orthogonal: the score there is ``M s(M^T u)``).
+
+    ``data`` ``(B, 3, ...)``: images whose grey level (the mean of the channels) is kept, as in
+    :func:`samplers.pc_colorize`; the colours are drawn from their conditional law given it, exactly as
+    ``num_particles`` grows. Returns ``(x, nfe)``; the grey level of ``x`` equals that of ``data`` up to float
+    rounding of the two channel maps.
+    """
+    data = check_data(data)
+    if data.ndim < 2 or data.shape[1] != 3:
+        raise ValueError(f"data must have 3 colour channels, shape (B, 3, ...), got shape {tuple(data.shape)}")
+    data = data.to(resolve_device(device, generator, data))
+    transform = ChannelTransform(colour_decoupling_matrix(data.dtype, data.device))
+
+    def decoupled_score(u: Tensor, t: Tensor) -> Tensor:
+        return transform.forward(score_fn(transform.inverse(u), t))
+
+    mask = torch.zeros_like(data, dtype=torch.bool)
+    mask[:, 0] = True  # the grey channel (sqrt(3) times the grey level) is known
+    u, nfe = smc_inpaint(sde, decoupled_score, transform.forward(data), mask, num_particles=num_particles,
+                         resample_below=resample_below, denoise=denoise, eps=eps, generator=generator, progress=progress)
+    return transform.inverse(u), nfe

@@ -135,6 +135,11 @@ def test_colorize_keeps_the_grey_level(tmp_path):
     rounding = 1e-5 * max(1.0, float(np.abs(result).max()))  # float32 rounding of the channel maps, relative
     assert np.abs(result.mean(axis=1) - original.mean(axis=1)).max() < rounding
     assert np.abs(result - original).max() > 0.1  # the colours are generated, not copied
+    with config.unlocked():
+        config.sampling.inpainting, config.sampling.smc_particles = "smc", 3  # SMCDiff: one step per level
+    report = colorize(config, tmp_path, eval_folder="smc")
+    saved = np.load(report["npz"])
+    assert report["nfe"] == N_LEVELS and np.abs(saved["result"].mean(axis=1) - saved["original"].mean(axis=1)).max() < rounding
 
 
 def test_main_inpaint_command_and_bad_mask(digits_run):

@@ -29,6 +29,9 @@ Config fields:
 
 :func:`sampling_conditioning` turns these into the score function a sampler uses (``score_factory(model,
 continuous) -> score_fn``) and the class labels of a sampling batch; ``None`` for an unconditional experiment.
+Only sampling is conditioned: the test loss of a label-conditional network is its training loss (with label
+dropout), and likelihoods (``eval.enable_bpd``), inpainting, colorization and interpolation use the unconditional
+score (the null label).
 """
 
 from __future__ import annotations

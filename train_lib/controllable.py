@@ -12,7 +12,8 @@ takes the first test images and writes a PNG and an ``.npz`` into ``workdir/eval
   ``N = config.model.num_scales`` steps. ``inpaint.png``: rows original | masked (unknown pixels grey) | inpainted.
   ``config.sampling.inpainting`` [``'replacement'``] ``= 'smc'`` uses :func:`samplers.smc_inpaint` instead
   (SMCDiff: asymptotically exact in its ``config.sampling.smc_particles`` [16] particles per image, which multiply
-  the cost), with the reverse-diffusion steps of the SDE and ``noise_removal``.
+  the cost), with the reverse-diffusion steps of the SDE and ``noise_removal``; for colorization too
+  (:func:`samplers.smc_colorize`).
 * :func:`colorize`: the same for RGB data with the grey level known (:func:`samplers.controllable.pc_colorize`).
   ``colorize.png``: rows original | grey | colorized.
 * :func:`interpolate`: ``NUM_PAIRS`` pairs of test images encoded by the probability-flow ODE, their latents
@@ -38,7 +39,7 @@ import data_lib
 import models
 from samplers.common import check_choice
 from samplers.controllable import pc_colorize, pc_inpaint, ode_interpolate
-from samplers.smc import SMC_PARTICLES, smc_inpaint
+from samplers.smc import SMC_PARTICLES, smc_colorize, smc_inpaint
 from samplers.ode import DEFAULT_METHOD
 from samplers.pc import available_correctors, available_predictors
 from sde_lib import config_value
@@ -152,12 +153,17 @@ def _known_value_job(exp: Experiment, folder: Path, name: str, images: Tensor, m
     generator = torch.Generator(exp.device).manual_seed(int(config_value(exp.config, "seed", 0)) + CONTROLLABLE_STREAM)
     options = _pc_options(exp.config)
     score_fn = _score_fn(exp, bool(config_value(exp.config, "training.continuous", True)))
+    smc = _inpainting_method(exp.config) == "smc"
+    particles = config_value(exp.config, "sampling.smc_particles", SMC_PARTICLES)
     if colour:
         given = images.mean(dim=1, keepdim=True).expand_as(images)
-        x, nfe = pc_colorize(exp.sde, score_fn, exp.scaler(given), eps=exp.sampling_eps, generator=generator, **options)
-    elif _inpainting_method(exp.config) == "smc":
+        if smc:
+            x, nfe = smc_colorize(exp.sde, score_fn, exp.scaler(given), num_particles=particles, denoise=options["denoise"],
+                                  eps=exp.sampling_eps, generator=generator)
+        else:
+            x, nfe = pc_colorize(exp.sde, score_fn, exp.scaler(given), eps=exp.sampling_eps, generator=generator, **options)
+    elif smc:
         given = torch.where(mask, images, torch.full_like(images, UNKNOWN_GREY))
-        particles = config_value(exp.config, "sampling.smc_particles", SMC_PARTICLES)
         x, nfe = smc_inpaint(exp.sde, score_fn, exp.scaler(images), mask, num_particles=particles, denoise=options["denoise"],
                              eps=exp.sampling_eps, generator=generator)
     else:
@@ -188,6 +194,7 @@ def inpaint(config: Any, workdir: str | os.PathLike, eval_folder: str | None = N
 
 def colorize(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None) -> dict[str, Any]:
     """Colorize the grey levels of the first :data:`NUM_IMAGES` test images of an RGB dataset (module docstring)."""
+    _inpainting_method(config)
 
     def body(exp: Experiment, folder: Path) -> dict[str, Any]:
         if exp.data_shape[0] != 3:
