@@ -1,40 +1,12 @@
 """LSUN church 256 DDPM (discrete): VP SDE, DDPM network, PC: ancestral sampling, no corrector."""
 
-from configs.default_lsun_configs import get_default_configs
+from pathlib import Path
+
+from configs import load_config
 
 
 def get_config():
-    config = get_default_configs()
-
-    training = config.training
-    training.sde = "vpsde"
-    training.continuous = False
-    training.reduce_mean = True
-
-    sampling = config.sampling
-    sampling.method = "pc"
-    sampling.predictor = "ancestral_sampling"
-    sampling.corrector = "none"
-
-    data = config.data
-    data.category = "church_outdoor"
-    data.centered = True
-
-    model = config.model
-    model.name = "ddpm"
-    model.scale_by_sigma = False
-    model.ema_rate = 0.9999
-    model.num_scales = 1000
-    model.normalization = "GroupNorm"
-    model.nonlinearity = "swish"
-    model.nf = 128
-    model.ch_mult = (1, 1, 2, 2, 4, 4)
-    model.num_res_blocks = 2
-    model.attn_resolutions = (16,)
-    model.resamp_with_conv = True
-    model.conditional = True
-
-    optim = config.optim
-    optim.lr = 2e-5
-
+    """The LSUN bedroom experiment (configs/vp/ddpm/bedroom.py) on the church_outdoor category."""
+    config = load_config(Path(__file__).resolve().parent / "bedroom.py")
+    config.data.category = "church_outdoor"
     return config
