@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from sde_lib import config_value
-from sde_lib.base import check_choice, check_finite_positive, check_positive_int
+from sde_lib.base import check_bool, check_choice, check_finite_positive, check_positive_int
 
 from .embeddings import GaussianFourierProjection, sinusoidal_embedding
 from .layers import (
@@ -222,10 +222,7 @@ class UpLevel(nn.Module):
 def class_count_from_config(config: Any) -> int | None:
     """``config.data.num_classes`` when ``config.model.class_conditional`` [False] is True (it is then required), else
     ``None``: the ``num_classes`` of a class-conditional U-Net."""
-    class_conditional = config_value(config, "model.class_conditional", False)
-    if not isinstance(class_conditional, bool):
-        raise ValueError(f"config.model.class_conditional must be True or False, got {class_conditional!r}")
-    if not class_conditional:
+    if not check_bool("config.model.class_conditional", config_value(config, "model.class_conditional", False)):
         return None
     num_classes = config_value(config, "data.num_classes", None)
     if num_classes is None:

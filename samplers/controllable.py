@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from sde_lib import SDE, ScoreFn
+from sde_lib.base import check_bool
 
 from .common import check_choice, check_eps, check_positive, check_sde, resolve_device
 from .ode import DEFAULT_METHOD, ode_encode, ode_sample
@@ -92,12 +93,6 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
-def _check_bool(name: str, value: bool) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
 # ---------------------------------------------------------------------------------------------- colour space
 def colour_decoupling_matrix(dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
     """The orthogonal ``3 x 3`` matrix ``M`` whose rows are an orthonormal basis with first row ``(1, 1, 1) / sqrt(3)``.
@@ -130,6 +125,17 @@ class ChannelTransform:
 def decouple_colours(x: Tensor) -> Tensor:
     """RGB images ``(B, 3, ...)`` in the decoupled space of :func:`colour_decoupling_matrix` (channel 0: ``sqrt(3)`` grey)."""
     return ChannelTransform(colour_decoupling_matrix(x.dtype, x.device)).forward(x)
+
+
+def grey_level_known(data: Tensor) -> tuple[Tensor, ChannelTransform]:
+    """Colorization as inpainting: the mask (the first channel known) and the map to the decoupled colour space
+    (:func:`colour_decoupling_matrix`, in the dtype and device of ``data``) of RGB images ``(B, 3, ...)``;
+    ``ValueError`` for another channel count."""
+    if data.shape[1] != 3:
+        raise ValueError(f"data must have 3 colour channels, shape (B, 3, ...), got shape {tuple(data.shape)}")
+    mask = torch.zeros_like(data, dtype=torch.bool)
+    mask[:, 0] = True  # the grey channel (sqrt(3) times the grey level) is known
+    return mask, ChannelTransform(colour_decoupling_matrix(data.dtype, data.device))
 
 
 def couple_colours(y: Tensor) -> Tensor:
@@ -207,7 +213,7 @@ def _prepare(sde: SDE, data: Tensor, device, generator, predictor: str, correcto
     check_sde(sde)
     check_data(data)
     get_predictor(predictor), get_corrector(corrector)
-    check_positive("snr", snr), check_n_steps(n_steps), check_eps(eps, sde), _check_bool("denoise", denoise)
+    check_positive("snr", snr), check_n_steps(n_steps), check_eps(eps, sde), check_bool("denoise", denoise)
     return data.to(resolve_device(device, generator, data))
 
 
@@ -272,11 +278,7 @@ def pc_colorize(
     Returns ``(x, nfe)``.
     """
     data = _prepare(sde, data, device, generator, predictor, corrector, snr, n_steps, eps, denoise)
-    if data.shape[1] != 3:
-        raise ValueError(f"data must have 3 colour channels, shape (B, 3, ...), got shape {tuple(data.shape)}")
-    mask = torch.zeros_like(data, dtype=torch.bool)
-    mask[:, 0] = True
-    transform = ChannelTransform(colour_decoupling_matrix(data.dtype, data.device))
+    mask, transform = grey_level_known(data)
     options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps, probability_flow=probability_flow,
                    eps=eps, progress=progress)
     return _pc_with_known_values(sde, score_fn, data, mask, transform, denoise, generator, options)
@@ -330,7 +332,7 @@ def _model_sampler(sampler, sde, predictor, corrector, inverse_scaler, snr, n_st
                    denoise, eps, with_mask: bool):
     check_sde(sde)
     get_predictor(predictor), get_corrector(corrector)
-    check_positive("snr", snr), check_n_steps(n_steps), check_eps(eps, sde), _check_bool("denoise", denoise)
+    check_positive("snr", snr), check_n_steps(n_steps), check_eps(eps, sde), check_bool("denoise", denoise)
     scale = inverse_scaler if inverse_scaler is not None else (lambda x: x)
     options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
                    probability_flow=probability_flow, denoise=denoise, eps=eps)

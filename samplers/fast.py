@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from sde_lib import LinearSDE, ScoreFn
-from sde_lib.base import check_positive_int
+from sde_lib.base import check_bool, check_positive_int
 
 from .common import (
     CountingScoreFn,
@@ -95,9 +95,7 @@ def _check_corrector_options(method: str, corrector: str | None, lower_order_fin
     corrector = check_choice("corrector", DEFAULT_CORRECTOR if corrector is None else corrector, ("none",) + CORRECTORS)
     if lower_order_final is None:
         lower_order_final = True
-    if not isinstance(lower_order_final, bool):
-        raise ValueError(f"lower_order_final must be True or False, got {lower_order_final!r}")
-    return (None if corrector == "none" else corrector), lower_order_final
+    return (None if corrector == "none" else corrector), check_bool("lower_order_final", lower_order_final)
 
 
 def solver_steps(method: str, order: int, nfe: int, denoise: bool) -> tuple[int, bool]:
@@ -175,8 +173,7 @@ def fast_sample(
     prediction = check_choice("prediction", "noise" if prediction is None else prediction, PREDICTIONS)
     schedule = check_choice("schedule", default_schedule(sde, method, prediction) if schedule is None else schedule, SCHEDULES)
     corrector, lower_order_final = _check_corrector_options(method, corrector, lower_order_final)
-    if not isinstance(denoise, bool):
-        raise ValueError(f"denoise must be True or False, got {denoise!r}")
+    check_bool("denoise", denoise)
     dtype = resolve_dtype(dtype, x_init)
     steps, last_euler = solver_steps(method, order, nfe, denoise)
 

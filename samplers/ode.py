@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from sde_lib import SDE, ScoreFn
+from sde_lib.base import check_bool
 
 from .common import CountingScoreFn, check_choice, check_eps, check_positive, check_shape, initial_state, resolve_device, time_batch
 from .odeint import ODE_METHODS, odeint
@@ -88,8 +89,7 @@ def ode_sample(
     """
     shape = check_shape(shape)
     rtol, atol, eps = _check_solver(sde, method, rtol, atol, eps)
-    if not isinstance(denoise, bool):
-        raise ValueError(f"denoise must be True or False, got {denoise!r}")
+    check_bool("denoise", denoise)
     if z is not None and (not isinstance(z, Tensor) or not z.is_floating_point()):
         raise ValueError(f"z must be a floating-point tensor of shape {shape}, got {type(z).__name__}")
     device = resolve_device(device, generator, z)

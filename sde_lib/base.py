@@ -40,6 +40,13 @@ def check_positive_int(name: str, value: int) -> int:
     return int(value)
 
 
+def check_bool(name: str, value: bool) -> bool:
+    """``value`` if it is ``True`` or ``False`` (not 0 / 1 or another truthy value), else ``ValueError`` naming the parameter."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_finite_positive(name: str, value: float) -> float:
     """Return ``float(value)`` if it is a finite number > 0 (not a bool), else raise ``ValueError`` naming the parameter."""
     if isinstance(value, bool):

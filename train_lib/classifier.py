@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from models.score_fn import model_dtype
 from samplers.common import check_eps
 from sde_lib import SDE
+from sde_lib.base import check_bool
 
 from .losses import perturb_data, uniform_times
 
@@ -60,8 +61,7 @@ def get_classifier_loss_fn(sde: SDE, eps: float = 1e-5, train: bool = True) -> C
     if not isinstance(sde, SDE):
         raise ValueError(f"sde must be an sde_lib.SDE, got {type(sde).__name__}")
     eps = check_eps(eps, sde)
-    if not isinstance(train, bool):
-        raise ValueError(f"train must be True or False, got {train!r}")
+    check_bool("train", train)
 
     def loss_fn(
         classifier: nn.Module, x0: Tensor, y: Tensor, generator: torch.Generator | None = None, per_example: bool = False

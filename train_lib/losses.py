@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from models.score_fn import check_model_output, get_model_fn, get_score_fn
 from samplers.common import check_eps
 from sde_lib import SDE, VESDE, VPSDE, batch_broadcast
+from sde_lib.base import check_bool
 
 from .time_sampling import LikelihoodTimeSampler
 
@@ -48,12 +49,6 @@ def _check_batch(batch: Any) -> None:
     if not isinstance(batch, Tensor) or batch.ndim < 2 or not batch.is_floating_point() or batch.shape[0] < 1:
         got = f"{tuple(batch.shape)} {batch.dtype}" if isinstance(batch, Tensor) else type(batch).__name__
         raise ValueError(f"batch must be a floating-point tensor of shape (B, ...) with B >= 1, got {got}")
-
-
-def _check_flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 def _network_output(model: nn.Module, train: bool, x: Tensor, labels: Tensor) -> Tensor:
@@ -117,7 +112,7 @@ def get_sde_loss_fn(
         ("likelihood_weighting", likelihood_weighting),
         ("importance_weighting", importance_weighting),
     ):
-        _check_flag(name, flag)
+        check_bool(name, flag)
     eps = check_eps(eps, sde)
     if importance_weighting and not likelihood_weighting:
         raise ValueError(
@@ -164,8 +159,8 @@ def get_smld_loss_fn(vesde: VESDE, train: bool, reduce_mean: bool = False) -> Lo
     """
     if not isinstance(vesde, VESDE):
         raise ValueError(f"SMLD training needs a VESDE (DDPM training a VPSDE), got {type(vesde).__name__}")
-    _check_flag("train", train)
-    reduce = _reduce_op(_check_flag("reduce_mean", reduce_mean))
+    check_bool("train", train)
+    reduce = _reduce_op(check_bool("reduce_mean", reduce_mean))
 
     def loss_fn(
         model: nn.Module, batch: Tensor, generator: torch.Generator | None = None, per_example: bool = False
@@ -192,8 +187,8 @@ def get_ddpm_loss_fn(vpsde: VPSDE, train: bool, reduce_mean: bool = True) -> Los
     """
     if not isinstance(vpsde, VPSDE):
         raise ValueError(f"DDPM training needs a VPSDE (SMLD training a VESDE), got {type(vpsde).__name__}")
-    _check_flag("train", train)
-    reduce = _reduce_op(_check_flag("reduce_mean", reduce_mean))
+    check_bool("train", train)
+    reduce = _reduce_op(check_bool("reduce_mean", reduce_mean))
 
     def loss_fn(
         model: nn.Module, batch: Tensor, generator: torch.Generator | None = None, per_example: bool = False

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from sde_lib import SDE, config_value
-from sde_lib.base import check_choice
+from sde_lib.base import check_bool, check_choice
 
 from .classifier import get_classifier_loss_fn
 from .classifier_free import get_cfg_loss_fn
@@ -37,12 +37,6 @@ BatchLossFn = Callable[[nn.Module, Any, "torch.Generator | None"], Tensor]
 MIXED_PRECISION = ("no", "bf16", "fp16")
 TASKS = ("score", "classifier")  # what a training run fits: the score network, or the classifier of guidance
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _check_flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 def _batch_device(batch: Any) -> torch.device:
@@ -93,7 +87,7 @@ def make_step_fn(
     ``mixed_precision`` (``'no'``, ``'bf16'``, ``'fp16'``) autocasts the forward pass; fp16 (CUDA only) scales the
     loss with a ``torch.amp.GradScaler`` kept in ``state['grad_scaler']``. Returns the detached loss.
     """
-    _check_flag("train", train)
+    check_bool("train", train)
     check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
     if train and not callable(optimize_fn):
         raise ValueError(
