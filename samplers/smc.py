@@ -33,7 +33,7 @@ from torch import Tensor
 from sde_lib import SDE, ScoreFn, batch_broadcast
 
 from .common import CountingScoreFn, check_eps, check_sde, progress_bar, resolve_device
-from .controllable import ChannelTransform, check_data, check_mask, colour_decoupling_matrix
+from .controllable import check_data, check_mask, grey_level_known
 
 SMC_PARTICLES = 16  # default number of particles per inpainted example
 RESAMPLE_BELOW = 0.5  # resample an example's particles when their effective sample size falls below this fraction
@@ -184,17 +184,12 @@ def smc_colorize(
     ``num_particles`` grows. Returns ``(x, nfe)``; the grey level of ``x`` equals that of ``data`` up to float
     rounding of the two channel maps.
     """
-    data = check_data(data)
-    if data.ndim < 2 or data.shape[1] != 3:
-        raise ValueError(f"data must have 3 colour channels, shape (B, 3, ...), got shape {tuple(data.shape)}")
-    data = data.to(resolve_device(device, generator, data))
-    transform = ChannelTransform(colour_decoupling_matrix(data.dtype, data.device))
+    data = check_data(data).to(resolve_device(device, generator, data))
+    mask, transform = grey_level_known(data)
 
     def decoupled_score(u: Tensor, t: Tensor) -> Tensor:
         return transform.forward(score_fn(transform.inverse(u), t))
 
-    mask = torch.zeros_like(data, dtype=torch.bool)
-    mask[:, 0] = True  # the grey channel (sqrt(3) times the grey level) is known
     u, nfe = smc_inpaint(sde, decoupled_score, transform.forward(data), mask, num_particles=num_particles,
                          resample_below=resample_below, denoise=denoise, eps=eps, generator=generator, progress=progress)
     return transform.inverse(u), nfe

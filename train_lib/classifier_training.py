@@ -36,7 +36,8 @@ def _classifier_run(config: Any, workdir: str | os.PathLike) -> tuple[Any, Path]
         folder = classifier_folder(config, workdir)
         if folder is None:
             raise ConditioningError(
-                "config.sampling.classifier must name the classifier's run folder (e.g. 'classifier', inside the workdir)"
+                "config.sampling.classifier must name the classifier's run folder "
+                "(e.g. 'classifier', inside the workdir)"
             )
         return classifier_config(config), folder
     except ConditioningError as error:
@@ -48,7 +49,9 @@ def classifier_accuracy(exp: Experiment, times: list[float]) -> dict[str, float]
     every test example once per time, perturbed by the SDE's kernel with noise seeded by ``config.seed``."""
     model = exp.model.eval()
     results = {}
-    batches = list(data_lib.iterate_batches(exp.test_ds, int(exp.config.eval.batch_size), shuffle=False, with_labels=True, dtype=exp.batch_dtype))
+    batches = list(data_lib.iterate_batches(
+        exp.test_ds, int(exp.config.eval.batch_size), shuffle=False, with_labels=True, dtype=exp.batch_dtype
+    ))
     for i, t_value in enumerate(times):
         generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, ACCURACY_STREAM, i))
         correct = total = 0

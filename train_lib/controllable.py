@@ -103,16 +103,19 @@ def _pc_options(config: Any) -> dict[str, Any]:
     )
 
 
-def _inpainting_method(config: Any) -> str:
-    """``config.sampling.inpainting`` [``'replacement'``], checked (:data:`INPAINTING_METHODS`), with
-    ``sampling.smc_particles`` for ``'smc'``; :class:`ConfigError` otherwise."""
+def _smc_particles(config: Any) -> int | None:
+    """``config.sampling.smc_particles`` [16] when ``config.sampling.inpainting`` [``'replacement'``] is ``'smc'``,
+    ``None`` for the replacement method; :class:`ConfigError` for another method (:data:`INPAINTING_METHODS`) or
+    a particle count that is not an integer >= 1."""
     method = config_value(config, "sampling.inpainting", "replacement")
-    particles = config_value(config, "sampling.smc_particles", SMC_PARTICLES)
     if method not in INPAINTING_METHODS:
         raise ConfigError(f"config.sampling.inpainting must be one of {', '.join(INPAINTING_METHODS)}, got {method!r}")
-    if method == "smc" and (isinstance(particles, bool) or not isinstance(particles, int) or particles < 1):
+    if method != "smc":
+        return None
+    particles = config_value(config, "sampling.smc_particles", SMC_PARTICLES)
+    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
         raise ConfigError(f"config.sampling.smc_particles must be an integer >= 1, got {particles!r}")
-    return method
+    return particles
 
 
 def _score_fn(exp: Experiment, continuous: bool):
@@ -148,28 +151,25 @@ def _save(folder: Path, name: str, rows: list[Tensor], nfe: int, **arrays: Tenso
     return {"png": str(png), "npz": str(npz), "nfe": nfe}
 
 
-def _known_value_job(exp: Experiment, folder: Path, name: str, images: Tensor, mask: Tensor, colour: bool) -> dict[str, Any]:
-    """Inpainting (``colour=False``: ``mask`` known) or colorization (the grey level known) of ``images``."""
+def _known_value_job(
+    exp: Experiment, folder: Path, name: str, images: Tensor, mask: Tensor, colour: bool, particles: int | None
+) -> dict[str, Any]:
+    """Inpainting (``colour=False``: ``mask`` known) or colorization (the grey level known) of ``images``, by the
+    replacement method, or by SMC with ``particles`` particles per image."""
     generator = torch.Generator(exp.device).manual_seed(int(config_value(exp.config, "seed", 0)) + CONTROLLABLE_STREAM)
     options = _pc_options(exp.config)
     score_fn = _score_fn(exp, bool(config_value(exp.config, "training.continuous", True)))
-    smc = _inpainting_method(exp.config) == "smc"
-    particles = config_value(exp.config, "sampling.smc_particles", SMC_PARTICLES)
+    if particles is not None:  # SMC: the reverse-diffusion steps of the SDE, only noise_removal of the PC settings
+        options = dict(num_particles=particles, denoise=options["denoise"])
+    common = dict(eps=exp.sampling_eps, generator=generator, **options)
     if colour:
         given = images.mean(dim=1, keepdim=True).expand_as(images)
-        if smc:
-            x, nfe = smc_colorize(exp.sde, score_fn, exp.scaler(given), num_particles=particles, denoise=options["denoise"],
-                                  eps=exp.sampling_eps, generator=generator)
-        else:
-            x, nfe = pc_colorize(exp.sde, score_fn, exp.scaler(given), eps=exp.sampling_eps, generator=generator, **options)
-    elif smc:
-        given = torch.where(mask, images, torch.full_like(images, UNKNOWN_GREY))
-        x, nfe = smc_inpaint(exp.sde, score_fn, exp.scaler(images), mask, num_particles=particles, denoise=options["denoise"],
-                             eps=exp.sampling_eps, generator=generator)
+        colorizer = pc_colorize if particles is None else smc_colorize
+        x, nfe = colorizer(exp.sde, score_fn, exp.scaler(given), **common)
     else:
         given = torch.where(mask, images, torch.full_like(images, UNKNOWN_GREY))
-        x, nfe = pc_inpaint(exp.sde, score_fn, exp.scaler(images), mask, eps=exp.sampling_eps, generator=generator,
-                            **options)
+        inpainter = pc_inpaint if particles is None else smc_inpaint
+        x, nfe = inpainter(exp.sde, score_fn, exp.scaler(images), mask, **common)
     result = exp.inverse_scaler(x)
     arrays = {"original": images, "given": given, "result": result}
     if not colour:
@@ -181,25 +181,26 @@ def _known_value_job(exp: Experiment, folder: Path, name: str, images: Tensor, m
 def inpaint(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None, mask: str = "right_half") -> dict[str, Any]:
     """Inpaint the ``mask`` region (:data:`MASKS`) of the first :data:`NUM_IMAGES` test images (module docstring)."""
     check_choice("mask", mask, MASKS)
-    method = _inpainting_method(config)
+    particles = _smc_particles(config)
 
     def body(exp: Experiment, folder: Path) -> dict[str, Any]:
         images = _test_images(exp, NUM_IMAGES)
         generator = torch.Generator().manual_seed(int(config_value(exp.config, "seed", 0)))
         known = region_mask(mask, tuple(images.shape), generator).to(exp.device)
-        return {"mask": mask, "method": method, **_known_value_job(exp, folder, "inpaint", images, known, colour=False)}
+        method = "replacement" if particles is None else "smc"
+        return {"mask": mask, "method": method, **_known_value_job(exp, folder, "inpaint", images, known, False, particles)}
 
     return _run(config, workdir, eval_folder, f"inpainting ({mask})", body)
 
 
 def colorize(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None) -> dict[str, Any]:
     """Colorize the grey levels of the first :data:`NUM_IMAGES` test images of an RGB dataset (module docstring)."""
-    _inpainting_method(config)
+    particles = _smc_particles(config)
 
     def body(exp: Experiment, folder: Path) -> dict[str, Any]:
         if exp.data_shape[0] != 3:
             raise ConfigError(f"--mode colorize needs RGB data (3 channels), config.data describes {exp.data_shape}")
-        return _known_value_job(exp, folder, "colorize", _test_images(exp, NUM_IMAGES), None, colour=True)
+        return _known_value_job(exp, folder, "colorize", _test_images(exp, NUM_IMAGES), None, True, particles)
 
     return _run(config, workdir, eval_folder, "colorization", body)
 

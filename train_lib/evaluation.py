@@ -286,12 +286,14 @@ def _barrier(exp: Experiment) -> None:
 
 
 # ------------------------------------------------------------------ the measurements
-def _test_batches(exp: Experiment, dequantize: bool) -> Iterator[Tensor]:
+def _test_batches(exp: Experiment, dequantize: bool, with_labels: bool = False) -> Iterator[Tensor] | Iterator[tuple[Tensor, Tensor]]:
     """This rank's shard of the test split, in dataset order, ``eval.batch_size`` per batch, in ``[0, 1]`` (or the
-    toy coordinates); quantized levels ``k / (L - 1)`` unless ``dequantize`` (the config's training preprocessing)."""
+    toy coordinates); quantized levels ``k / (L - 1)`` unless ``dequantize`` (the config's training preprocessing);
+    pairs ``(x, y)`` with the class labels if ``with_labels``."""
     return data_lib.iterate_batches(
         exp.test_ds, int(exp.config.eval.batch_size), shuffle=False, rank=exp.distributed.rank,
         world_size=exp.distributed.world_size, uniform_dequantization=dequantize, dtype=exp.batch_dtype,
+        with_labels=with_labels,
     )
 
 
@@ -308,12 +310,7 @@ def test_loss(exp: Experiment, ckpt: int) -> dict[str, float]:
     dequantize = data_lib.preprocessing_options(exp.config, train=False)["uniform_dequantization"]
     total = count = 0.0
     generator = torch.Generator(exp.device)
-    batches = data_lib.iterate_batches(
-        exp.test_ds, int(exp.config.eval.batch_size), shuffle=False, rank=exp.distributed.rank,
-        world_size=exp.distributed.world_size, uniform_dequantization=dequantize, dtype=exp.batch_dtype,
-        with_labels=exp.labelled,
-    )
-    for index, batch in enumerate(batches):
+    for index, batch in enumerate(_test_batches(exp, dequantize, with_labels=exp.labelled)):
         generator.manual_seed(step_seed(exp.config, LOSS_STREAM, ckpt, exp.distributed.rank, index))
         batch = model_batch(exp, batch)
         loss = exp.eval_step_fn(exp.state, batch, generator)
