@@ -1,47 +1,14 @@
 """CIFAR-10 DDPM++ (discrete DDPM): VP SDE, DDPM++ network, PC: ancestral sampling, no corrector."""
 
-from configs.default_cifar10_configs import get_default_configs
+from pathlib import Path
+
+from configs import load_config
 
 
 def get_config():
-    config = get_default_configs()
-
-    training = config.training
-    training.sde = "vpsde"
-    training.continuous = False
-    training.reduce_mean = True
-
-    sampling = config.sampling
-    sampling.method = "pc"
-    sampling.predictor = "ancestral_sampling"
-    sampling.corrector = "none"
-
-    data = config.data
-    data.centered = True
-
-    model = config.model
-    model.name = "ncsnpp"
-    model.scale_by_sigma = False
-    model.ema_rate = 0.9999
-    model.normalization = "GroupNorm"
-    model.nonlinearity = "swish"
-    model.nf = 128
-    model.ch_mult = (1, 2, 2, 2)
-    model.num_res_blocks = 4
-    model.attn_resolutions = (16,)
-    model.resamp_with_conv = True
-    model.conditional = True
-    model.resblock_type = "biggan"
-    model.skip_rescale = True
-    model.init_scale = 0.0
-    model.attention_type = "ddpm"
-    model.conv_size = 3
-    model.fir = False
-    model.fir_kernel = [1, 3, 3, 1]
-    model.progressive = "none"
-    model.progressive_input = "none"
-    model.progressive_combine = "sum"
-    model.embedding_type = "positional"
-    model.fourier_scale = 16
-
+    """The continuous experiment (configs/vp/cifar10_ddpmpp_continuous.py) trained on the DDPM steps and sampled
+    ancestrally."""
+    config = load_config(Path(__file__).resolve().parent / "cifar10_ddpmpp_continuous.py")
+    config.training.continuous = False
+    config.sampling.predictor = "ancestral_sampling"
     return config

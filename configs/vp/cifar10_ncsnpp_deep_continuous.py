@@ -1,48 +1,14 @@
 """CIFAR-10 NCSN++ deep (continuous): VP SDE, NCSN++ (8 blocks per resolution), PC: Euler-Maruyama, no corrector."""
 
-from configs.default_cifar10_configs import get_default_configs
+from pathlib import Path
+
+from configs import load_config
 
 
 def get_config():
-    config = get_default_configs()
-
-    training = config.training
-    training.sde = "vpsde"
-    training.continuous = True
-    training.reduce_mean = True
-    training.n_iters = 950001
-
-    sampling = config.sampling
-    sampling.method = "pc"
-    sampling.predictor = "euler_maruyama"
-    sampling.corrector = "none"
-
-    data = config.data
-    data.centered = True
-
-    model = config.model
-    model.name = "ncsnpp"
-    model.scale_by_sigma = False
-    model.ema_rate = 0.9999
-    model.normalization = "GroupNorm"
-    model.nonlinearity = "swish"
-    model.nf = 128
-    model.ch_mult = (1, 2, 2, 2)
-    model.num_res_blocks = 8
-    model.attn_resolutions = (16,)
-    model.resamp_with_conv = True
-    model.conditional = True
-    model.resblock_type = "biggan"
-    model.skip_rescale = True
-    model.init_scale = 0.0
-    model.attention_type = "ddpm"
-    model.conv_size = 3
-    model.fir = True
-    model.fir_kernel = [1, 3, 3, 1]
-    model.progressive = "none"
-    model.progressive_input = "residual"
-    model.progressive_combine = "sum"
-    model.embedding_type = "positional"
-    model.fourier_scale = 16
-
+    """The DDPM++ deep experiment (configs/vp/cifar10_ddpmpp_deep_continuous.py) with NCSN++'s FIR resampling and
+    residual input pyramid."""
+    config = load_config(Path(__file__).resolve().parent / "cifar10_ddpmpp_deep_continuous.py")
+    config.model.fir = True
+    config.model.progressive_input = "residual"
     return config

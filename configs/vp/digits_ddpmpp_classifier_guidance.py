@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
     classifier.optim = ml_collections.ConfigDict({"lr": 1e-3, "warmup": 100})
 
     config.sampling.classifier = "classifier"  # the classifier's run folder, inside the workdir
-    config.sampling.classifier_scale = 2.0  # 1 is Bayes' rule, p(x | y); 2 sharpens the classes (measured: class accuracy 0.95)
+    # 1 is Bayes' rule, p(x | y); 2 sharpens the classes (measured class accuracy: 0.73 at 1, 0.95 at 2)
+    config.sampling.classifier_scale = 2.0
     config.sampling.class_label = -1  # -1: sample i is drawn for digit i mod 10
     config.eval.batch_size = 100  # one round of 100 samples: a 10 x 10 grid, one digit per column
     config.eval.num_samples = 100

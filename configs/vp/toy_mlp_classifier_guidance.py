@@ -22,7 +22,9 @@ def get_config():
 
     # the noise-conditional classifier: fields replacing those of config.model / training / optim in its run
     config.classifier = classifier = ml_collections.ConfigDict()
-    classifier.model = ml_collections.ConfigDict({"name": "mlp_classifier", "nf": 128, "num_layers": 2, "ema_rate": 0.99})
+    classifier.model = ml_collections.ConfigDict(
+        {"name": "mlp_classifier", "nf": 128, "num_layers": 2, "ema_rate": 0.99}
+    )
     classifier.training = ml_collections.ConfigDict({"n_iters": 2000, "snapshot_freq": 2000, "batch_size": 512})
     classifier.optim = ml_collections.ConfigDict({"lr": 1e-3, "warmup": 100})
 

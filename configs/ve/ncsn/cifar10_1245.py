@@ -1,38 +1,12 @@
 """CIFAR-10 NCSN + NCSNv2 techniques 1, 2, 4, 5 (EMA): discrete VE SDE, NCSN net, annealed Langevin."""
 
-from configs.default_cifar10_configs import get_default_configs
+from pathlib import Path
+
+from configs import load_config
 
 
 def get_config():
-    config = get_default_configs()
-
-    training = config.training
-    training.sde = "vesde"
-    training.continuous = False
-
-    sampling = config.sampling
-    sampling.method = "pc"
-    sampling.predictor = "none"
-    sampling.corrector = "ald"
-    sampling.n_steps_each = 5
-    sampling.snr = 0.176
-
-    model = config.model
-    model.name = "ncsn"
-    model.scale_by_sigma = False
-    model.ema_rate = 0.999
-    model.num_scales = 232
-    # added: the conditional InstanceNorm++ has one row per noise scale (kept equal to it)
-    model.num_classes = model.get_ref("num_scales")
-    model.normalization = "InstanceNorm++"
-    model.nonlinearity = "elu"
-    model.nf = 128
-    model.interpolation = "bilinear"
-
-    optim = config.optim
-    optim.lr = 0.001
-    optim.amsgrad = False
-    optim.warmup = 0
-    optim.grad_clip = -1.0
-
+    """The techniques 1, 2, 4 experiment (configs/ve/ncsn/cifar10_124.py) with technique 5, an EMA of the weights."""
+    config = load_config(Path(__file__).resolve().parent / "cifar10_124.py")
+    config.model.ema_rate = 0.999
     return config

@@ -1,35 +1,13 @@
 """CIFAR-10 DDPM (continuous): VP SDE, DDPM network, PC: Euler-Maruyama, no corrector."""
 
-from configs.default_cifar10_configs import get_default_configs
+from pathlib import Path
+
+from configs import load_config
 
 
 def get_config():
-    config = get_default_configs()
-
-    training = config.training
-    training.sde = "vpsde"
-    training.continuous = True
-    training.reduce_mean = True
-
-    sampling = config.sampling
-    sampling.method = "pc"
-    sampling.predictor = "euler_maruyama"
-    sampling.corrector = "none"
-
-    data = config.data
-    data.centered = True
-
-    model = config.model
-    model.name = "ddpm"
-    model.scale_by_sigma = False
-    model.ema_rate = 0.9999
-    model.normalization = "GroupNorm"
-    model.nonlinearity = "swish"
-    model.nf = 128
-    model.ch_mult = (1, 2, 2, 2)
-    model.num_res_blocks = 2
-    model.attn_resolutions = (16,)
-    model.resamp_with_conv = True
-    model.conditional = True
-
+    """The DDPM experiment (configs/vp/ddpm/cifar10.py) trained in continuous time, sampled by Euler-Maruyama."""
+    config = load_config(Path(__file__).resolve().parent / "cifar10.py")
+    config.training.continuous = True
+    config.sampling.predictor = "euler_maruyama"
     return config
