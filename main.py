@@ -16,11 +16,11 @@ from absl import app, flags
 from ml_collections.config_flags import config_flags
 
 from train_lib.checkpoints import CheckpointError
-from train_lib.classifier_training import train_classifier
-from train_lib.controllable import MASKS, colorize, inpaint, interpolate
-from train_lib.evaluation import evaluate, sample, train_and_evaluate
-from train_lib.experiment import ConfigError, shutdown_distributed
-from train_lib.run import TrainingDivergedError
+from jobs.classifier_training import train_classifier
+from jobs.controllable import MASKS, colorize, inpaint, interpolate
+from jobs.evaluation import evaluate, sample, train_and_evaluate
+from jobs.experiment import ConfigError, shutdown_distributed
+from jobs.run import TrainingDivergedError
 
 FLAGS = flags.FLAGS
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-PACKAGES = ["sde_lib", "samplers", "sample_quality", "models", "configs", "train_lib", "data_lib"]
+PACKAGES = ["base_lib", "sde_lib", "samplers", "sample_quality", "models", "configs", "train_lib", "data_lib", "jobs"]
 
 setup(
     name="score-sde-toolkit",

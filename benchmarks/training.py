@@ -8,7 +8,7 @@ Experiments (``--experiments``):
 
 One step is what :func:`train_lib.train` runs: the step function of :func:`train_lib.get_step_fn_from_config`
 (the config's loss, Adam with warm-up and gradient clipping, the EMA update) on the state that
-:func:`train_lib.experiment.build_experiment` builds from the config (validated, seeded; built in ``sample`` mode
+:func:`jobs.experiment.build_experiment` builds from the config (validated, seeded; built in ``sample`` mode
 so that no dataset is opened). The CIFAR-10 nets train on uniform random images ``(B, 3, 32, 32)`` in ``[0, 1]``
 (no dataset needed; the step's cost does not depend on the pixel values), the digits on batches of the real
 training split with the config's preprocessing; batches are built before the clock starts and passed through the
@@ -48,7 +48,7 @@ import data_lib  # noqa: E402
 from benchmarks.models import peak_memory, synchronize, timed  # noqa: E402
 from configs import load_config  # noqa: E402
 from train_lib import get_step_fn_from_config  # noqa: E402
-from train_lib.experiment import Experiment, build_experiment  # noqa: E402
+from jobs.experiment import Experiment, build_experiment  # noqa: E402
 
 EXPERIMENTS = {
     "ncsnpp_ve": ROOT / "configs" / "ve" / "cifar10_ncsnpp_continuous.py",

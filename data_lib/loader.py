@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from samplers.likelihood import uniform_dequantize
-from sde_lib.base import check_positive_int
-from sde_lib.registry import config_value
+from .dequantize import uniform_dequantize
+from base_lib.checks import check_positive_int
+from base_lib.config import config_value
 
 from . import embedded, files
 from .base import Dataset, InMemoryDataset, check_split

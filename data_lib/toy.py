@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from sde_lib import GaussianMixture
-from sde_lib.base import check_positive_int
+from base_lib.checks import check_positive_int
 
 LogProb = Callable[[Tensor], Tensor]
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sde_lib import config_value
-from sde_lib.base import check_finite_positive, check_positive_int
+from base_lib.config import config_value
+from base_lib.checks import check_finite_positive, check_positive_int
 
 from .embeddings import sinusoidal_embedding
 from .mlp import ResidualBlock

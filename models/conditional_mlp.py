@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sde_lib import config_value
+from base_lib.config import config_value
 
 from .mlp import MLPScoreNet
 from .registry import register_model

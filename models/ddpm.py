@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from sde_lib import config_value
+from base_lib.config import config_value
 
 from .ncsnpp import NCSNpp, class_count_from_config
 from .registry import register_model

@@ -22,8 +22,8 @@ from typing import Any
 
 from torch import Tensor
 
-from sde_lib import config_value
-from sde_lib.base import check_positive_int
+from base_lib.config import config_value
+from base_lib.checks import check_positive_int
 
 from .ncsnv2 import NCSNv2
 from .normalization import get_normalization

@@ -52,8 +52,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from sde_lib import config_value
-from sde_lib.base import check_bool, check_choice, check_finite_positive, check_positive_int
+from base_lib.config import config_value
+from base_lib.checks import check_bool, check_choice, check_finite_positive, check_positive_int
 
 from .embeddings import GaussianFourierProjection, sinusoidal_embedding
 from .layers import (

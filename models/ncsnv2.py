@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sde_lib import config_value
-from sde_lib.base import check_finite_positive, check_positive_int
+from base_lib.config import config_value
+from base_lib.checks import check_finite_positive, check_positive_int
 
 from .normalization import get_normalization
 from .refinenet import RefineNet, Stage, check_labels

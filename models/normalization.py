@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sde_lib.base import check_positive_int
+from base_lib.checks import check_positive_int
 
 EPS = 1e-5  # the reference's epsilon in every variance of this module
 NORMALIZATIONS = ("InstanceNorm++", "InstanceNorm", "VarianceNorm")  # config.model.normalization choices

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sde_lib.base import check_positive_int
+from base_lib.checks import check_positive_int
 
 from .normalization import NormFactory
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
-from sde_lib import config_value
+from base_lib.config import config_value
 
 ConfigTranslator = Callable[[Any], nn.Module]
 """``build(config) -> nn.Module``: the one place where a model's config fields become constructor arguments."""

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 import data_lib
 
 from .features import KID_SUBSET_SIZE, KID_SUBSETS, INCEPTION_SPLITS, compute_dataset_statistics, extract_features, image_batches, levels_to_uint8, metrics_from_features
-from .files import atomic_write
+from base_lib.files import atomic_write
 from .frechet import FeatureStatistics, feature_statistics, frechet_distance
 
 CLASSIFIER_VERSION = 1  # bump when the architecture or the training procedure changes: a new cache file

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from .files import atomic_write
+from base_lib.files import atomic_write
 
 #: largest imaginary part (relative to the largest |diagonal entry|) tolerated on the diagonal of sqrtm(S1 S2):
 #: the product of two PSD matrices has real non-negative eigenvalues, so more than this is a numerical failure

@@ -37,7 +37,7 @@ from .controllable import (
 )
 from .fast import fast_sample
 from .from_config import get_likelihood_fn, get_sampling_fn
-from .likelihood import BitsPerDim, bits_per_dim, dequantized_bits_per_dim, hutchinson_probe, log_likelihood, uniform_dequantize
+from .likelihood import BitsPerDim, bits_per_dim, dequantized_bits_per_dim, hutchinson_probe, log_likelihood
 from .ode import denoise_step, ode_encode, ode_sample, probability_flow_drift
 from .odeint import ODE_METHODS, SCIPY_METHODS, TORCH_METHODS, ODESolution, odeint
 from .pc import (
@@ -79,7 +79,6 @@ __all__ = [
     "log_likelihood",
     "bits_per_dim",
     "dequantized_bits_per_dim",
-    "uniform_dequantize",
     "hutchinson_probe",
     "BitsPerDim",
     "Predictor",

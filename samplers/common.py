@@ -13,8 +13,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sde_lib import SDE, LinearSDE, ScoreFn, batch_broadcast
-from sde_lib.base import check_finite_positive as check_positive  # noqa: F401 - re-exported for the samplers
-from sde_lib.base import check_choice, check_positive_int, check_shape  # noqa: F401 - re-exported for the samplers
+from base_lib.checks import check_finite_positive as check_positive  # noqa: F401 - re-exported for the samplers
+from base_lib.checks import check_choice, check_positive_int, check_shape  # noqa: F401 - re-exported for the samplers
 
 T_ = TypeVar("T_")
 

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from sde_lib import SDE, ScoreFn
-from sde_lib.base import check_bool
+from base_lib.checks import check_bool
 
 from .common import check_choice, check_eps, check_positive, check_sde, resolve_device
 from .ode import DEFAULT_METHOD, ode_encode, ode_sample

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from sde_lib import LinearSDE, ScoreFn
-from sde_lib.base import check_bool, check_positive_int
+from base_lib.checks import check_bool, check_positive_int
 
 from .common import (
     CountingScoreFn,

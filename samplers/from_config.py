@@ -14,7 +14,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from sde_lib import SDE, config_value
+from sde_lib import SDE
+from base_lib.config import config_value
 
 from .adaptive import adaptive_sde_sample
 from .common import check_choice, check_shape
@@ -57,7 +58,7 @@ def get_sampling_fn(
     ``config.training.continuous`` selects the score parameterization for PC, as the reference does. The ODE and
     other continuous-time samplers use the continuous one. All arguments are checked here, before any sampling.
     ``score_fn_factory(model, continuous) -> score_fn`` replaces :func:`models.get_sampling_score_fn` as the way
-    the network becomes the score the sampler follows (e.g. a guided score, :mod:`train_lib.conditional`).
+    the network becomes the score the sampler follows (e.g. a guided score, :mod:`jobs.conditional`).
     """
     method = check_choice("config.sampling.method", str(config_value(config, "sampling.method")).lower(), SAMPLING_METHODS)
     shape = check_shape(shape)

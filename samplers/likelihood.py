@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from data_lib.dequantize import check_n_bins, uniform_dequantize
 from sde_lib import SDE, ScoreFn
 
 from .common import CountingScoreFn, check_choice, check_eps, check_positive, check_positive_int
@@ -131,13 +132,6 @@ def _affine_slope(inverse_scaler: InverseScaler | None, like: Tensor) -> float:
     return slope
 
 
-def _check_n_bins(n_bins: int) -> int:
-    """``n_bins``, the number of quantization levels, if it is an integer >= 2, else ``ValueError``."""
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 2:
-        raise ValueError(f"n_bins must be an integer >= 2, got {n_bins!r}")
-    return n_bins
-
-
 def bits_per_dim(
     sde: SDE,
     score_fn: ScoreFn,
@@ -157,7 +151,7 @@ def bits_per_dim(
     (For 8-bit data this gives the reference's offsets: 8 for ``[0, 1]`` data, 7 for ``[-1, 1]``.) ``kwargs`` go
     to :func:`log_likelihood`. Returns ``(bpd (B,), z, nfe)``.
     """
-    _check_n_bins(n_bins)
+    check_n_bins(n_bins)
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError("x must be a tensor of shape (B, ...) with at least one data dimension")
     slope = _affine_slope(inverse_scaler, x)
@@ -171,17 +165,6 @@ def bits_per_dim(
     dim = x[0].numel()
     bpd = -logp / (dim * math.log(2.0)) + math.log2(n_bins) + math.log2(abs(slope))
     return bpd, z, nfe
-
-
-def uniform_dequantize(x: Tensor, n_bins: int = 256, generator: torch.Generator | None = None) -> Tensor:
-    """Map data on the ``n_bins`` levels ``{0, 1/(n_bins-1), ..., 1}`` of ``[0, 1]`` to ``(x (n_bins - 1) + u) / n_bins``, ``u ~ U[0, 1)``."""
-    _check_n_bins(n_bins)
-    levels = x.to(torch.float64) * (n_bins - 1)
-    rounded = levels.round()
-    if bool(((rounded - levels).abs() > 1e-3).any()) or bool(((rounded < 0) | (rounded > n_bins - 1)).any()):
-        raise ValueError(f"x must lie on the {n_bins} levels k / {n_bins - 1} of [0, 1] (quantized data)")
-    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float64)
-    return ((rounded + noise) / n_bins).to(x.dtype if x.is_floating_point() else torch.float32)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from sde_lib import SDE, ScoreFn
-from sde_lib.base import check_bool
+from base_lib.checks import check_bool
 
 from .common import CountingScoreFn, check_choice, check_eps, check_positive, check_shape, initial_state, resolve_device, time_batch
 from .odeint import ODE_METHODS, odeint

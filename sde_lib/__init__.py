@@ -8,7 +8,7 @@ ml-collections config and ``register_sde`` adds new ones.
 from .base import SDE, LinearSDE, ReverseSDE, ScoreFn, batch_broadcast
 from .diffusions import COSINE_DEFAULT_T, VP_SCHEDULES, VESDE, VPSDE, subVPSDE
 from .gaussian_mixture import GaussianMixture
-from .registry import available_sdes, config_value, get_sde, register_sde
+from .registry import available_sdes, get_sde, register_sde
 from .schedules import CosineSchedule, LinearSchedule, NoiseSchedule
 
 __all__ = [
@@ -29,5 +29,4 @@ __all__ = [
     "get_sde",
     "register_sde",
     "available_sdes",
-    "config_value",
 ]

@@ -14,8 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import LinearSDE, batch_broadcast, check_finite_positive
-from .registry import config_value, register_sde
+from base_lib.checks import check_finite_positive
+from base_lib.config import config_value
+
+from .base import LinearSDE, batch_broadcast
+from .registry import register_sde
 from .schedules import CosineSchedule, LinearSchedule, NoiseSchedule
 
 VP_SCHEDULES = ("linear", "cosine")

@@ -14,7 +14,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .base import LinearSDE, batch_broadcast, check_positive_int
+from base_lib.checks import check_positive_int
+
+from .base import LinearSDE, batch_broadcast
 
 
 class GaussianMixture:

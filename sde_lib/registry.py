@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
+from base_lib.config import config_value
+
 from .base import SDE
 
 _SDES: dict[str, type[SDE]] = {}
@@ -35,19 +37,6 @@ def register_sde(name: str) -> Callable[[S], S]:
 def available_sdes() -> list[str]:
     """The registered SDE names, sorted."""
     return sorted(_SDES)
-
-
-def config_value(config: Any, path: str, default: Any = ...) -> Any:
-    """Read a dotted field such as ``"model.beta_min"`` from a config; ``ValueError`` naming it if missing and no default."""
-    node = config
-    for part in path.split("."):
-        try:
-            node = node[part] if isinstance(node, dict) else getattr(node, part)
-        except (AttributeError, KeyError):
-            if default is not ...:
-                return default
-            raise ValueError(f"config.{path} is required but missing") from None
-    return node
 
 
 def get_sde(config: Any) -> SDE:

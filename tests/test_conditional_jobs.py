@@ -1,4 +1,4 @@
-"""Class-conditional generation from configs (``train_lib.conditional``, ``main.py --mode train_classifier``): the
+"""Class-conditional generation from configs (``jobs.conditional``, ``main.py --mode train_classifier``): the
 2-D mixture ``8gaussians`` with its components as classes, trained end to end in-process.
 
 Statistics: samples are drawn for the classes ``i mod 8`` (``sampling.class_label = -1``), ``N = 1024`` of them;
@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from configs import load_config
-from train_lib import ConfigError, build_experiment, classifier_config, evaluate, sample, sample_class_labels, train, train_classifier
-from train_lib.images import class_grid_columns
+from jobs import ConfigError, build_experiment, classifier_config, evaluate, sample, sample_class_labels, train, train_classifier
+from jobs.images import class_grid_columns
 
 N_SAMPLES = 1024
 OVERRIDES = {
@@ -229,7 +229,7 @@ def test_class_agreement_and_toy_classes():
 
 
 def test_saved_samples_keep_their_classes(tmp_path):
-    from train_lib import save_samples
+    from jobs import save_samples
 
     paths = save_samples(torch.randn(16, 2), tmp_path / "points", title="t", labels=torch.arange(16) % 4)
     assert np.array_equal(np.load(paths["npz"])["labels"], np.arange(16) % 4) and paths["png"].is_file()

@@ -31,9 +31,9 @@ import pytest
 import torch
 
 from configs import load_config
-from train_lib.controllable import MASKS, NUM_IMAGES, NUM_PAIRS, NUM_STEPS, colorize, inpaint, interpolate, region_mask
-from train_lib.experiment import ConfigError
-from train_lib.run import train
+from jobs.controllable import MASKS, NUM_IMAGES, NUM_PAIRS, NUM_STEPS, colorize, inpaint, interpolate, region_mask
+from jobs.experiment import ConfigError
+from jobs.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 N_LEVELS = 20  # model.num_scales of the tiny models: PC makes 2 N evaluations

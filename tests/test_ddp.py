@@ -28,8 +28,8 @@ import torch
 
 import data_lib
 from train_lib import get_cfg_loss_fn, get_loss_fn, optimization_manager, step_fn_options
-from train_lib.experiment import build_experiment
-from train_lib.run import LOSS_NOISE_STREAM, step_seed
+from jobs.experiment import build_experiment
+from jobs.run import LOSS_NOISE_STREAM, step_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 N_STEPS = 6

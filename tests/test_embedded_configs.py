@@ -19,9 +19,9 @@ import torch
 
 from configs import load_config
 from train_lib import restore_checkpoint
-from train_lib.evaluation import sample
-from train_lib.experiment import ConfigError, build_experiment
-from train_lib.run import train
+from jobs.evaluation import sample
+from jobs.experiment import ConfigError, build_experiment
+from jobs.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

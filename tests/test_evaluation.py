@@ -1,4 +1,4 @@
-"""The ``eval`` and ``sample`` jobs (:mod:`train_lib.evaluation`, ``main.py --mode eval|sample``).
+"""The ``eval`` and ``sample`` jobs (:mod:`jobs.evaluation`, ``main.py --mode eval|sample``).
 
 * A toy run (VP, MLP, 300 steps on ``8gaussians``) is evaluated: the report holds the test loss over the whole
   test split, the exact log-likelihood in nats (checked against :func:`samplers.log_likelihood` called directly,
@@ -32,13 +32,14 @@ import torch
 
 import data_lib
 import models
-import train_lib.evaluation as evaluation
-import train_lib.experiment as experiment
+import jobs.evaluation as evaluation
+import jobs.experiment as experiment
 from configs import load_config
 from sample_quality import sliced_wasserstein
-from samplers import log_likelihood, uniform_dequantize
+from data_lib.dequantize import uniform_dequantize
+from samplers import log_likelihood
 from train_lib import CheckpointError, get_loss_fn, restore_checkpoint, step_fn_options
-from train_lib.evaluation import (
+from jobs.evaluation import (
     LIKELIHOOD_STREAM,
     MetricContext,
     evaluate,
@@ -46,8 +47,8 @@ from train_lib.evaluation import (
     sample_metrics,
     train_and_evaluate,
 )
-from train_lib.experiment import build_experiment
-from train_lib.run import step_seed, train
+from jobs.experiment import build_experiment
+from jobs.run import step_seed, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_CONFIG = ROOT / "configs" / "vp" / "toy_mlp_continuous.py"

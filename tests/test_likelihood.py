@@ -11,6 +11,8 @@ import math
 import pytest
 import torch
 
+from data_lib.dequantize import uniform_dequantize
+
 import sde_lib
 from samplers.ode import ode_sample
 from samplers.likelihood import (
@@ -18,7 +20,6 @@ from samplers.likelihood import (
     dequantized_bits_per_dim,
     hutchinson_probe,
     log_likelihood,
-    uniform_dequantize,
 )
 
 SDES = {

@@ -32,9 +32,9 @@ import data_lib
 from configs import load_config
 from sample_quality import sliced_wasserstein
 from train_lib import CheckpointError, restore_checkpoint
-from train_lib.experiment import ConfigError, build_experiment
-from train_lib.images import SCATTER_DPI, SCATTER_SIZE_INCHES, image_grid, save_image_grid
-from train_lib.run import TrainingDivergedError, train
+from jobs.experiment import ConfigError, build_experiment
+from jobs.images import SCATTER_DPI, SCATTER_SIZE_INCHES, image_grid, save_image_grid
+from jobs.run import TrainingDivergedError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 N_ITERS = 1000

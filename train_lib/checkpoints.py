@@ -23,7 +23,7 @@ import torch
 
 from models import ExponentialMovingAverage, load_reference_training_state, strip_data_parallel_prefix
 from models.checkpoint import NUMPY_FLOAT64_SAFE_GLOBALS
-from sample_quality.files import atomic_write
+from base_lib.files import atomic_write
 
 #: the keys of a training checkpoint, as the reference writes them
 CHECKPOINT_KEYS = ("model", "ema", "optimizer", "step")

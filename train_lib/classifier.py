@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from models.score_fn import model_dtype
 from samplers.common import check_eps
 from sde_lib import SDE
-from sde_lib.base import check_bool
+from base_lib.checks import check_bool
 
 from .losses import perturb_data, uniform_times
 

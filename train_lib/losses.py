@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from models.score_fn import check_model_output, get_model_fn, get_score_fn
 from samplers.common import check_eps
 from sde_lib import SDE, VESDE, VPSDE, batch_broadcast
-from sde_lib.base import check_bool
+from base_lib.checks import check_bool
 
 from .time_sampling import LikelihoodTimeSampler
 

@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
-from sde_lib import config_value
-from sde_lib.base import check_finite_positive
+from base_lib.config import config_value
+from base_lib.checks import check_finite_positive
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 _OPTIMIZER_NAMES = ("Adam", "AdamW")

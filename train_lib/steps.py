@@ -20,8 +20,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from sde_lib import SDE, config_value
-from sde_lib.base import check_bool, check_choice
+from sde_lib import SDE
+from base_lib.config import config_value
+from base_lib.checks import check_bool, check_choice
 
 from .classifier import get_classifier_loss_fn
 from .classifier_free import get_cfg_loss_fn

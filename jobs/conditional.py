@@ -49,12 +49,13 @@ from torch import Tensor, nn
 import models
 from models.score_fn import get_sampling_score_fn
 from samplers.controllable import cfg_score_fn, guided_score_fn
-from sde_lib import SDE, ScoreFn, config_value
+from sde_lib import SDE, ScoreFn
+from base_lib.config import config_value
 
-from .checkpoints import restore_checkpoint
-from .classifier import classifier_log_prob_fn
-from .classifier_free import cfg_score_fns
-from .optim import get_optimizer
+from train_lib.checkpoints import restore_checkpoint
+from train_lib.classifier import classifier_log_prob_fn
+from train_lib.classifier_free import cfg_score_fns
+from train_lib.optim import get_optimizer
 
 ScoreFactory = Callable[[nn.Module, bool], ScoreFn]
 """``factory(model, continuous) -> score_fn(x, t)``: the score a sampler follows, built from the score network."""
@@ -156,7 +157,7 @@ def classifier_config(config: Any) -> ml_collections.ConfigDict:
     if section is None or config_value(config, "classifier.model.name", None) is None:
         raise ConditioningError(
             "classifier guidance needs config.classifier.model, the noise-conditional classifier (e.g. name="
-            "'mlp_classifier' or 'conv_classifier'); see train_lib.conditional"
+            "'mlp_classifier' or 'conv_classifier'); see jobs.conditional"
         )
     unknown = sorted(set(section.keys()) - set(CLASSIFIER_SECTIONS))
     if unknown:

@@ -1,7 +1,7 @@
 """The ``train_classifier`` job of ``main.py``: the noise-conditional classifier of classifier guidance.
 
 :func:`train_classifier` ``(config, workdir)`` trains the classifier described by ``config.classifier``
-(:func:`train_lib.conditional.classifier_config`) in the folder ``config.sampling.classifier`` (relative paths
+(:func:`jobs.conditional.classifier_config`) in the folder ``config.sampling.classifier`` (relative paths
 inside ``workdir``) with the training job of the score model (:func:`train_lib.train` with ``task='classifier'``:
 the same resumable loop, checkpoints, logs and seeds), on the labelled training split and the perturbations of
 the config's SDE ([SDE] appendix I.1: cross-entropy of ``p_t(y | x(t))``, ``t ~ U(eps, T)``). It then reports the
@@ -18,15 +18,15 @@ from typing import Any
 import torch
 
 import data_lib
-from sde_lib import config_value
+from base_lib.config import config_value
 
 from .conditional import ConditioningError, classifier_config, classifier_folder
 from .experiment import ConfigError, Experiment
 from .evaluation import write_report
-from .losses import perturb_data
+from train_lib.losses import perturb_data
 from .run import close_log, open_log, step_seed, train
 
-ACCURACY_STREAM = 12  # noise of the accuracy report (train_lib.run and evaluation use streams 2..11)
+ACCURACY_STREAM = 12  # noise of the accuracy report (jobs.run and evaluation use streams 2..11)
 #: the noise levels of the accuracy report, as fractions of the SDE's horizon T (the first is replaced by eps)
 REPORT_TIME_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 

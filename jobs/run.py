@@ -45,10 +45,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import data_lib
 from data_lib import mix_seeds
-from sde_lib import config_value
-from sde_lib.base import check_positive_int
+from base_lib.config import config_value
+from base_lib.checks import check_positive_int
 
-from .checkpoints import restore_checkpoint, save_checkpoint
+from train_lib.checkpoints import restore_checkpoint, save_checkpoint
 from .experiment import ConfigError, Experiment, build_experiment
 from .images import save_samples
 

@@ -1,7 +1,7 @@
 """The ``inpaint``, ``colorize`` and ``interpolate`` jobs of ``main.py``: controllable generation with a trained model.
 
 Each job builds the experiment of ``config`` (:func:`train_lib.build_experiment`), loads the latest checkpoint of
-``workdir`` under its EMA weights (:func:`train_lib.evaluation.latest_checkpoint`, as ``--mode sample`` does),
+``workdir`` under its EMA weights (:func:`jobs.evaluation.latest_checkpoint`, as ``--mode sample`` does),
 takes the first test images and writes a PNG and an ``.npz`` into ``workdir/eval_folder`` (default
 ``controllable``):
 
@@ -42,7 +42,7 @@ from samplers.controllable import pc_colorize, pc_inpaint, ode_interpolate
 from samplers.smc import SMC_PARTICLES, smc_colorize, smc_inpaint
 from samplers.ode import DEFAULT_METHOD
 from samplers.pc import available_correctors, available_predictors
-from sde_lib import config_value
+from base_lib.config import config_value
 
 from .evaluation import latest_checkpoint, load_ema_weights
 from .experiment import ConfigError, Experiment, build_experiment
@@ -55,7 +55,7 @@ NUM_IMAGES = 16  # test images inpainted or colorized
 NUM_PAIRS = 4  # pairs of test images interpolated (images 0-1, 2-3, ...)
 NUM_STEPS = 8  # interpolation points per pair, from 0 to 1 inclusive
 UNKNOWN_GREY = 0.5  # value shown for the unknown pixels of the masked images
-CONTROLLABLE_STREAM = 12  # seed offset of the PC noise (train_lib.run and evaluation use 2..11)
+CONTROLLABLE_STREAM = 12  # seed offset of the PC noise (jobs.run and evaluation use 2..11)
 
 
 # ------------------------------------------------------------------ inputs

@@ -47,7 +47,7 @@ from torch import Tensor
 
 import data_lib
 import models
-from sample_quality.files import atomic_write
+from base_lib.files import atomic_write
 from sample_quality import (
     MetricSetupError,
     class_agreement,
@@ -59,17 +59,16 @@ from sample_quality import (
     toy_metrics,
 )
 from samplers import dequantized_bits_per_dim, log_likelihood
-from sde_lib.base import check_choice
+from base_lib.checks import check_choice, check_positive_int
 from samplers.likelihood import DIVERGENCES
-from sde_lib import config_value
-from sde_lib.base import check_positive_int
+from base_lib.config import config_value
 
-from .checkpoints import CheckpointError, restore_checkpoint
+from train_lib.checkpoints import CheckpointError, restore_checkpoint
 from .experiment import ConfigError, Experiment, build_experiment
 from .images import class_grid_columns, save_image_grid, save_scatter_plot, to_uint8
 from .run import close_log, model_batch, open_log, step_seed, train
 
-# independent random streams derived from config.seed (train_lib.run uses 2..6)
+# independent random streams derived from config.seed (jobs.run uses 2..6)
 EVAL_SAMPLES_STREAM = 7  # the prior draw of sampling round r of checkpoint k (eval)
 SAMPLE_JOB_STREAM = 11  # the prior draw of sampling round r from the checkpoint of step s (sample)
 LOSS_STREAM = 8  # times and noise of the test loss, per checkpoint and batch

@@ -26,12 +26,13 @@ from torch import Tensor, nn
 import data_lib
 import models
 from samplers.from_config import get_sampling_fn
-from sde_lib import SDE, VESDE, config_value, get_sde, subVPSDE, VPSDE
-from sde_lib.base import check_positive_int
+from sde_lib import SDE, VESDE, get_sde, subVPSDE, VPSDE
+from base_lib.config import config_value
+from base_lib.checks import check_positive_int
 
 from .conditional import ConditioningError, SamplingConditioning, check_label_dropout, num_classes, sampling_conditioning
-from .optim import get_optimizer
-from .steps import TASKS, StepFn, get_step_fn_from_config, step_fn_options
+from train_lib.optim import get_optimizer
+from train_lib.steps import TASKS, StepFn, get_step_fn_from_config, step_fn_options
 
 MODES = ("train", "eval", "sample")
 
@@ -308,7 +309,7 @@ def build_experiment(config: Any, workdir: str | os.PathLike, mode: str = "train
 
     ``task`` is ``'score'`` (the score network of ``config.model``) or ``'classifier'`` (``config.model`` is the
     noise-conditional classifier of classifier guidance, trained on labelled data: the config of
-    :func:`train_lib.conditional.classifier_config`; it has no sampler).
+    :func:`jobs.conditional.classifier_config`; it has no sampler).
 
     Cheap checks come first (mode, rank layout, device, SDE, model name, sampler), then the model is built
     (seeded by ``config.seed``) and called once on one example, and the datasets are opened last (a missing

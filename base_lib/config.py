@@ -1,0 +1,18 @@
+"""Reading fields of a config (an ml-collections ``ConfigDict``, a plain dict or any attribute tree)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def config_value(config: Any, path: str, default: Any = ...) -> Any:
+    """Read a dotted field such as ``"model.beta_min"`` from a config; ``ValueError`` naming it if missing and no default."""
+    node = config
+    for part in path.split("."):
+        try:
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        except (AttributeError, KeyError):
+            if default is not ...:
+                return default
+            raise ValueError(f"config.{path} is required but missing") from None
+    return node
