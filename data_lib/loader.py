@@ -2,8 +2,9 @@
 
 Config fields (``config.data``, the 2021 reference's names): ``dataset``, ``image_size``, ``num_channels``,
 ``random_flip``, ``uniform_dequantization``, ``centered`` (see :mod:`data_lib.scalers`), plus ``root`` (the local
-folder of a real dataset), ``category`` (LSUN), ``seed`` (toy points, photo patches), ``num_train`` /
-``num_test`` (toy points), ``patches_per_image`` and ``photo_downscale`` (photo patches).
+folder of a real dataset), ``skip_bad_images`` (image files that do not decode are left out, with a warning, instead
+of stopping the run), ``category`` (LSUN), ``seed`` (toy points, photo patches), ``num_train`` / ``num_test`` (toy
+points), ``patches_per_image`` and ``photo_downscale`` (photo patches).
 
 Batches are float images in ``[0, 1]`` (the levels ``k / (L - 1)``; the model's scaler is applied by the
 caller) or float toy points, built on the CPU. Uniform dequantization maps level ``k`` to ``(k + u) / L`` with
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .dequantize import uniform_dequantize
-from base_lib.checks import check_positive_int
+from base_lib.checks import check_bool, check_positive_int
 from base_lib.config import config_value
 
 from . import embedded, files
@@ -81,7 +82,7 @@ def _toy(config: Any, split: str) -> InMemoryDataset:
     for flag in ("random_flip", "uniform_dequantization"):
         if _data_field(config, flag, False):
             raise ValueError(f"config.data.{flag} applies to images; the toy density {name!r} is continuous 2-D data")
-    n = _int_field(config, f"num_{split}", TOY_DEFAULT_SIZES[split])
+    n = _int_field(config, "num_train" if split == "train" else "num_test", TOY_DEFAULT_SIZES[split])
     seed = int(_data_field(config, "seed", 0))
     generator = torch.Generator().manual_seed(mix_seeds(seed, 0 if split == "train" else 1))
     points, labels = sample_toy_with_labels(name, n, generator)
@@ -119,22 +120,28 @@ def _mnist(config: Any, split: str) -> Dataset:
     return files.mnist(_root(config, "the idx files (train-images-idx3-ubyte[.gz], t10k-...)"), split, _int_field(config, "image_size", 28))
 
 
+def _skip_bad_images(config: Any) -> bool:
+    """``config.data.skip_bad_images``: leave out image files that do not decode (logged) instead of stopping."""
+    return check_bool("config.data.skip_bad_images", _data_field(config, "skip_bad_images", False))
+
+
 def _celeba(config: Any, split: str) -> Dataset:
     _channels(config, (3,), 3)
-    return files.celeba(_root(config, "img_align_celeba/"), split, _int_field(config, "image_size"))
+    return files.celeba(_root(config, "img_align_celeba/"), split, _int_field(config, "image_size"), _skip_bad_images(config))
 
 
 def _lsun(config: Any, split: str) -> Dataset:
     _channels(config, (3,), 3)
     category = _data_field(config, "category")
-    return files.lsun(_root(config, f"{category}_train/ and {category}_val/ image folders"), split, category, _int_field(config, "image_size"))
+    return files.lsun(_root(config, f"{category}_train/ and {category}_val/ image folders"), split, category, _int_field(config, "image_size"),
+                      _skip_bad_images(config))
 
 
 def _folder(name: str) -> Callable[[Any, str], Dataset]:
     def build(config: Any, split: str) -> Dataset:
         channels = _channels(config, (1, 3), 3)
         root = _root(config, "a folder of PNG/JPEG images (optionally train/ and test/ subfolders)")
-        return files.image_folder(root, split, _int_field(config, "image_size"), channels, name)
+        return files.image_folder(root, split, _int_field(config, "image_size"), channels, name, _skip_bad_images(config))
 
     return build
 
@@ -207,7 +214,7 @@ def prepare_batch(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Raw examples to model input: levels ``k -> k / (L - 1)`` in ``[0, 1]``, a horizontal flip of each image with
-    probability 1/2, then uniform dequantization ``(k + u) / L`` (:func:`samplers.uniform_dequantize`)."""
+    probability 1/2, then uniform dequantization ``(k + u) / L`` (:func:`data_lib.dequantize.uniform_dequantize`)."""
     if num_levels is None:
         if random_flip or uniform_dequantization:
             raise ValueError("random_flip and uniform_dequantization apply to quantized images, not to continuous data")
