@@ -6,7 +6,11 @@ from typing import Any
 
 
 def config_value(config: Any, path: str, default: Any = ...) -> Any:
-    """Read a dotted field such as ``"model.beta_min"`` from a config; ``ValueError`` naming it if missing and no default."""
+    """Read a dotted field such as ``"model.beta_min"`` from a config.
+
+    A missing field, or one declared as an unset placeholder (``None``), gives ``default`` when one is passed;
+    without a default a missing field raises ``ValueError`` naming it.
+    """
     node = config
     for part in path.split("."):
         try:
@@ -15,4 +19,6 @@ def config_value(config: Any, path: str, default: Any = ...) -> Any:
             if default is not ...:
                 return default
             raise ValueError(f"config.{path} is required but missing") from None
+    if node is None and default is not ...:
+        return default
     return node

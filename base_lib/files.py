@@ -99,3 +99,9 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def cache_dir() -> Path:
+    """The toolkit's cache folder: ``$XDG_CACHE_HOME/score-sde-toolkit`` (default ``~/.cache/score-sde-toolkit``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "score-sde-toolkit"

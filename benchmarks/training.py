@@ -6,7 +6,7 @@ Experiments (``--experiments``):
 * ``ddpmpp_vp``: ``configs/vp/cifar10_ddpmpp_continuous.py`` (DDPM++, VP SDE), at ``--batch``;
 * ``digits``: ``configs/vp/digits_ddpmpp_continuous.py`` (the README's main job), at its own batch size (64).
 
-One step is what :func:`train_lib.train` runs: the step function of :func:`train_lib.get_step_fn_from_config`
+One step is what :func:`jobs.train` runs: the step function of :func:`train_lib.get_step_fn_from_config`
 (the config's loss, Adam with warm-up and gradient clipping, the EMA update) on the state that
 :func:`jobs.experiment.build_experiment` builds from the config (validated, seeded; built in ``sample`` mode
 so that no dataset is opened). The CIFAR-10 nets train on uniform random images ``(B, 3, 32, 32)`` in ``[0, 1]``

@@ -5,6 +5,8 @@ under ``configs/{ve,vp,subvp}`` add the SDE, the network and the sampler on top 
 """
 
 import ml_collections
+
+from configs.toolkit_fields import add_toolkit_fields
 import torch
 
 
@@ -76,4 +78,4 @@ def get_default_configs() -> ml_collections.ConfigDict:
     # the reference fixed torch.device('cuda:0') when CUDA was present; a plain string chosen when the config is
     # built runs anywhere and can be overridden on the command line (--config.device=cpu)
     config.device = "cuda" if torch.cuda.is_available() else "cpu"
-    return config
+    return add_toolkit_fields(config)

@@ -6,6 +6,8 @@ The sections and field names are those of the 2021 reference's configs (``traini
 
 import ml_collections
 
+from configs.toolkit_fields import add_toolkit_fields
+
 
 def get_default_configs() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -75,4 +77,4 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
     config.seed = 42
     config.device = "cpu"
-    return config
+    return add_toolkit_fields(config)

@@ -25,11 +25,11 @@ here with numpy and Pillow:
 
 Files are read without running their code: a CIFAR-10 batch is unpickled by :class:`CifarUnpickler`, which admits
 only the few numpy globals an array needs, so a crafted batch that names any other (``os.system``, ...) is refused.
-Image files (CelebA, LSUN, image folders) are all decoded once when the dataset is opened, so that a truncated or
+Image files (CelebA, LSUN, image folders) are all decoded when the dataset is first opened, so that a truncated or
 corrupt file stops the run before training with its name, rather than hours into it; with ``skip_bad=True``
 (``config.data.skip_bad_images``) such files are left out instead and their number is logged as a warning. This
 costs about a millisecond per image and core (JPEGs are decoded at an eighth of their size, which still reads every
-byte of them).
+byte of them), once: the files that decoded are remembered by size and modification time in the toolkit's cache.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from __future__ import annotations
 import codecs
 import concurrent.futures
 import gzip
+import hashlib
+import json
 import logging
 import os
 import pickle
@@ -47,6 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from base_lib.files import atomic_write, cache_dir
 
 from .base import ImageFileDataset, InMemoryDataset, check_split
 from .transforms import LoadCelebA, LoadCropResize, LoadResizeSmallCrop, list_images, resize_levels
@@ -79,11 +83,52 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
+def _verified_record(where: Path) -> Path:
+    """Where the files of ``where`` that decoded are remembered, with their sizes and modification times."""
+    key = hashlib.sha256(str(where.resolve()).encode("utf-8")).hexdigest()[:24]
+    return cache_dir() / "verified-images" / f"{key}.json"
+
+
+def _fingerprint(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _read_verified(record: Path) -> dict[str, list[int]]:
+    try:
+        verified = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return verified if isinstance(verified, dict) else {}
+
+
 def readable_images(files: list[Path], where: Path, skip_bad: bool = False) -> list[Path]:
     """``files`` once each has been decoded (:func:`image_problem`, in threads). An unreadable one raises a one-line
-    ``ValueError`` naming it and the cause, or with ``skip_bad`` is left out, their number logged as a warning."""
+    ``ValueError`` naming it and the cause, or with ``skip_bad`` is left out, their number logged as a warning.
+
+    The files that decoded are remembered in the toolkit's cache (:func:`base_lib.files.cache_dir`) with their size
+    and modification time, so a dataset is decoded in full once: later opens decode only files that are new or
+    changed since (a file rewritten in place with the same size and time is not noticed)."""
+    record = _verified_record(where)
+    verified = _read_verified(record)
+    fingerprints = [_fingerprint(path) for path in files]
+    todo = [i for i, (path, fingerprint) in enumerate(zip(files, fingerprints))
+            if fingerprint is None or verified.get(str(path)) != fingerprint]
+    problems: list[str | None] = [None] * len(files)
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(CHECK_THREADS, os.cpu_count() or 1)) as pool:
-        problems = list(pool.map(image_problem, files))
+        for i, problem in zip(todo, pool.map(image_problem, [files[i] for i in todo])):
+            problems[i] = problem
+    if todo:
+        good = {str(path): fingerprint for path, fingerprint, problem in zip(files, fingerprints, problems)
+                if problem is None and fingerprint is not None}
+        try:
+            text = json.dumps({**verified, **good})
+            atomic_write(record, lambda file: file.write(text.encode("utf-8")))
+        except OSError as error:  # a cache that cannot be written only costs the decoding again next time
+            LOGGER.warning("cannot remember the verified images of %s in %s: %s", where, record, error)
     bad = [(path, problem) for path, problem in zip(files, problems) if problem is not None]
     if not bad:
         return files

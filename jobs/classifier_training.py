@@ -2,7 +2,7 @@
 
 :func:`train_classifier` ``(config, workdir)`` trains the classifier described by ``config.classifier``
 (:func:`jobs.conditional.classifier_config`) in the folder ``config.sampling.classifier`` (relative paths
-inside ``workdir``) with the training job of the score model (:func:`train_lib.train` with ``task='classifier'``:
+inside ``workdir``) with the training job of the score model (:func:`jobs.train` with ``task='classifier'``:
 the same resumable loop, checkpoints, logs and seeds), on the labelled training split and the perturbations of
 the config's SDE ([SDE] appendix I.1: cross-entropy of ``p_t(y | x(t))``, ``t ~ U(eps, T)``). It then reports the
 test accuracy of the EMA weights at a few noise levels (:func:`classifier_accuracy`): high at small ``t``, falling
@@ -25,8 +25,9 @@ from .experiment import ConfigError, Experiment
 from .evaluation import write_report
 from train_lib.losses import perturb_data
 from .run import close_log, open_log, step_seed, train
+from .streams import Stream
+from .workdir import workdir_lock
 
-ACCURACY_STREAM = 12  # noise of the accuracy report (jobs.run and evaluation use streams 2..11)
 #: the noise levels of the accuracy report, as fractions of the SDE's horizon T (the first is replaced by eps)
 REPORT_TIME_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 
@@ -53,7 +54,7 @@ def classifier_accuracy(exp: Experiment, times: list[float]) -> dict[str, float]
         exp.test_ds, int(exp.config.eval.batch_size), shuffle=False, with_labels=True, dtype=exp.batch_dtype
     ))
     for i, t_value in enumerate(times):
-        generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, ACCURACY_STREAM, i))
+        generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, Stream.CLASSIFIER_ACCURACY, i))
         correct = total = 0
         with torch.no_grad():
             for x, y in batches:
@@ -68,8 +69,17 @@ def classifier_accuracy(exp: Experiment, times: list[float]) -> dict[str, float]
 
 def train_classifier(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None) -> dict[str, Any]:
     """Train the noise-conditional classifier of ``config`` (module docstring), resuming its run if interrupted; then
-    write its test accuracy by noise level to ``<classifier folder>/accuracy.json`` and the log. Returns the report."""
-    derived, folder = _classifier_run(config, workdir)
+    write its test accuracy by noise level to ``<classifier folder>/accuracy.json`` and the log. Returns the report.
+
+    Holds the locks of ``workdir`` and of the classifier's folder (:func:`jobs.workdir.workdir_lock`) throughout:
+    :class:`jobs.workdir.WorkdirBusyError` if another job holds either."""
+    with workdir_lock(workdir, "train_classifier"):
+        derived, folder = _classifier_run(config, workdir)
+        with workdir_lock(folder, "train_classifier"):
+            return _train_and_report(derived, folder)
+
+
+def _train_and_report(derived: Any, folder: Path) -> dict[str, Any]:
     exp = train(derived, folder, task="classifier")
     exp.ema.copy_to(exp.model.parameters())  # training is over: evaluate the EMA weights
     step = int(exp.state["step"])

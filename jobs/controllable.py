@@ -1,6 +1,6 @@
 """The ``inpaint``, ``colorize`` and ``interpolate`` jobs of ``main.py``: controllable generation with a trained model.
 
-Each job builds the experiment of ``config`` (:func:`train_lib.build_experiment`), loads the latest checkpoint of
+Each job builds the experiment of ``config`` (:func:`jobs.build_experiment`), loads the latest checkpoint of
 ``workdir`` under its EMA weights (:func:`jobs.evaluation.latest_checkpoint`, as ``--mode sample`` does),
 takes the first test images and writes a PNG and an ``.npz`` into ``workdir/eval_folder`` (default
 ``controllable``):
@@ -22,14 +22,16 @@ takes the first test images and writes a PNG and an ``.npz`` into ``workdir/eval
   the first input, the ``NUM_STEPS`` decoded images, the second input.
 
 Every ``.npz`` holds float32 images ``(N, C, H, W)`` in ``[0, 1]`` (not clipped) and ``nfe``, the batched score
-evaluations made. The PC jobs draw their noise from a generator seeded by ``config.seed``.
+evaluations made. The PC jobs draw their noise from the stream :attr:`jobs.streams.Stream.CONTROLLABLE` of
+``config.seed``, the random mask from :attr:`~jobs.streams.Stream.INPAINT_MASK`. Each job holds the workdir's lock
+(:func:`jobs.workdir.workdir_lock`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -47,7 +49,9 @@ from base_lib.config import config_value
 from .evaluation import latest_checkpoint, load_ema_weights
 from .experiment import ConfigError, Experiment, build_experiment
 from .images import save_image_grid
-from .run import close_log, open_log
+from .run import close_log, open_log, step_seed
+from .streams import Stream
+from .workdir import workdir_lock
 
 MASKS = ("right_half", "center", "random")  # --mask of the inpaint job: the region that is generated
 INPAINTING_METHODS = ("replacement", "smc")  # config.sampling.inpainting: pc_inpaint or smc_inpaint
@@ -55,7 +59,6 @@ NUM_IMAGES = 16  # test images inpainted or colorized
 NUM_PAIRS = 4  # pairs of test images interpolated (images 0-1, 2-3, ...)
 NUM_STEPS = 8  # interpolation points per pair, from 0 to 1 inclusive
 UNKNOWN_GREY = 0.5  # value shown for the unknown pixels of the masked images
-CONTROLLABLE_STREAM = 12  # seed offset of the PC noise (jobs.run and evaluation use 2..11)
 
 
 # ------------------------------------------------------------------ inputs
@@ -123,21 +126,26 @@ def _score_fn(exp: Experiment, continuous: bool):
 
 
 # ------------------------------------------------------------------ running a job
-def _run(config: Any, workdir: str | os.PathLike, eval_folder: str | None, name: str, body) -> dict[str, Any]:
-    """Build the experiment, load the latest checkpoint's EMA weights, run ``body(exp, folder, logger)``."""
-    exp = build_experiment(config, workdir, "eval")  # the eval mode opens the test split
-    logger = open_log(exp.layout.log_file, exp.distributed.is_main)
-    try:
-        path = latest_checkpoint(exp)
-        step = load_ema_weights(exp, path)
-        folder = exp.layout.workdir / (eval_folder or "controllable")
-        logger.info("%s with %s (step %d) under its EMA weights into %s", name, path, step, folder)
-        with torch.no_grad():
-            report = {"checkpoint": str(path), "step": step, **body(exp, folder)}
-        logger.info("%s: %d score evaluations; picture %s", name, report["nfe"], report["png"])
-        return report
-    finally:
-        close_log(logger)
+def _run(config: Any, workdir: str | os.PathLike, eval_folder: str | None, mode: str, name: str, body,
+         check: Callable[[Experiment], None] | None = None) -> dict[str, Any]:
+    """Under the workdir's lock (as the job ``mode``), build the experiment, ``check(exp)`` it (what the job needs of
+    the data, before any checkpoint is read), load the latest checkpoint's EMA weights, run ``body(exp, folder)``."""
+    with workdir_lock(workdir, mode):
+        exp = build_experiment(config, workdir, "eval")  # the eval mode opens the test split
+        if check is not None:
+            check(exp)
+        logger = open_log(exp.layout.log_file, exp.distributed.is_main)
+        try:
+            path = latest_checkpoint(exp)
+            step = load_ema_weights(exp, path)
+            folder = exp.layout.workdir / (eval_folder or "controllable")
+            logger.info("%s with %s (step %d) under its EMA weights into %s", name, path, step, folder)
+            with torch.no_grad():
+                report = {"checkpoint": str(path), "step": step, **body(exp, folder)}
+            logger.info("%s: %d score evaluations; picture %s", name, report["nfe"], report["png"])
+            return report
+        finally:
+            close_log(logger)
 
 
 def _save(folder: Path, name: str, rows: list[Tensor], nfe: int, **arrays: Tensor) -> dict[str, Any]:
@@ -156,7 +164,7 @@ def _known_value_job(
 ) -> dict[str, Any]:
     """Inpainting (``colour=False``: ``mask`` known) or colorization (the grey level known) of ``images``, by the
     replacement method, or by SMC with ``particles`` particles per image."""
-    generator = torch.Generator(exp.device).manual_seed(int(config_value(exp.config, "seed", 0)) + CONTROLLABLE_STREAM)
+    generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, Stream.CONTROLLABLE))
     options = _pc_options(exp.config)
     score_fn = _score_fn(exp, bool(config_value(exp.config, "training.continuous", True)))
     if particles is not None:  # SMC: the reverse-diffusion steps of the SDE, only noise_removal of the PC settings
@@ -185,24 +193,26 @@ def inpaint(config: Any, workdir: str | os.PathLike, eval_folder: str | None = N
 
     def body(exp: Experiment, folder: Path) -> dict[str, Any]:
         images = _test_images(exp, NUM_IMAGES)
-        generator = torch.Generator().manual_seed(int(config_value(exp.config, "seed", 0)))
+        generator = torch.Generator().manual_seed(step_seed(exp.config, Stream.INPAINT_MASK))
         known = region_mask(mask, tuple(images.shape), generator).to(exp.device)
         method = "replacement" if particles is None else "smc"
         return {"mask": mask, "method": method, **_known_value_job(exp, folder, "inpaint", images, known, False, particles)}
 
-    return _run(config, workdir, eval_folder, f"inpainting ({mask})", body)
+    return _run(config, workdir, eval_folder, "inpaint", f"inpainting ({mask})", body)
 
 
 def colorize(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None) -> dict[str, Any]:
     """Colorize the grey levels of the first :data:`NUM_IMAGES` test images of an RGB dataset (module docstring)."""
     particles = _smc_particles(config)
 
-    def body(exp: Experiment, folder: Path) -> dict[str, Any]:
+    def check(exp: Experiment) -> None:
         if exp.data_shape[0] != 3:
             raise ConfigError(f"--mode colorize needs RGB data (3 channels), config.data describes {exp.data_shape}")
+
+    def body(exp: Experiment, folder: Path) -> dict[str, Any]:
         return _known_value_job(exp, folder, "colorize", _test_images(exp, NUM_IMAGES), None, True, particles)
 
-    return _run(config, workdir, eval_folder, "colorization", body)
+    return _run(config, workdir, eval_folder, "colorize", "colorization", body, check)
 
 
 def interpolate(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None) -> dict[str, Any]:
@@ -220,4 +230,4 @@ def interpolate(config: Any, workdir: str | os.PathLike, eval_folder: str | None
         rows = [torch.cat([a[None], row, b[None]]) for a, row, b in zip(first, path, second)]
         return _save(folder, "interpolate", rows, nfe, first=first, second=second, path=path, alphas=alphas)
 
-    return _run(config, workdir, eval_folder, "interpolation", body)
+    return _run(config, workdir, eval_folder, "interpolate", "interpolation", body)

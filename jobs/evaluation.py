@@ -11,13 +11,17 @@ weights of each, computes what ``config.eval`` enables:
   dequantizations, with its standard error over test examples; for continuous data (the 2-D toy densities) the
   exact log-likelihood in nats per example (no quantization; the exact divergence for low dimensions), beside the
   true log-density of the same points where :func:`data_lib.toy_log_prob` has one.
-* ``enable_sampling``: ``num_samples`` samples of the configured sampler in rounds of ``eval.batch_size``, round
-  ``r`` saved as ``ckpt_{k}/samples_{r}.npz`` (written atomically: a temporary file renamed over the target) and
-  drawn from a generator seeded by ``(config.seed, k, r)``, so a round whose file exists is skipped when the job
-  is re-run after a pre-emption and the final set equals that of an uninterrupted run. The samples are then
-  scored by the metrics registered for the kind of data (:func:`register_sample_metric`, :func:`metric_kinds`):
-  for the 2-D toy densities the sliced Wasserstein distance to fresh data and the mean exact log-density of the
-  samples (:func:`sample_quality.toy_metrics`); image metrics (a digits classifier, FID) plug in the same way.
+* ``enable_sampling``: ``num_samples`` samples of the configured sampler in rounds of ``eval.batch_size`` (the
+  last round draws only what is left), round ``r`` saved as ``ckpt_{k}/samples_{r}.npz`` (written atomically: a
+  temporary file renamed over the target) and drawn from a generator seeded by ``(config.seed, k, r)``. Each
+  file records what produced it (:func:`round_record`: the checkpoint and its SHA-256, the SDE, the sampler and
+  all its settings, the seed, the round's size). A re-run keeps the rounds whose record is the one asked for, so
+  after a pre-emption only the missing rounds are drawn and the final set equals that of an uninterrupted run;
+  a round drawn from another checkpoint or with other settings is drawn again (the log says which field
+  changed), never reused. The samples are then scored by the metrics registered for the kind of data
+  (:func:`register_sample_metric`, :func:`metric_kinds`): for the 2-D toy densities the sliced Wasserstein
+  distance to fresh data and the mean exact log-density of the samples (:func:`sample_quality.toy_metrics`); image
+  metrics (a digits classifier, FID) plug in the same way.
 
 Results go to ``workdir/eval_folder/ckpt_{k}/report.json`` (written atomically), to ``log.txt`` and to stdout.
 With several processes (``torchrun``) round ``r`` is drawn by rank ``r % WORLD_SIZE``, each rank takes its shard
@@ -25,21 +29,26 @@ of the test split and the sums are all-reduced; only rank 0 writes the report.
 
 :func:`sample` ``(config, workdir, eval_folder='samples')`` draws ``eval.num_samples`` samples from the latest
 checkpoint (``config.eval.ckpt`` if set, else the pre-emption checkpoint or the highest numbered one) in the same
-resumable rounds and saves them with a PNG grid (a scatter plot for 2-D points).
+resumable, recorded rounds and saves them with a PNG grid (a scatter plot for 2-D points).
 
-:func:`train_and_evaluate` is the ``train`` job of ``main.py``: :func:`train_lib.train`, then, when
+:func:`train_and_evaluate` is the ``train`` job of ``main.py``: :func:`jobs.train`, then, when
 ``config.eval.after_training`` is set, :func:`evaluate` of the final checkpoint.
+
+Every job holds the workdir's lock (:func:`jobs.workdir.workdir_lock`): a second job on the same workdir stops at
+once with :class:`jobs.workdir.WorkdirBusyError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
+import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -59,21 +68,19 @@ from sample_quality import (
     toy_metrics,
 )
 from samplers import dequantized_bits_per_dim, log_likelihood
+from samplers.from_config import get_sampling_fn
 from base_lib.checks import check_choice, check_positive_int
 from samplers.likelihood import DIVERGENCES
 from base_lib.config import config_value
 
 from train_lib.checkpoints import CheckpointError, restore_checkpoint
+from .conditional import CLASSIFIER_CHECKPOINT, classifier_folder, sampling_conditioning
 from .experiment import ConfigError, Experiment, build_experiment
 from .images import class_grid_columns, save_image_grid, save_scatter_plot, to_uint8
-from .run import close_log, model_batch, open_log, step_seed, train
-
-# independent random streams derived from config.seed (jobs.run uses 2..6)
-EVAL_SAMPLES_STREAM = 7  # the prior draw of sampling round r of checkpoint k (eval)
-SAMPLE_JOB_STREAM = 11  # the prior draw of sampling round r from the checkpoint of step s (sample)
-LOSS_STREAM = 8  # times and noise of the test loss, per checkpoint and batch
-LIKELIHOOD_STREAM = 9  # dequantization noise and Hutchinson probes, per checkpoint, rank and batch
-METRIC_STREAM = 10  # fresh data and projections of the sample metrics, per checkpoint
+from .progress import ProgressLog
+from .run import LOGGER_NAME, close_log, model_batch, open_log, step_seed, train
+from .streams import Stream
+from .workdir import workdir_lock
 
 #: data dimension up to which the log-likelihood of continuous data uses the exact divergence (one backward pass
 #: per dimension) instead of the configured Hutchinson estimator
@@ -193,23 +200,52 @@ def inception_sample_metrics(samples: Tensor, context: MetricContext) -> dict[st
 
 
 # ------------------------------------------------------------------ files
-def _save_round(path: Path, samples: Tensor, nfe: int, labels: Tensor | None) -> None:
+@dataclasses.dataclass(frozen=True)
+class SampleRound:
+    """One saved sampling round, back in data space."""
+
+    samples: Tensor  # images (N, C, H, W) in [0, 1], or points (N, D)
+    nfe: int  # score evaluations of the sampler
+    labels: Tensor | None  # (N,) classes of class-conditional samples, else None
+    record: dict[str, Any] | None  # what produced it (round_record); None in files written without one
+
+
+def _save_round(path: Path, samples: Tensor, nfe: int, labels: Tensor | None, record: dict[str, Any]) -> None:
     """One sampling round: images as uint8 ``(N, H, W, C)`` (the reference's layout), points as float32 ``(N, D)``;
-    the classes ``labels`` ``(N,)`` of class-conditional samples."""
+    the classes ``labels`` ``(N,)`` of class-conditional samples; ``record`` as a JSON string, in the same file so
+    that the samples and what produced them are written together."""
     array = to_uint8(samples) if samples.ndim == 4 else samples.detach().to("cpu", torch.float32).numpy()
     extra = {} if labels is None else {"labels": labels.to("cpu", torch.int64).numpy()}
-    atomic_write(path, lambda file: np.savez_compressed(file, samples=array, nfe=np.int64(nfe), **extra))
+    text = np.array(json.dumps(record, sort_keys=True))
+    atomic_write(path, lambda file: np.savez_compressed(file, samples=array, nfe=np.int64(nfe), record=text, **extra))
 
 
-def _load_round(path: Path) -> tuple[Tensor, int, Tensor | None]:
-    """A saved round back in data space: images ``(N, C, H, W)`` in ``[0, 1]``, points ``(N, D)``; its NFE; the
-    classes of class-conditional samples (else ``None``)."""
+def load_round(path: Path) -> SampleRound:
+    """A round saved by :func:`sampling_rounds`."""
     with np.load(path) as file:
         array, nfe = file["samples"], int(file["nfe"])
         labels = torch.from_numpy(file["labels"]) if "labels" in file.files else None
+        record = json.loads(str(file["record"])) if "record" in file.files else None
     if array.dtype == np.uint8:
-        return torch.from_numpy(array).permute(0, 3, 1, 2).to(torch.float32) / 255.0, nfe, labels
-    return torch.from_numpy(array), nfe, labels
+        array = torch.from_numpy(array).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    else:
+        array = torch.from_numpy(array)
+    return SampleRound(array, nfe, labels, record)
+
+
+def _stored_record(path: Path) -> dict[str, Any] | None:
+    """The record of the round file ``path`` (only that member is read); ``None`` if it has none or is unreadable."""
+    try:
+        with np.load(path) as file:
+            return json.loads(str(file["record"])) if "record" in file.files else None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hexadecimal."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def write_report(path: Path, report: dict[str, Any]) -> Path:
@@ -310,7 +346,7 @@ def test_loss(exp: Experiment, ckpt: int) -> dict[str, float]:
     total = count = 0.0
     generator = torch.Generator(exp.device)
     for index, batch in enumerate(_test_batches(exp, dequantize, with_labels=exp.labelled)):
-        generator.manual_seed(step_seed(exp.config, LOSS_STREAM, ckpt, exp.distributed.rank, index))
+        generator.manual_seed(step_seed(exp.config, Stream.TEST_LOSS, ckpt, exp.distributed.rank, index))
         batch = model_batch(exp, batch)
         loss = exp.eval_step_fn(exp.state, batch, generator)
         size = (batch[0] if isinstance(batch, tuple) else batch).shape[0]
@@ -341,8 +377,9 @@ def test_likelihood(exp: Experiment, ckpt: int) -> dict[str, Any]:
     total = total_sq = count = nfe = true_total = 0.0
     true_log_prob = None if quantized else data_lib.toy_log_prob(exp.test_ds.name)
     generator = torch.Generator(exp.device)
+    progress = ProgressLog(logging.getLogger(LOGGER_NAME), None, label="likelihood batch", unit="batches")
     for index, batch in enumerate(_test_batches(exp, dequantize=False)):
-        generator.manual_seed(step_seed(exp.config, LIKELIHOOD_STREAM, ckpt, exp.distributed.rank, index))
+        generator.manual_seed(step_seed(exp.config, Stream.LIKELIHOOD, ckpt, exp.distributed.rank, index))
         batch = batch.to(exp.device)
         if quantized:
             result = dequantized_bits_per_dim(
@@ -357,6 +394,7 @@ def test_likelihood(exp: Experiment, ckpt: int) -> dict[str, Any]:
         values = values.detach().to(torch.float64)
         total, total_sq = total + float(values.sum()), total_sq + float((values**2).sum())
         count, nfe = count + values.numel(), nfe + batch_nfe
+        progress.tick(index + 1)
     total, total_sq, count, nfe, true_total = _all_reduce_sums([total, total_sq, count, nfe, true_total], exp)
     mean, stderr = _mean_and_stderr(total, total_sq, count)
     report = {"mean": mean, "stderr": stderr, "count": int(count), "nfe": int(nfe), **options}
@@ -368,29 +406,125 @@ def test_likelihood(exp: Experiment, ckpt: int) -> dict[str, Any]:
     return report
 
 
-def sampling_rounds(exp: Experiment, folder: Path, seed_key: tuple[int, ...], logger: logging.Logger) -> tuple[Tensor, list[int], Tensor | None]:
-    """Draw the missing rounds of ``config.eval.num_samples`` samples into ``folder/samples_{r}.npz`` (the rounds
-    ``r = rank mod WORLD_SIZE``; round ``r``'s generator seeded by ``(seed, *seed_key, r)``) and return all samples
-    (the first ``num_samples``) with the NFE of each round and, for class-conditional samples, their classes.
-    Every rank returns them once all rounds are written."""
+def sampling_source(exp: Experiment, checkpoint: Path, step: int) -> dict[str, Any]:
+    """What the sampling rounds of ``checkpoint`` (loaded, at ``step``) are drawn from and with, the part of their
+    records shared by all rounds: the checkpoint (its path inside the workdir, step and SHA-256, hashed here once),
+    the SDE, the sampler and every setting of it (all of ``config.sampling``, the sampling ``eps``,
+    ``config.training.continuous``, ``config.data.centered``), the data shape, ``config.seed``, the device type
+    (CPU and CUDA generators draw differently) and, for class-conditional samples, the guidance and the classifier
+    checkpoint's SHA-256."""
+    config = exp.config
+    source: dict[str, Any] = {
+        "checkpoint": checkpoint.relative_to(exp.layout.workdir).as_posix(),  # a copied or moved workdir still matches
+        "step": step,
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "sde": repr(exp.sde),
+        "sampling": config.sampling.to_dict(),
+        "sampling_eps": exp.sampling_eps,
+        "continuous": config_value(config, "training.continuous", True),
+        "data_centered": config_value(config, "data.centered", False),
+        "data_shape": list(exp.data_shape),
+        "seed": config_value(config, "seed", 0),
+        "device": exp.device.type,
+    }
+    if exp.conditioning is not None:
+        source["conditioning"] = exp.conditioning.describe()
+        if exp.conditioning.kind == "classifier":
+            folder = classifier_folder(config, exp.layout.workdir)
+            source["classifier_sha256"] = file_sha256(folder / CLASSIFIER_CHECKPOINT)
+    return source
+
+
+def round_record(
+    source: dict[str, Any], seed_key: tuple[int, ...], r: int, size: int, labels: Tensor | None
+) -> dict[str, Any]:
+    """The record of sampling round ``r``: ``source`` (:func:`sampling_source`), the seed key ``(*seed_key, r)`` of
+    its generator, its size and, for class-conditional samples, its classes; as it reads back from a file (JSON)."""
+    record = {**source, "seed_key": [*map(int, seed_key), r], "round_size": size}
+    if labels is not None:
+        record["labels"] = labels.tolist()
+    return json.loads(json.dumps(record, sort_keys=True, default=str))
+
+
+def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def record_changes(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> str:
+    """Why a round recorded as ``stored`` is not the round ``wanted``: the first differing fields, old -> new."""
+    if stored is None:
+        return "it has no (readable) record of what produced it"
+    old, new = _flatten(stored), _flatten(wanted)
+    unset = "<unset>"
+    changed = sorted(key for key in old.keys() | new.keys() if old.get(key, unset) != new.get(key, unset))
+    shown = ", ".join(f"{key} {_short(old.get(key, unset))} -> {_short(new.get(key, unset))}" for key in changed[:3])
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    return f"it was drawn with other settings: {shown}{more}"
+
+
+def _round_sampler(exp: Experiment, size: int) -> Callable[..., tuple[Tensor, int]]:
+    """The sampling function of a round of ``size`` samples: the experiment's for a full round (``eval.batch_size``),
+    built the same way for a smaller last round, so that no more samples are drawn than asked for."""
+    if size == exp.sampling_shape[0]:
+        return exp.sampling_fn
+    factory = None
+    if exp.conditioning is not None:  # the guided score holds the classes of a batch: rebuilt for this size
+        conditioning = sampling_conditioning(
+            exp.config, exp.sde, exp.model, size, exp.layout.workdir, exp.device, load=True
+        )
+        factory = conditioning.score_factory
+    return get_sampling_fn(exp.config, exp.sde, (size, *exp.data_shape), exp.inverse_scaler, exp.sampling_eps, factory)
+
+
+def sampling_rounds(
+    exp: Experiment, folder: Path, seed_key: tuple[int, ...], source: dict[str, Any], logger: logging.Logger
+) -> tuple[Tensor, list[int], Tensor | None]:
+    """Draw the rounds of ``config.eval.num_samples`` samples into ``folder/samples_{r}.npz`` and return all samples
+    with the NFE of each round and, for class-conditional samples, their classes. Every rank returns them once all
+    rounds are written.
+
+    Round ``r`` holds ``eval.batch_size`` samples (the last one what is left), is drawn by rank ``r mod
+    WORLD_SIZE`` from a generator seeded by ``(seed, *seed_key, r)``, and records what produced it
+    (:func:`round_record` of ``source``). A round whose file has the record asked for is kept (a job re-run after a
+    pre-emption only draws the missing rounds); any other is drawn again, and the log says why.
+    """
     config, context = exp.config, exp.distributed
     num_samples = check_positive_int("config.eval.num_samples", config_value(config, "eval.num_samples"))
-    rounds = math.ceil(num_samples / exp.sampling_shape[0])
+    batch = exp.sampling_shape[0]
+    sizes = [min(batch, num_samples - start) for start in range(0, num_samples, batch)]
+    rounds = len(sizes)
     paths = [folder / f"samples_{r}.npz" for r in range(rounds)]
     generator = torch.Generator(exp.device)
     for r in range(context.rank, rounds, context.world_size):
+        labels = None if exp.sample_labels is None else exp.sample_labels[: sizes[r]]
+        wanted = round_record(source, seed_key, r, sizes[r], labels)
         if paths[r].exists():
-            logger.info("sampling round %d/%d: %s exists, skipped", r + 1, rounds, paths[r])
-            continue
+            stored = _stored_record(paths[r])
+            if stored == wanted:
+                logger.info("sampling round %d/%d: %s exists, skipped", r + 1, rounds, paths[r])
+                continue
+            logger.info("sampling round %d/%d: %s is stale, %s; drawing it again", r + 1, rounds, paths[r],
+                        record_changes(stored, wanted))
         generator.manual_seed(step_seed(config, *seed_key, r))
-        samples, nfe = exp.sampling_fn(exp.model, generator=generator)
-        _save_round(paths[r], samples, nfe, exp.sample_labels)
+        samples, nfe = _round_sampler(exp, sizes[r])(exp.model, generator=generator)
+        _save_round(paths[r], samples, nfe, labels, wanted)
         logger.info("sampling round %d/%d: %d samples, %d score evaluations -> %s", r + 1, rounds, samples.shape[0], nfe, paths[r])
     _barrier(exp)
-    loaded = [_load_round(path) for path in paths]
-    samples = torch.cat([x for x, _, _ in loaded])[:num_samples]
-    labels = None if any(y is None for _, _, y in loaded) else torch.cat([y for _, _, y in loaded])[:num_samples]
-    return samples, [nfe for _, nfe, _ in loaded], labels
+    loaded = [load_round(path) for path in paths]
+    samples = torch.cat([round_.samples for round_ in loaded])
+    labels = None if exp.sample_labels is None else torch.cat([round_.labels for round_ in loaded])
+    return samples, [round_.nfe for round_ in loaded], labels
 
 
 def save_sample_picture(samples: Tensor, path: Path, title: str, labels: Tensor | None = None) -> Path:
@@ -403,8 +537,11 @@ def save_sample_picture(samples: Tensor, path: Path, title: str, labels: Tensor 
     return save_scatter_plot(samples, path, title=title, labels=labels)
 
 
-def _sampling_report(exp: Experiment, folder: Path, seed_key: tuple[int, ...], logger: logging.Logger, with_metrics: bool) -> dict[str, Any]:
-    samples, nfes, labels = sampling_rounds(exp, folder, seed_key, logger)
+def _sampling_report(
+    exp: Experiment, folder: Path, seed_key: tuple[int, ...], source: dict[str, Any], logger: logging.Logger,
+    with_metrics: bool,
+) -> dict[str, Any]:
+    samples, nfes, labels = sampling_rounds(exp, folder, seed_key, source, logger)
     report: dict[str, Any] = {
         "count": samples.shape[0], "rounds": len(nfes), "nfe_per_round": nfes,
         "files": [f"samples_{r}.npz" for r in range(len(nfes))],
@@ -419,7 +556,7 @@ def _sampling_report(exp: Experiment, folder: Path, seed_key: tuple[int, ...], l
         png = save_sample_picture(first_round, folder / "samples.png", title, labels)
         report["png"] = str(png)
     if with_metrics:
-        generator = torch.Generator().manual_seed(step_seed(exp.config, METRIC_STREAM, *seed_key[1:]))
+        generator = torch.Generator().manual_seed(step_seed(exp.config, Stream.SAMPLE_METRICS, *seed_key[1:]))
         report["metrics"] = sample_metrics(samples, MetricContext(exp, generator, labels))
     return report
 
@@ -455,9 +592,16 @@ def evaluate(config: Any, workdir: str | os.PathLike, eval_folder: str | None = 
     """Evaluate the numbered checkpoints of ``workdir`` (module docstring); the reports by checkpoint number.
 
     ``eval_folder`` ``None`` means ``'eval'``. ``checkpoints`` overrides the range ``config.eval.begin_ckpt .. end_ckpt``. :class:`CheckpointError` when no
-    checkpoint of the range exists or one cannot be loaded; :class:`ConfigError` for a config that cannot run.
+    checkpoint of the range exists or one cannot be loaded; :class:`ConfigError` for a config that cannot run;
+    :class:`jobs.workdir.WorkdirBusyError` when another job holds the workdir.
     """
-    eval_folder = eval_folder or "eval"
+    with workdir_lock(workdir, "eval"):
+        return _evaluate(config, workdir, eval_folder or "eval", checkpoints)
+
+
+def _evaluate(
+    config: Any, workdir: str | os.PathLike, eval_folder: str, checkpoints: list[int] | None
+) -> dict[int, dict[str, Any]]:
     exp = build_experiment(config, workdir, "eval")
     if bool(config_value(exp.config, "eval.enable_sampling", False)):
         _inception_setup(exp.config, exp.device)  # a missing library, weights or statistics file fails before any work
@@ -479,7 +623,9 @@ def evaluate(config: Any, workdir: str | os.PathLike, eval_folder: str | None = 
             if enabled["bpd"]:
                 report["likelihood"] = test_likelihood(exp, ckpt)
             if enabled["sampling"]:
-                report["samples"] = _sampling_report(exp, folder, (EVAL_SAMPLES_STREAM, ckpt), logger, with_metrics=True)
+                source = sampling_source(exp, path, step)
+                seed_key = (Stream.EVAL_SAMPLES, ckpt)
+                report["samples"] = _sampling_report(exp, folder, seed_key, source, logger, with_metrics=True)
             if exp.distributed.is_main:
                 report_path = write_report(folder / "report.json", report)
                 for line in _describe(ckpt, step, report):
@@ -495,8 +641,12 @@ def evaluate(config: Any, workdir: str | os.PathLike, eval_folder: str | None = 
 def sample(config: Any, workdir: str | os.PathLike, eval_folder: str | None = "samples") -> dict[str, Any]:
     """Draw ``config.eval.num_samples`` samples from the latest checkpoint (module docstring) into
     ``workdir/eval_folder/step_{s}/`` (``None`` means ``'samples'``): resumable ``samples_{r}.npz`` rounds and
-    ``samples.png``. Returns the report."""
-    eval_folder = eval_folder or "samples"
+    ``samples.png``. Returns the report. :class:`jobs.workdir.WorkdirBusyError` when another job holds the workdir."""
+    with workdir_lock(workdir, "sample"):
+        return _sample(config, workdir, eval_folder or "samples")
+
+
+def _sample(config: Any, workdir: str | os.PathLike, eval_folder: str) -> dict[str, Any]:
     exp = build_experiment(config, workdir, "sample")
     logger = open_log(exp.layout.log_file, exp.distributed.is_main)
     try:
@@ -504,7 +654,9 @@ def sample(config: Any, workdir: str | os.PathLike, eval_folder: str | None = "s
         step = load_ema_weights(exp, path)
         folder = exp.layout.workdir / eval_folder / f"step_{step}"
         logger.info("sampling from %s (step %d) under its EMA weights into %s", path, step, folder)
-        report = {"checkpoint": str(path), "step": step, **_sampling_report(exp, folder, (SAMPLE_JOB_STREAM, step), logger, with_metrics=False)}
+        source = sampling_source(exp, path, step)
+        report = {"checkpoint": str(path), "step": step,
+                  **_sampling_report(exp, folder, (Stream.SAMPLE_JOB, step), source, logger, with_metrics=False)}
         if exp.distributed.is_main:
             logger.info(
                 "%d samples (%d score evaluations per round) in %s; picture %s",
@@ -516,12 +668,18 @@ def sample(config: Any, workdir: str | os.PathLike, eval_folder: str | None = "s
         close_log(logger)
 
 
-def train_and_evaluate(config: Any, workdir: str | os.PathLike, eval_folder: str | None = "eval") -> None:
-    """The ``train`` job of ``main.py``: :func:`train_lib.train`, then, if ``config.eval.after_training`` is True,
-    :func:`evaluate` of the run's last numbered checkpoint into ``workdir/eval_folder``."""
-    exp = train(config, workdir)
-    if bool(config_value(config, "eval.after_training", False)):
-        existing = numbered_checkpoints(exp)
-        if not existing:
-            raise CheckpointError(f"training wrote no numbered checkpoint in {exp.layout.checkpoint_dir} to evaluate")
-        evaluate(config, workdir, eval_folder, checkpoints=[max(existing)])
+def train_and_evaluate(
+    config: Any, workdir: str | os.PathLike, eval_folder: str | None = "eval", allow_config_changes: Iterable[str] = (),
+) -> None:
+    """The ``train`` job of ``main.py``: :func:`jobs.train`, then, if ``config.eval.after_training`` is True,
+    :func:`evaluate` of the run's last numbered checkpoint into ``workdir/eval_folder``; the workdir stays locked
+    from the first step to the report (:func:`jobs.workdir.workdir_lock`)."""
+    with workdir_lock(workdir, "train"):
+        exp = train(config, workdir, allow_config_changes=allow_config_changes)
+        if bool(config_value(config, "eval.after_training", False)):
+            existing = numbered_checkpoints(exp)
+            if not existing:
+                raise CheckpointError(
+                    f"training wrote no numbered checkpoint in {exp.layout.checkpoint_dir} to evaluate"
+                )
+            evaluate(config, workdir, eval_folder, checkpoints=[max(existing)])

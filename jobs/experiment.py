@@ -30,6 +30,7 @@ from sde_lib import SDE, VESDE, get_sde, subVPSDE, VPSDE
 from base_lib.config import config_value
 from base_lib.checks import check_positive_int
 
+from .config_checks import check_config_values
 from .conditional import ConditioningError, SamplingConditioning, check_label_dropout, num_classes, sampling_conditioning
 from train_lib.optim import get_optimizer
 from train_lib.steps import TASKS, StepFn, get_step_fn_from_config, step_fn_options
@@ -245,7 +246,10 @@ def _check_batch_split(config: Any, context: DistributedContext) -> None:
 
 
 def _check_model_name(config: Any) -> None:
-    models.get_model(config_value(config, "model.name"))  # ValueError listing the known names
+    try:
+        models.get_model(config_value(config, "model.name"))
+    except ValueError as error:  # its message lists the known names
+        raise ConfigError(f"config.model.name: {error}") from None
 
 
 def _create_model(config: Any) -> nn.Module:
@@ -253,7 +257,10 @@ def _create_model(config: Any) -> nn.Module:
     only (the global RNG state is put back), then moved to ``config.device``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(config_value(config, "seed", 0)))
-        return models.create_model(config)
+        try:
+            return models.create_model(config)
+        except ValueError as error:  # a setting the network cannot take, named by the network
+            raise ConfigError(f"config.model.name={config.model.name!r} cannot be built from this config: {error}") from None
 
 
 def check_model_input(model: nn.Module, sde: SDE, shape: tuple[int, ...], continuous: bool, device: torch.device) -> None:
@@ -326,6 +333,7 @@ def build_experiment(config: Any, workdir: str | os.PathLike, mode: str = "train
 
 def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
     mode = _check_mode(mode)
+    check_config_values(config)
     if task not in TASKS:
         raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     context = distributed_context()
@@ -343,7 +351,6 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
     sample_batch = check_positive_int(f"config.{batch_field}", config_value(config, batch_field))
     sampling_shape = (sample_batch, *shape)
     options = step_fn_options(config)
-    sampling_fn = get_sampling_fn(config, sde, sampling_shape, inverse_scaler, eps) if task == "score" else None
 
     model = _create_model(config)
     conditioning = None
@@ -356,8 +363,10 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
             conditioning = sampling_conditioning(config, sde, model, sample_batch, workdir, device, load=mode != "train")
     except ConditioningError as error:
         raise ConfigError(str(error)) from error
-    if conditioning is not None:
-        sampling_fn = get_sampling_fn(config, sde, sampling_shape, inverse_scaler, eps, conditioning.score_factory)
+    sampling_fn = None
+    if task == "score":
+        factory = None if conditioning is None else conditioning.score_factory
+        sampling_fn = get_sampling_fn(config, sde, sampling_shape, inverse_scaler, eps, factory)
     train_step_fn = get_step_fn_from_config(config, sde, train=True, task=task) if mode == "train" else None
     eval_step_fn = get_step_fn_from_config(config, sde, train=False, task=task)
     ema = models.ExponentialMovingAverage(model.parameters(), decay=config_value(config, "model.ema_rate"))

@@ -5,7 +5,9 @@ optimizer steps done; the run stops after ``config.training.n_iters`` of them (t
 more). After step ``s``:
 
 * every ``log_freq`` steps: the training loss (averaged over ranks) to ``workdir/log.txt``, stdout and
-  TensorBoard (``training_loss``), with the speed in steps per second;
+  TensorBoard (``training_loss``), with the speed in steps per second and the time left at that speed;
+* when stderr is not a terminal (no tqdm bar), a progress line (step, steps per second, time left) to the log
+  a few seconds after the start and then every 20 seconds without another line (:class:`jobs.progress.ProgressLog`);
 * every ``snapshot_freq_for_preemption`` steps and at the end: ``checkpoints-meta/checkpoint.pth``, from which a
   re-run resumes;
 * every ``eval_freq`` steps: the loss of a test batch under the EMA weights (``eval_loss``);
@@ -23,7 +25,8 @@ ranks), each rank trains on ``batch_size / WORLD_SIZE`` examples of its own shar
 meta checkpoint, and only rank 0 writes checkpoints, logs, TensorBoard events and samples.
 
 A non-finite loss (or non-finite weights at a checkpoint) stops training with :class:`TrainingDivergedError`
-before anything of the bad state is saved.
+before anything of the bad state is saved. The step losses stay on the device until a step that logs, evaluates
+or saves, where they are read and checked together, so the device is not waited for at every step.
 """
 
 from __future__ import annotations
@@ -34,9 +37,8 @@ import logging
 import math
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -48,19 +50,20 @@ from data_lib import mix_seeds
 from base_lib.config import config_value
 from base_lib.checks import check_positive_int
 
-from train_lib.checkpoints import restore_checkpoint, save_checkpoint
+from train_lib.checkpoints import (
+    CheckpointError, checkpoint_payload, load_checkpoint_file, nonfinite_entries, restore_checkpoint, save_checkpoint,
+)
 from .experiment import ConfigError, Experiment, build_experiment
+from .run_config import reconcile_with_record
 from .images import save_samples
+from .progress import ProgressLog, output_is_terminal
+from .runtime import thread_line
+from .streams import Stream
+from .workdir import workdir_lock
 
 LOGGER_NAME = "train_lib"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
-
-# independent random streams derived from config.seed (data_lib uses streams 0 and 1 for the batches)
-LOSS_NOISE_STREAM = 2  # times and noise of the loss at step s on rank r
-GLOBAL_RNG_STREAM = 3  # torch's global RNG (dropout) before step s on rank r
-EVAL_NOISE_STREAM = 4  # noise of the evaluation loss at step s
-SAMPLING_STREAM = 5  # the snapshot samples of step s
-EVAL_BATCH_STREAM = 6  # order of the test batches
+MAX_UNREAD_LOSSES = 1000  # the loop reads the step losses at least this often (they are kept on the device till then)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -96,7 +99,8 @@ class Schedule:
 
 # ------------------------------------------------------------------ logging
 def open_log(log_file: Path, enabled: bool) -> logging.Logger:
-    """The run's logger: ``log_file`` (appended) and stdout on rank 0, silent elsewhere."""
+    """The run's logger: ``log_file`` (appended) and stdout on rank 0, silent elsewhere. Its first line says how
+    many CPU threads the job uses and why (:func:`jobs.runtime.thread_line`)."""
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -108,6 +112,7 @@ def open_log(log_file: Path, enabled: bool) -> logging.Logger:
     for handler in (logging.FileHandler(log_file, encoding="utf-8"), logging.StreamHandler(sys.stdout)):
         handler.setFormatter(formatter)
         logger.addHandler(handler)
+    logger.info(thread_line())
     return logger
 
 
@@ -126,8 +131,9 @@ def _summary_writer(folder: Path, enabled: bool):
 
 
 # ------------------------------------------------------------------ pieces of the loop
-def step_seed(config: Any, stream: int, *indices: int) -> int:
-    """A 64-bit seed for ``stream`` at ``indices`` (step, rank), derived from ``config.seed``."""
+def step_seed(config: Any, stream: Stream, *indices: int) -> int:
+    """A 64-bit seed for ``stream`` (:class:`jobs.streams.Stream`) at ``indices`` (step, rank), derived from
+    ``config.seed``."""
     return mix_seeds(int(config_value(config, "seed", 0)), stream, *indices) % 2**63
 
 
@@ -142,27 +148,43 @@ def _reseed_global_rng(device: torch.device, seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def _global_mean(loss: Tensor, exp: Experiment) -> float:
-    """The loss averaged over ranks (the loss of the combined batch), as a Python float; synchronizes the device."""
-    loss = loss.detach()
+def _read_losses(losses: list[Tensor], exp: Experiment, step: int, schedule: Schedule) -> float:
+    """The losses of the steps up to ``step`` not read yet, averaged over ranks (the loss of the combined batch) and
+    checked; returns that of ``step`` and empties ``losses``.
+
+    Reading a loss waits for the device to finish its step, so the loop reads them in one go (one wait, one
+    all-reduce) when it needs them. :class:`TrainingDivergedError` names the first step whose loss is not finite."""
+    values = torch.stack(losses)
     if exp.distributed.is_distributed:
-        loss = loss.clone()
-        torch.distributed.all_reduce(loss)
-        loss /= exp.distributed.world_size
-    return float(loss)
+        torch.distributed.all_reduce(values)
+        values /= exp.distributed.world_size
+    values, first_step = values.tolist(), step - len(losses) + 1
+    losses.clear()
+    for offset, value in enumerate(values):
+        _check_finite_loss(value, first_step + offset, exp, schedule)
+    return values[-1]
 
 
 def _check_finite_weights(exp: Experiment, step: int) -> None:
-    tensors = [*exp.model.parameters(), *exp.ema.shadow_params]
-    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+    """:class:`TrainingDivergedError` if a weight, an EMA weight or an optimizer moment is NaN or infinite."""
+    bad = nonfinite_entries(checkpoint_payload(exp.state))
+    if bad:
         raise TrainingDivergedError(
-            f"the weights are not finite after step {step}; nothing was saved from this state. {_last_good(exp)}"
+            f"the weights are not finite after step {step} ({bad[0]}); nothing was saved from this state. "
+            f"{_last_good(exp)}"
         )
 
 
 def _last_good(exp: Experiment) -> str:
+    """Where the run can restart from: the meta checkpoint, if it loads and passes every check."""
     meta = exp.layout.meta_checkpoint
-    return f"The last good checkpoint is kept: {meta}." if meta.exists() else "No checkpoint had been saved."
+    if not meta.exists():
+        return "No checkpoint had been saved."
+    try:
+        step = int(load_checkpoint_file(meta)["step"])
+    except CheckpointError as error:
+        return f"The meta checkpoint is not usable either: {error}."
+    return f"The last good checkpoint is kept: {meta} (step {step})."
 
 
 def _save(path: Path, exp: Experiment, step: int) -> None:
@@ -187,7 +209,7 @@ def _eval_batches(exp: Experiment, start_step: int, eval_freq: int) -> Iterator[
     test_ds = exp.test_ds
     batch = min(int(exp.config.training.batch_size), len(test_ds))
     return data_lib.training_batches(
-        test_ds, batch, seed=step_seed(exp.config, EVAL_BATCH_STREAM), start_step=start_step // eval_freq,
+        test_ds, batch, seed=step_seed(exp.config, Stream.EVAL_BATCH_ORDER), start_step=start_step // eval_freq,
         **data_lib.preprocessing_options(exp.config, train=False), dtype=exp.batch_dtype, with_labels=exp.labelled,
     )
 
@@ -195,14 +217,14 @@ def _eval_batches(exp: Experiment, start_step: int, eval_freq: int) -> Iterator[
 def _evaluate(exp: Experiment, batches: Iterator[Batch], step: int) -> float:
     """Loss of the next test batch under the EMA weights (on this process only)."""
     batch = model_batch(exp, next(batches))
-    generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, EVAL_NOISE_STREAM, step))
+    generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, Stream.EVAL_NOISE, step))
     return float(exp.eval_step_fn(exp.state, batch, generator))
 
 
 def _snapshot_samples(exp: Experiment, step: int) -> dict[str, Path]:
     """Samples of the configured sampler under the EMA weights, saved in ``samples/iter_{step}/``."""
     model, ema = exp.model, exp.ema
-    generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, SAMPLING_STREAM, step))
+    generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, Stream.SNAPSHOT_SAMPLES, step))
     ema.store(model.parameters())
     ema.copy_to(model.parameters())
     try:
@@ -250,49 +272,44 @@ def _describe(exp: Experiment, schedule: Schedule) -> str:
 
 
 # ------------------------------------------------------------------ the job
-def train(config: Any, workdir: str | os.PathLike, task: str = "score") -> Experiment:
+def train(config: Any, workdir: str | os.PathLike, task: str = "score", allow_config_changes: Iterable[str] = ()) -> Experiment:
     """Train the model of ``config`` in ``workdir`` (module docstring), resuming from its meta checkpoint.
 
     ``task='classifier'``: ``config.model`` is the noise-conditional classifier of classifier guidance
-    (:func:`train_lib.build_experiment`), trained on labelled batches; no samples are drawn.
+    (:func:`jobs.build_experiment`), trained on labelled batches; no samples are drawn.
 
     Every config error is raised (:class:`ConfigError`) before any step; a corrupt meta checkpoint raises
     :class:`train_lib.CheckpointError` naming the file; a NaN or infinite loss raises
-    :class:`TrainingDivergedError` naming the step. Returns the :class:`Experiment`, whose ``state`` is final.
+    :class:`TrainingDivergedError` naming the step; another job in ``workdir`` raises
+    :class:`jobs.workdir.WorkdirBusyError` before anything is read or written (the lock is held until the end).
+    A workdir that already holds a run resumes it only if ``config`` trains as the recorded one
+    (``workdir/config.json``; :func:`jobs.run_config.reconcile_with_record`), apart from the fields or sections
+    named in ``allow_config_changes``; the config is then recorded.
+
+    Returns the :class:`Experiment`, whose ``state`` is final.
     """
-    schedule = Schedule.from_config(config)
-    exp = build_experiment(config, workdir, "train", task=task)
-    main = exp.distributed.is_main
-    logger = open_log(exp.layout.log_file, main)
-    writer = None
-    try:
-        logger.info(_describe(exp, schedule))
-        step = _resume(exp, logger)
-        if step >= schedule.n_iters:
-            logger.info("training already finished: step %d of %d", step, schedule.n_iters)
+    with workdir_lock(workdir, "train" if task == "score" else "train_classifier"):
+        schedule = Schedule.from_config(config)
+        exp = build_experiment(config, workdir, "train", task=task)
+        reconcile_with_record(config, workdir, allow_config_changes, write=exp.distributed.is_main)
+        main = exp.distributed.is_main
+        logger = open_log(exp.layout.log_file, main)
+        writer = None
+        try:
+            logger.info(_describe(exp, schedule))
+            step = _resume(exp, logger)
+            if step >= schedule.n_iters:
+                logger.info("training already finished: step %d of %d", step, schedule.n_iters)
+                return exp
+            writer = _summary_writer(exp.layout.tensorboard_dir, main)
+            _train_loop(exp, schedule, step, logger, writer)
+            if exp.distributed.is_distributed:
+                torch.distributed.barrier()  # every rank returns once rank 0 has written the last files
             return exp
-        writer = _summary_writer(exp.layout.tensorboard_dir, main)
-        _train_loop(exp, schedule, step, logger, writer)
-        if exp.distributed.is_distributed:
-            torch.distributed.barrier()  # every rank returns once rank 0 has written the last files
-        return exp
-    finally:
-        if writer is not None:
-            writer.close()
-        close_log(logger)
-
-
-class _SpeedMeter:
-    """Steps per second since the last reading."""
-
-    def __init__(self, step: int):
-        self._time, self._step = time.perf_counter(), step
-
-    def read(self, step: int) -> float:
-        now = time.perf_counter()
-        speed = (step - self._step) / max(now - self._time, 1e-9)
-        self._time, self._step = now, step
-        return speed
+        finally:
+            if writer is not None:
+                writer.close()
+            close_log(logger)
 
 
 def _check_finite_loss(loss: float, step: int, exp: Experiment, schedule: Schedule) -> None:
@@ -302,6 +319,14 @@ def _check_finite_loss(loss: float, step: int, exp: Experiment, schedule: Schedu
             f"saved from this state. {_last_good(exp)} Lower config.optim.lr, keep config.optim.grad_clip >= 0, "
             "or check the data."
         )
+
+
+def _losses_due(schedule: Schedule, step: int, unread: int) -> bool:
+    """Whether the loop reads the losses after ``step``: at every step that logs, evaluates or saves, so that a
+    non-finite loss stops the run before anything of its state is written, and after at most
+    :data:`MAX_UNREAD_LOSSES` steps. Every rank decides alike (the reading is an all-reduce)."""
+    periods = (schedule.log_freq, schedule.eval_freq, schedule.snapshot_freq, schedule.snapshot_freq_for_preemption)
+    return step == schedule.n_iters or unread >= MAX_UNREAD_LOSSES or any(step % period == 0 for period in periods)
 
 
 def _train_loop(exp: Experiment, schedule: Schedule, step: int, logger: logging.Logger, writer: Any) -> None:
@@ -315,36 +340,42 @@ def _train_loop(exp: Experiment, schedule: Schedule, step: int, logger: logging.
     eval_batches = _eval_batches(exp, step, schedule.eval_freq) if context.is_main else None
     state = _training_state(exp)
     generator = torch.Generator(exp.device)
-    speed = _SpeedMeter(step)
-    show_bar = context.is_main and sys.stderr.isatty()
+    losses: list[Tensor] = []  # the losses of the steps not read yet (:func:`_read_losses`), on the device
+    show_bar = context.is_main and output_is_terminal()
+    progress = ProgressLog(logger, schedule.n_iters, step, enabled=context.is_main and not show_bar)
     with tqdm(total=schedule.n_iters, initial=step, desc="train", dynamic_ncols=True, disable=not show_bar) as bar, (
         logging_redirect_tqdm([logger]) if show_bar else contextlib.nullcontext()
     ):
         while step < schedule.n_iters:
             batch = model_batch(exp, next(batches))
-            generator.manual_seed(step_seed(config, LOSS_NOISE_STREAM, step, context.rank))
-            _reseed_global_rng(exp.device, step_seed(config, GLOBAL_RNG_STREAM, step, context.rank))
-            loss = _global_mean(exp.train_step_fn(state, batch, generator), exp)
+            generator.manual_seed(step_seed(config, Stream.LOSS_NOISE, step, context.rank))
+            _reseed_global_rng(exp.device, step_seed(config, Stream.GLOBAL_RNG, step, context.rank))
+            losses.append(exp.train_step_fn(state, batch, generator).detach())
             step = exp.state["step"] = int(state["step"])
-            _check_finite_loss(loss, step, exp, schedule)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            loss = None
+            if _losses_due(schedule, step, len(losses)):
+                loss = _read_losses(losses, exp, step, schedule)
+                bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
             if context.is_main:
-                _after_step(exp, schedule, step, loss, eval_batches, logger, writer, speed)
+                _after_step(exp, schedule, step, loss, eval_batches, logger, writer, progress)
+                progress.tick(step)
     logger.info("finished training at step %d", step)
 
 
 def _after_step(
-    exp: Experiment, schedule: Schedule, step: int, loss: float, eval_batches: Iterator[Batch],
-    logger: logging.Logger, writer: Any, speed: _SpeedMeter,
+    exp: Experiment, schedule: Schedule, step: int, loss: float | None, eval_batches: Iterator[Batch],
+    logger: logging.Logger, writer: Any, progress: ProgressLog,
 ) -> None:
-    """Rank 0, after step ``step``: log, meta checkpoint, evaluation, numbered checkpoint and samples when due."""
+    """Rank 0, after step ``step``: log, evaluation, numbered checkpoint, samples and, last, the meta checkpoint,
+    when due. The meta checkpoint of a step is written only once everything else of that step is on disk: a run
+    killed at any moment resumes from a step whose outputs are all there, and redoes (identically) what followed.
+    ``loss``: the step's loss, read and checked at every step where something is due (:func:`_losses_due`), else
+    ``None``."""
     n_iters, layout = schedule.n_iters, exp.layout
     if step % schedule.log_freq == 0:
-        logger.info("step %d/%d  training_loss %.6e  %.2f steps/s", step, n_iters, loss, speed.read(step))
+        logger.info("step %d/%d  training_loss %.6e  %s", step, n_iters, loss, progress.speed(step))
         writer.add_scalar("training_loss", loss, step)
-    if step % schedule.snapshot_freq_for_preemption == 0 or step == n_iters:
-        _save(layout.meta_checkpoint, exp, step)
     if step % schedule.eval_freq == 0:
         eval_loss = _evaluate(exp, eval_batches, step)
         logger.info("step %d/%d  eval_loss %.6e", step, n_iters, eval_loss)
@@ -356,3 +387,5 @@ def _after_step(
         if schedule.snapshot_sampling and exp.sampling_fn is not None:
             paths = _snapshot_samples(exp, step)
             logger.info("step %d/%d  samples in %s", step, n_iters, paths["png"])
+    if step % schedule.snapshot_freq_for_preemption == 0 or step == n_iters:
+        _save(layout.meta_checkpoint, exp, step)

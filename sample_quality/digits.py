@@ -32,12 +32,11 @@ from torch import Tensor, nn
 import data_lib
 
 from .features import KID_SUBSET_SIZE, KID_SUBSETS, INCEPTION_SPLITS, compute_dataset_statistics, extract_features, image_batches, levels_to_uint8, metrics_from_features
-from base_lib.files import atomic_write
+from base_lib.files import atomic_write, cache_dir
 from .frechet import FeatureStatistics, feature_statistics, frechet_distance
 
 CLASSIFIER_VERSION = 1  # bump when the architecture or the training procedure changes: a new cache file
 NUM_CLASSES = 10
-CACHE_SUBDIR = "score-sde-toolkit"
 
 logger = logging.getLogger(__name__)
 
@@ -155,12 +154,6 @@ def train_digits_classifier(spec: DigitsClassifierSpec = DigitsClassifierSpec())
 
 
 # ------------------------------------------------------------------ cache
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/score-sde-toolkit`` (default ``~/.cache/score-sde-toolkit``)."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / CACHE_SUBDIR
-
-
 def default_classifier_path(spec: DigitsClassifierSpec = DigitsClassifierSpec()) -> Path:
     return cache_dir() / f"digits_classifier-v{CLASSIFIER_VERSION}-{spec.cache_key()}.pt"
 

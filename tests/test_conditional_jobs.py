@@ -139,7 +139,7 @@ def test_class_labels_cycle_or_repeat():
     [
         ("toy_mlp_continuous", {"training.label_dropout": 0.1}, r"label_dropout=0.1 trains a label-conditional network"),
         ("toy_mlp_cfg", {"training.label_dropout": None}, r"needs config.training.label_dropout"),
-        ("toy_mlp_cfg", {"training.label_dropout": 1.5}, r"label_dropout must be a probability"),
+        ("toy_mlp_cfg", {"training.label_dropout": 1.5}, r"config.training.label_dropout must be a finite number >= 0 and < 1"),
         ("toy_mlp_cfg", {"sampling.class_label": 8}, r"class_label must be -1 .* \[0, 8\)"),
         ("toy_mlp_cfg", {"data.num_classes": 1}, r"num_classes must be"),
         ("toy_mlp_cfg", {"data.dataset": "swissroll"}, r"no class labels.*digits"),

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from data_lib import get_dataset
+import data_lib.files as data_files
 from data_lib.files import read_cifar_batch
 
 from test_data_files import data_config
@@ -128,6 +129,24 @@ def test_a_truncated_image_stops_the_opening_with_its_name(tmp_path, fmt):
     assert message.startswith(f"cannot read image file {tmp_path / 'images' / '04.png'}: ")
     assert "truncated" in message and "skip_bad_images=True" in message and "\n" not in message
     assert len(get_dataset(config, "test")) == 2  # the test split (files 9 and 19) is sound
+
+
+def test_images_are_decoded_once_then_only_when_they_change(tmp_path, monkeypatch):
+    """The files that decoded are remembered by size and time: a second opening decodes none; a file truncated
+    since is decoded again and refused."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    decoded = []
+    real = data_files.image_problem
+    monkeypatch.setattr(data_files, "image_problem", lambda path: decoded.append(path.name) or real(path))
+    write_folder(tmp_path / "images")
+    config = data_config("image_folder", tmp_path / "images", image_size=12)
+    assert len(get_dataset(config, "train")) == 18 and len(decoded) == 18
+    decoded.clear()
+    assert len(get_dataset(config, "train")) == 18 and decoded == []
+    (tmp_path / "images" / "03.png").write_bytes(truncated("PNG"))
+    with pytest.raises(ValueError, match="03.png: .*truncated"):
+        get_dataset(config, "train")
+    assert decoded == ["03.png"]
 
 
 def test_every_bad_file_is_counted(tmp_path):

@@ -29,7 +29,8 @@ import torch
 import data_lib
 from train_lib import get_cfg_loss_fn, get_loss_fn, optimization_manager, step_fn_options
 from jobs.experiment import build_experiment
-from jobs.run import LOSS_NOISE_STREAM, step_seed
+from jobs.run import step_seed
+from jobs.streams import Stream
 
 ROOT = Path(__file__).resolve().parents[1]
 N_STEPS = 6
@@ -115,7 +116,7 @@ def single_process_on_combined_batch(config, workdir: Path) -> tuple[list[float]
         assert torch.equal(combined[combined[:, 0].argsort()], w[w[:, 0].argsort()])  # same examples
         optimizer.zero_grad(set_to_none=True)
         per_rank = [
-            loss_fn(model, batch, torch.Generator().manual_seed(step_seed(config, LOSS_NOISE_STREAM, step, rank)))
+            loss_fn(model, batch, torch.Generator().manual_seed(step_seed(config, Stream.LOSS_NOISE, step, rank)))
             for rank, batch in enumerate(halves)
         ]
         loss = (per_rank[0] + per_rank[1]) / 2  # the mean over all BATCH examples
@@ -162,6 +163,6 @@ def test_two_process_ddp_equals_one_process_on_the_combined_batch(name, reduce_m
     assert log.count("training_loss") == N_STEPS and log.count("2 process(es) of 32") == 1
     written = sorted(str(p.relative_to(tmp_path / "ddp")) for p in (tmp_path / "ddp").rglob("*") if p.is_file())
     assert [p for p in written if not p.startswith("tensorboard/")] == [
-        "checkpoints-meta/checkpoint.pth", "checkpoints/checkpoint_1.pth", "log.txt",
+        ".lock", "checkpoints-meta/checkpoint.pth", "checkpoints/checkpoint_1.pth", "config.json", "log.txt",
         f"samples/iter_{N_STEPS}/sample.npz", f"samples/iter_{N_STEPS}/sample.png",
     ]

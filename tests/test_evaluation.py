@@ -40,7 +40,6 @@ from data_lib.dequantize import uniform_dequantize
 from samplers import log_likelihood
 from train_lib import CheckpointError, get_loss_fn, restore_checkpoint, step_fn_options
 from jobs.evaluation import (
-    LIKELIHOOD_STREAM,
     MetricContext,
     evaluate,
     sample,
@@ -49,6 +48,7 @@ from jobs.evaluation import (
 )
 from jobs.experiment import build_experiment
 from jobs.run import step_seed, train
+from jobs.streams import Stream
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_CONFIG = ROOT / "configs" / "vp" / "toy_mlp_continuous.py"
@@ -130,7 +130,7 @@ def test_toy_loss_is_the_mean_over_the_test_split(toy_run):
     test = exp.test_ds.gather(torch.arange(len(exp.test_ds)))
     total = 0.0
     for index, batch in enumerate(test.split(125)):
-        generator = torch.Generator().manual_seed(step_seed(config, evaluation.LOSS_STREAM, 1, 0, index))
+        generator = torch.Generator().manual_seed(step_seed(config, Stream.TEST_LOSS, 1, 0, index))
         total += float(exp.eval_step_fn(exp.state, batch.float(), generator)) * len(batch)
     assert reports[1]["loss"]["mean"] == pytest.approx(total / len(test), rel=1e-6)
 
@@ -204,7 +204,7 @@ def test_digits_bits_per_dim_matches_an_independent_computation(tmp_path):
     levels = data_lib.digits("test").gather(torch.arange(297)).float() / 16.0  # k / 16, k = 0..16
     per_example = []
     for index, x in enumerate(levels.split(100)):
-        generator = torch.Generator().manual_seed(step_seed(config, LIKELIHOOD_STREAM, 1, 0, index))
+        generator = torch.Generator().manual_seed(step_seed(config, Stream.LIKELIHOOD, 1, 0, index))
         repeats = []
         for _ in range(2):
             y = 2.0 * uniform_dequantize(x, 17, generator) - 1.0  # dequantize, then the centred scaler
@@ -231,7 +231,7 @@ def test_sample_mode_writes_npz_and_picture(toy_run):
     assert report["count"] == 300 and report["rounds"] == 3 and report["png"] == str(folder / "samples.png")
     assert report["checkpoint"] == str(workdir / "checkpoints-meta" / "checkpoint.pth")  # the latest state
     points = np.concatenate([np.load(folder / f"samples_{r}.npz")["samples"] for r in range(3)])
-    assert points.shape == (375, 2) and np.isfinite(points).all()
+    assert points.shape == (300, 2) and np.isfinite(points).all()  # the last round draws only the 50 left
     from PIL import Image
 
     with Image.open(folder / "samples.png") as png:

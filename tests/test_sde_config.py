@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import base_lib
 import sde_lib
 from sde_reference import SDE_CASES, drift_and_diffusion_coeffs
 
@@ -114,8 +115,8 @@ class OrnsteinUhlenbeckSDE(sde_lib.LinearSDE):
 
     @classmethod
     def from_config(cls, config):
-        theta = sde_lib.config_value(config, "model.ou_theta")
-        return cls(theta=theta, N=sde_lib.config_value(config, "model.num_scales"))
+        theta = base_lib.config_value(config, "model.ou_theta")
+        return cls(theta=theta, N=base_lib.config_value(config, "model.num_scales"))
 
 
 def test_registered_user_sde_is_built_and_works():

@@ -1,4 +1,4 @@
-"""End-to-end tests of the training job (``main.py``, :func:`train_lib.train`) on the 2-D toy configs.
+"""End-to-end tests of the training job (``main.py``, :func:`jobs.train`) on the 2-D toy configs.
 
 * Quality: each SDE's toy config (MLP of width 64, 1000 steps of batch 256, lr 3e-3) trains and its EMA weights,
   sampled with the configured sampler (reverse diffusion, 1000 steps), give ``N_SAMPLES`` points whose sliced

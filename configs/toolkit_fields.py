@@ -1,0 +1,90 @@
+"""The config fields the toolkit reads beyond the 2021 reference's, declared once with their types and defaults.
+
+Every default config (``default_*_configs.py``) ends with :func:`add_toolkit_fields`, so every shipped config
+declares every field a job or library function reads, and every documented override works on every config
+(``--config.eval.ckpt=2``, ``--config.sampling.nfe=10``, ...). A field a config already sets keeps its value.
+
+``None`` defaults are typed placeholders (``ml_collections.config_dict.placeholder``): "unset, use the rule the
+docstring names", and an override is parsed as the declared type. The value checks live in
+:mod:`jobs.config_checks`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+#: section -> field -> (default, type, meaning); a default of None is a placeholder of that type
+TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
+    "training": {
+        "eps": (1e-5, float, "smallest time of the continuous-time loss"),
+        "importance_weighting": (False, bool, "likelihood weighting by importance-sampled time"),
+        "mixed_precision": ("no", str, "'no' or 'bf16': autocast of the training step"),
+        "label_dropout": (None, float, "classifier-free guidance: probability of the null label; unset: unconditional"),
+    },
+    "sampling": {
+        "predictor": ("reverse_diffusion", str, "method 'pc' and --mode inpaint / colorize: the predictor"),
+        "corrector": ("langevin", str, "method 'pc' and --mode inpaint / colorize: the corrector"),
+        "eps": (None, float, "smallest time reached by the samplers; unset: 1e-3 for VP / sub-VP, 1e-5 for VE"),
+        "ode_method": ("RK45", str, "method 'ode': the solver"),
+        "rtol": (None, float, "methods 'ode' / 'adaptive': relative tolerance; unset: 1e-5 ('ode'), 1e-2 ('adaptive')"),
+        "atol": (None, float, "method 'ode': absolute tolerance; unset: 1e-5"),
+        "sde_method": ("euler", str, "method 'sde': the torchsde scheme"),
+        "dt": (1e-3, float, "method 'sde': the step size"),
+        "nfe": (20, int, "method 'fast': score evaluations"),
+        "order": (None, int, "method 'fast': solver order; unset: the sampler's default"),
+        "schedule": (None, str, "method 'fast': time steps; unset: the sampler's default"),
+        "inpainting": ("replacement", str, "--mode inpaint / colorize: 'replacement' or 'smc'"),
+        "smc_particles": (16, int, "inpainting 'smc': particles per image"),
+        "classifier": (None, str, "classifier guidance: the classifier's run folder; unset: no classifier"),
+        "classifier_scale": (1.0, float, "classifier guidance: the scale"),
+        "guidance_scale": (0.0, float, "classifier-free guidance: w"),
+        "class_label": (-1, int, "class of every sample; -1: the classes in turn"),
+    },
+    "eval": {
+        "ckpt": (None, int, "--mode sample: the numbered checkpoint; unset: the latest"),
+        "after_training": (False, bool, "--mode train: evaluate the last checkpoint when training ends"),
+        "bpd_num_repeats": (1, int, "dequantizations averaged per test example"),
+        "hutchinson_type": ("Rademacher", str, "divergence of the likelihood: 'Rademacher', 'Gaussian' or 'exact'"),
+        "likelihood_method": ("RK45", str, "ODE solver of the likelihood"),
+        "likelihood_rtol": (1e-5, float, "its relative tolerance"),
+        "likelihood_atol": (1e-5, float, "its absolute tolerance"),
+        "likelihood_eps": (1e-5, float, "its smallest time"),
+        "stats_path": (None, str, "Inception statistics (.npz) of the data for FID / KID; unset: no Inception metrics"),
+        "inception_weights": (None, str, "local Inception weights for those metrics"),
+    },
+    "model": {
+        "noise_schedule": ("linear", str, "VP / sub-VP: 'linear' or 'cosine'"),
+        "exact_marginal": (False, bool, "VE: variance sigma(t)^2 - sigma_min^2 instead of the reference's sigma(t)^2"),
+    },
+    "data": {
+        "skip_bad_images": (False, bool, "image folders: skip unreadable images, logging their count, instead of stopping"),
+    },
+    "optim": {
+        "beta2": (0.999, float, "Adam's second-moment decay"),
+    },
+    "": {
+        "num_threads": (0, int, "CPU threads of torch; 0: chosen automatically"),
+    },
+}
+
+
+def add_toolkit_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Declare every field of :data:`TOOLKIT_FIELDS` that ``config`` lacks (in place); return ``config``."""
+    for section, fields in TOOLKIT_FIELDS.items():
+        node = config
+        if section:
+            if section not in config:
+                config[section] = ml_collections.ConfigDict()
+            node = config[section]
+        for name, (default, kind, _) in fields.items():
+            if name not in node:
+                node[name] = placeholder(kind) if default is None else default
+    return config
+
+
+def declared_fields() -> set[str]:
+    """The dotted names of :data:`TOOLKIT_FIELDS`."""
+    return {f"{section}.{name}" if section else name for section, fields in TOOLKIT_FIELDS.items() for name in fields}

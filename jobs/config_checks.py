@@ -1,0 +1,166 @@
+"""Value checks of a config, run when an experiment is built, before any long work.
+
+Each entry of :data:`CHECKS` names a config field and what it accepts; :func:`check_config_values` raises
+:class:`jobs.experiment.ConfigError` naming the first field that is out of range (the config field, not the argument
+of the function it ends up in). Fields that are absent, or unset placeholders, are not checked here: the code that
+reads them supplies its default. Choices that depend on registries (models, SDEs, predictors, ...) are checked
+where they are resolved.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable
+
+from base_lib.config import config_value
+from samplers.dpm_solver import MAX_ORDER
+from samplers.from_config import SAMPLING_METHODS
+from samplers.odeint import ODE_METHODS
+from samplers.pc import available_correctors, available_predictors
+from samplers.sde_solvers import SDE_METHODS
+from samplers.timesteps import SCHEDULES
+from sde_lib import VP_SCHEDULES
+
+Check = Callable[[Any], str | None]  # value -> None if acceptable, else what is accepted
+
+
+def _integer(low: int, high: int | None = None) -> Check:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+        ok = ok and (high is None or value <= high)
+        return None if ok else f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+    return check
+
+
+def _number(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False) -> Check:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if ok and high is not None:
+            ok = value < high if high_open else value <= high
+        if ok:
+            return None
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low:g}")
+        if high is not None:
+            bounds.append(f"{'<' if high_open else '<='} {high:g}")
+        return "a finite number" + (" " + " and ".join(bounds) if bounds else "")
+    return check
+
+
+def _choice(*allowed: str, case: bool = True) -> Check:
+    def check(value: Any) -> str | None:
+        key = value if case or not isinstance(value, str) else value.lower()
+        choices = allowed if case else tuple(a.lower() for a in allowed)
+        return None if isinstance(value, str) and key in choices else "one of " + ", ".join(map(repr, allowed))
+    return check
+
+
+def _registered(available: Callable[[], list[str]]) -> Check:
+    """A name of a registry that may grow after import (predictors, correctors): read when checked."""
+    def check(value: Any) -> str | None:
+        names = available()
+        key = value.lower() if isinstance(value, str) else value
+        return None if key in names else "one of " + ", ".join(map(repr, names))
+    return check
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "True or False"
+
+
+#: config field -> its check
+CHECKS: dict[str, Check] = {
+    "seed": _integer(0),
+    "num_threads": _integer(0),
+    "training.batch_size": _integer(1),
+    "training.n_iters": _integer(1),
+    "training.log_freq": _integer(1),
+    "training.eval_freq": _integer(1),
+    "training.snapshot_freq": _integer(1),
+    "training.snapshot_freq_for_preemption": _integer(1),
+    "training.snapshot_sampling": _boolean,
+    "training.continuous": _boolean,
+    "training.reduce_mean": _boolean,
+    "training.likelihood_weighting": _boolean,
+    "training.importance_weighting": _boolean,
+    "training.eps": _number(0.0, 1.0, low_open=True, high_open=True),
+    "training.label_dropout": _number(0.0, 1.0, high_open=True),
+    "training.mixed_precision": _choice("no", "bf16", "fp16"),
+    "sampling.method": _choice(*SAMPLING_METHODS, case=False),
+    "sampling.predictor": _registered(available_predictors),
+    "sampling.corrector": _registered(available_correctors),
+    "sampling.ode_method": _choice(*ODE_METHODS),
+    "sampling.snr": _number(0.0),
+    "sampling.n_steps_each": _integer(1),
+    "sampling.noise_removal": _boolean,
+    "sampling.probability_flow": _boolean,
+    "sampling.eps": _number(0.0, 1.0, low_open=True, high_open=True),
+    "sampling.rtol": _number(0.0, low_open=True),
+    "sampling.atol": _number(0.0, low_open=True),
+    "sampling.dt": _number(0.0, low_open=True),
+    "sampling.nfe": _integer(1),
+    "sampling.order": _integer(1, MAX_ORDER),
+    "sampling.sde_method": _choice(*SDE_METHODS),
+    "sampling.schedule": _choice(*SCHEDULES),
+    "sampling.inpainting": _choice("replacement", "smc"),
+    "sampling.smc_particles": _integer(1),
+    "sampling.classifier_scale": _number(),
+    "sampling.guidance_scale": _number(),
+    "sampling.class_label": _integer(-1),
+    "eval.batch_size": _integer(1),
+    "eval.num_samples": _integer(1),
+    "eval.begin_ckpt": _integer(0),
+    "eval.end_ckpt": _integer(0),
+    "eval.ckpt": _integer(0),
+    "eval.enable_loss": _boolean,
+    "eval.enable_bpd": _boolean,
+    "eval.enable_sampling": _boolean,
+    "eval.after_training": _boolean,
+    "eval.bpd_dataset": _choice("train", "test"),
+    "eval.bpd_num_repeats": _integer(1),
+    "eval.hutchinson_type": _choice("Rademacher", "Gaussian", "exact", case=False),
+    "eval.likelihood_rtol": _number(0.0, low_open=True),
+    "eval.likelihood_atol": _number(0.0, low_open=True),
+    "eval.likelihood_eps": _number(0.0, 1.0, low_open=True, high_open=True),
+    "model.ema_rate": _number(0.0, 1.0, high_open=True),
+    "model.noise_schedule": _choice(*VP_SCHEDULES),
+    "model.num_scales": _integer(1),
+    "model.dropout": _number(0.0, 1.0, high_open=True),
+    "optim.lr": _number(0.0, low_open=True),
+    "optim.warmup": _integer(0),
+    "optim.beta1": _number(0.0, 1.0, high_open=True),
+    "optim.beta2": _number(0.0, 1.0, high_open=True),
+    "optim.eps": _number(0.0),
+    "optim.weight_decay": _number(0.0),
+    "data.random_flip": _boolean,
+    "data.centered": _boolean,
+    "data.uniform_dequantization": _boolean,
+}
+
+
+def config_errors(config: Any) -> list[str]:
+    """One message per field of :data:`CHECKS` whose value is out of range."""
+    missing = object()
+    errors = []
+    for field, check in CHECKS.items():
+        value = config_value(config, field, missing)
+        if value is missing or value is None:
+            continue
+        accepted = check(value)
+        if accepted is not None:
+            errors.append(f"config.{field} must be {accepted}, got {value!r}")
+    return errors
+
+
+def check_config_values(config: Any) -> None:
+    """Raise :class:`jobs.experiment.ConfigError` with the first out-of-range field (and how many more there are)."""
+    from .experiment import ConfigError  # the error type of every config problem; experiment.py calls this module
+
+    errors = config_errors(config)
+    if errors:
+        more = f" (and {len(errors) - 1} more field(s))" if len(errors) > 1 else ""
+        raise ConfigError(errors[0] + more)
