@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: this repository's packages, no
 import data_lib  # noqa: E402
 from benchmarks.models import peak_memory, synchronize, timed  # noqa: E402
 from configs import load_config  # noqa: E402
-from train_lib import get_step_fn_from_config  # noqa: E402
+from train_lib import get_optimizer, get_step_fn_from_config  # noqa: E402
 from jobs.experiment import Experiment, build_experiment  # noqa: E402
 
 EXPERIMENTS = {
@@ -100,13 +100,14 @@ def state_bytes(exp: Experiment) -> int:
     """Bytes of the persistent training state: weights, gradients, optimizer state, EMA shadow weights."""
     tensors = [*exp.model.parameters(), *exp.ema.shadow_params]
     tensors += [p.grad for p in exp.model.parameters() if p.grad is not None]
-    tensors += [v for s in exp.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    tensors += [v for s in exp.state["optimizer"].state.values() for v in s.values() if torch.is_tensor(v)]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def run_experiment(key: str, args: argparse.Namespace, device: torch.device, workdir: Path) -> None:
     config = experiment_config(key, args, device)
     exp = build_experiment(config, workdir / key, "sample")  # validated and seeded; opens no dataset
+    exp.state["optimizer"] = get_optimizer(exp.config, exp.model.parameters())  # the sample mode builds none
     step_fn = get_step_fn_from_config(exp.config, exp.sde, train=True)
     exp.model.train()
     timed_steps = args.digits_steps if key in REAL_DATA else args.steps

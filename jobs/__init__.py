@@ -13,7 +13,16 @@
   scatter plots and ``.npz`` files.
 """
 
-from .experiment import ConfigError, DistributedContext, Experiment, WorkdirLayout, build_experiment
+from .experiment import (
+    ConfigError,
+    DistributedContext,
+    EvaluationExperiment,
+    Experiment,
+    SamplingExperiment,
+    TrainingExperiment,
+    WorkdirLayout,
+    build_experiment,
+)
 from .images import image_grid, save_image_grid, save_samples, save_scatter_plot
 from .run import TrainingDivergedError, train
 from .evaluation import evaluate, register_sample_metric, sample, train_and_evaluate
@@ -34,6 +43,9 @@ __all__ = [
     "MASKS",
     "build_experiment",
     "Experiment",
+    "TrainingExperiment",
+    "EvaluationExperiment",
+    "SamplingExperiment",
     "ConfigError",
     "WorkdirLayout",
     "DistributedContext",

@@ -21,7 +21,7 @@ import data_lib
 from base_lib.config import config_value
 
 from .conditional import ConditioningError, classifier_config, classifier_folder
-from .experiment import ConfigError, Experiment
+from .experiment import ConfigError, EvaluationExperiment, TrainingExperiment
 from .evaluation import write_report
 from train_lib.losses import perturb_data
 from .run import close_log, open_log, step_seed, train
@@ -45,7 +45,7 @@ def _classifier_run(config: Any, workdir: str | os.PathLike) -> tuple[Any, Path]
         raise ConfigError(str(error)) from error
 
 
-def classifier_accuracy(exp: Experiment, times: list[float]) -> dict[str, float]:
+def classifier_accuracy(exp: TrainingExperiment | EvaluationExperiment, times: list[float]) -> dict[str, float]:
     """Test accuracy of the classifier of ``exp`` (its current weights) on ``x(t)`` for each ``t`` in ``times``:
     every test example once per time, perturbed by the SDE's kernel with noise seeded by ``config.seed``."""
     model = exp.model.eval()

@@ -47,7 +47,7 @@ from samplers.pc import available_correctors, available_predictors
 from base_lib.config import config_value
 
 from .evaluation import latest_checkpoint, load_ema_weights
-from .experiment import ConfigError, Experiment, build_experiment
+from .experiment import ConfigError, EvaluationExperiment, build_experiment
 from .images import save_image_grid
 from .run import close_log, open_log, step_seed
 from .streams import Stream
@@ -80,7 +80,7 @@ def region_mask(name: str, shape: tuple[int, ...], generator: torch.Generator | 
     return known.expand(shape)
 
 
-def _test_images(exp: Experiment, count: int) -> Tensor:
+def _test_images(exp: EvaluationExperiment, count: int) -> Tensor:
     """The first ``count`` test images in ``[0, 1]``, on the experiment's device, in the model's dtype."""
     if len(exp.test_ds) < count:
         raise ConfigError(f"the test split of {exp.test_ds.name} has {len(exp.test_ds)} examples, {count} are needed")
@@ -121,13 +121,13 @@ def _smc_particles(config: Any) -> int | None:
     return particles
 
 
-def _score_fn(exp: Experiment, continuous: bool):
+def _score_fn(exp: EvaluationExperiment, continuous: bool):
     return models.get_sampling_score_fn(exp.sde, exp.model, continuous=continuous)
 
 
 # ------------------------------------------------------------------ running a job
 def _run(config: Any, workdir: str | os.PathLike, eval_folder: str | None, mode: str, name: str, body,
-         check: Callable[[Experiment], None] | None = None) -> dict[str, Any]:
+         check: Callable[[EvaluationExperiment], None] | None = None) -> dict[str, Any]:
     """Under the workdir's lock (as the job ``mode``), build the experiment, ``check(exp)`` it (what the job needs of
     the data, before any checkpoint is read), load the latest checkpoint's EMA weights, run ``body(exp, folder)``."""
     with workdir_lock(workdir, mode):
@@ -160,7 +160,7 @@ def _save(folder: Path, name: str, rows: list[Tensor], nfe: int, **arrays: Tenso
 
 
 def _known_value_job(
-    exp: Experiment, folder: Path, name: str, images: Tensor, mask: Tensor, colour: bool, particles: int | None
+    exp: EvaluationExperiment, folder: Path, name: str, images: Tensor, mask: Tensor, colour: bool, particles: int | None
 ) -> dict[str, Any]:
     """Inpainting (``colour=False``: ``mask`` known) or colorization (the grey level known) of ``images``, by the
     replacement method, or by SMC with ``particles`` particles per image."""
@@ -191,7 +191,7 @@ def inpaint(config: Any, workdir: str | os.PathLike, eval_folder: str | None = N
     check_choice("mask", mask, MASKS)
     particles = _smc_particles(config)
 
-    def body(exp: Experiment, folder: Path) -> dict[str, Any]:
+    def body(exp: EvaluationExperiment, folder: Path) -> dict[str, Any]:
         images = _test_images(exp, NUM_IMAGES)
         generator = torch.Generator().manual_seed(step_seed(exp.config, Stream.INPAINT_MASK))
         known = region_mask(mask, tuple(images.shape), generator).to(exp.device)
@@ -205,11 +205,11 @@ def colorize(config: Any, workdir: str | os.PathLike, eval_folder: str | None = 
     """Colorize the grey levels of the first :data:`NUM_IMAGES` test images of an RGB dataset (module docstring)."""
     particles = _smc_particles(config)
 
-    def check(exp: Experiment) -> None:
+    def check(exp: EvaluationExperiment) -> None:
         if exp.data_shape[0] != 3:
             raise ConfigError(f"--mode colorize needs RGB data (3 channels), config.data describes {exp.data_shape}")
 
-    def body(exp: Experiment, folder: Path) -> dict[str, Any]:
+    def body(exp: EvaluationExperiment, folder: Path) -> dict[str, Any]:
         return _known_value_job(exp, folder, "colorize", _test_images(exp, NUM_IMAGES), None, True, particles)
 
     return _run(config, workdir, eval_folder, "colorize", "colorization", body, check)
@@ -218,7 +218,7 @@ def colorize(config: Any, workdir: str | os.PathLike, eval_folder: str | None = 
 def interpolate(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None) -> dict[str, Any]:
     """Interpolate :data:`NUM_PAIRS` pairs of test images through the probability-flow ODE (module docstring)."""
 
-    def body(exp: Experiment, folder: Path) -> dict[str, Any]:
+    def body(exp: EvaluationExperiment, folder: Path) -> dict[str, Any]:
         images = _test_images(exp, 2 * NUM_PAIRS)
         first, second = images[0::2], images[1::2]
         alphas = torch.linspace(0, 1, NUM_STEPS, dtype=torch.float64)

@@ -75,7 +75,7 @@ from base_lib.config import config_value
 
 from train_lib.checkpoints import CheckpointError, restore_checkpoint
 from .conditional import CLASSIFIER_CHECKPOINT, classifier_folder, sampling_conditioning
-from .experiment import ConfigError, Experiment, build_experiment
+from .experiment import ConfigError, EvaluationExperiment, Experiment, build_experiment
 from .images import class_grid_columns, save_image_grid, save_scatter_plot, to_uint8
 from .progress import ProgressLog
 from .run import LOGGER_NAME, close_log, model_batch, open_log, step_seed, train
@@ -321,7 +321,7 @@ def _barrier(exp: Experiment) -> None:
 
 
 # ------------------------------------------------------------------ the measurements
-def _test_batches(exp: Experiment, dequantize: bool, with_labels: bool = False) -> Iterator[Tensor] | Iterator[tuple[Tensor, Tensor]]:
+def _test_batches(exp: EvaluationExperiment, dequantize: bool, with_labels: bool = False) -> Iterator[Tensor] | Iterator[tuple[Tensor, Tensor]]:
     """This rank's shard of the test split, in dataset order, ``eval.batch_size`` per batch, in ``[0, 1]`` (or the
     toy coordinates); quantized levels ``k / (L - 1)`` unless ``dequantize`` (the config's training preprocessing);
     pairs ``(x, y)`` with the class labels if ``with_labels``."""
@@ -339,7 +339,7 @@ def _mean_and_stderr(total: float, total_sq: float, count: float) -> tuple[float
     return mean, math.sqrt(variance / count)
 
 
-def test_loss(exp: Experiment, ckpt: int) -> dict[str, float]:
+def test_loss(exp: EvaluationExperiment, ckpt: int) -> dict[str, float]:
     """The loss of ``config.training`` on every test example once, under the EMA weights (the mean over examples;
     the noise of batch ``i`` on rank ``r`` is seeded by ``(seed, k, r, i)``)."""
     dequantize = data_lib.preprocessing_options(exp.config, train=False)["uniform_dequantization"]
@@ -366,7 +366,7 @@ def likelihood_options(config: Any) -> dict[str, Any]:
     }
 
 
-def test_likelihood(exp: Experiment, ckpt: int) -> dict[str, Any]:
+def test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
     """Bits/dim of the dequantized test split (quantized data) or its log-likelihood in nats (continuous data)."""
     score_fn = models.get_sampling_score_fn(exp.sde, exp.model, continuous=True)
     options = likelihood_options(exp.config)

@@ -2,10 +2,12 @@
 
 :func:`build_experiment` ``(config, workdir, mode)`` checks the whole config up front (unknown dataset, model,
 SDE or sampler; a resolution or channel count the model or the data cannot take; a missing data path; a batch
-that does not split over the ranks; a bad mode) and returns an :class:`Experiment` holding the SDE, the
-sampling ``eps``, the model with its EMA and optimizer, the training state ``{'model', 'ema', 'optimizer',
-'step'}``, the data scalers, the datasets, the sampling shape and function, the one-step train / eval functions,
-the device, the rank layout and the workdir layout (:class:`WorkdirLayout`, the reference's folder names).
+that does not split over the ranks; a bad mode) and returns what the mode uses: every mode gets an
+:class:`Experiment` (the SDE, the sampling ``eps``, the model with its EMA, the state checkpoints are restored
+into, the data scalers, the sampler, the device, the rank layout and the workdir layout, :class:`WorkdirLayout`),
+and ``train`` adds the optimizer, the step functions and both splits (:class:`TrainingExperiment`), ``eval`` the
+evaluation loss and the test split (:class:`EvaluationExperiment`); ``sample`` needs nothing more
+(:class:`SamplingExperiment`).
 
 Multi-process runs are launched by ``torchrun``, which sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
 :func:`distributed_context` reads them and :func:`init_distributed` starts the process group (NCCL on CUDA, gloo
@@ -42,6 +44,7 @@ MODES = ("train", "eval", "sample")
 REFERENCE_SAMPLING_EPS: tuple[tuple[type[SDE], float], ...] = ((VPSDE, 1e-3), (subVPSDE, 1e-3), (VESDE, 1e-5))
 
 Scaler = Callable[[Tensor], Tensor]
+SamplingFn = Callable[..., tuple[Tensor, int]]  # fn(model, generator, progress) -> (inverse-scaled x, nfe)
 
 
 class ConfigError(ValueError):
@@ -161,9 +164,9 @@ class WorkdirLayout:
 
 
 # ------------------------------------------------------------------ the experiment
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class Experiment:
-    """The validated pieces of one run (see :func:`build_experiment`)."""
+    """What every mode of a run uses (see :func:`build_experiment`); each mode's own parts are in its subclass."""
 
     config: Any  # the (copied) config; config.device is the resolved device
     mode: str  # "train", "eval" or "sample"
@@ -174,20 +177,15 @@ class Experiment:
     sampling_eps: float  # smallest time of the samplers (REFERENCE_SAMPLING_EPS)
     model: nn.Module  # the score network (not wrapped in DistributedDataParallel)
     ema: models.ExponentialMovingAverage  # EMA of the weights, config.model.ema_rate
-    optimizer: torch.optim.Optimizer  # from config.optim
-    state: dict[str, Any]  # {'model', 'ema', 'optimizer', 'step'}: what checkpoints hold
+    state: dict[str, Any]  # what checkpoints are restored into: {'model', 'ema', 'step'} (+ 'optimizer' to train)
     scaler: Scaler  # data in [0, 1] -> model space
     inverse_scaler: Scaler  # model space -> [0, 1]
     data_shape: tuple[int, ...]  # one example: (C, H, W) or (dim,)
-    sampling_shape: tuple[int, ...]  # (batch, *data_shape) of the sampling function
-    sampling_fn: Callable[..., tuple[Tensor, int]] | None  # fn(model, generator, progress) -> (inverse-scaled x, nfe); None for a classifier
-    eval_step_fn: StepFn  # loss of a batch under the EMA weights
-    train_step_fn: StepFn | None  # one optimizer step; None outside mode "train"
-    train_ds: data_lib.Dataset | None  # training split (mode "train")
-    test_ds: data_lib.Dataset | None  # test split (modes "train" and "eval")
     task: str = "score"  # "score": the score network; "classifier": the noise-conditional classifier of guidance
     labelled: bool = False  # batches are pairs (x, y) with class labels: a classifier or a label-conditional network
     conditioning: SamplingConditioning | None = None  # class labels and guidance of the samples; None: unconditional
+    sampling_shape: tuple[int, ...] = ()  # (batch, *data_shape) of the sampling function
+    sampling_fn: SamplingFn | None = None  # the configured sampler; None for a classifier, which draws no samples
 
     @property
     def sample_labels(self) -> Tensor | None:
@@ -203,6 +201,32 @@ class Experiment:
     def batch_dtype(self) -> torch.dtype:
         """The dtype of the model's parameters, in which batches are built."""
         return models.model_dtype(self.model)
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainingExperiment(Experiment):
+    """Mode ``train``: the optimizer (also in ``state``), the step functions and both splits."""
+
+    optimizer: torch.optim.Optimizer  # from config.optim
+    train_step_fn: StepFn  # one optimizer step (and EMA update) on a batch
+    eval_step_fn: StepFn  # loss of a batch under the EMA weights
+    train_ds: data_lib.Dataset  # training split
+    test_ds: data_lib.Dataset  # test split: the periodic evaluation loss
+
+
+@dataclasses.dataclass(kw_only=True)
+class EvaluationExperiment(Experiment):
+    """Mode ``eval`` (also the controllable jobs): the evaluation loss and the test split (the training split too
+    when ``config.eval.bpd_dataset`` is ``'train'``); no optimizer."""
+
+    eval_step_fn: StepFn  # loss of a batch under the EMA weights
+    test_ds: data_lib.Dataset  # test split
+    train_ds: data_lib.Dataset | None = None  # training split, for bits/dim on it
+
+
+@dataclasses.dataclass(kw_only=True)
+class SamplingExperiment(Experiment):
+    """Mode ``sample``: the model and its sampler only; no optimizer, no dataset, no loss."""
 
 
 def sampling_eps(config: Any, sde: SDE) -> float:
@@ -312,7 +336,11 @@ def _load_datasets(config: Any, mode: str, shape: tuple[int, ...]) -> tuple[data
 
 
 def build_experiment(config: Any, workdir: str | os.PathLike, mode: str = "train", task: str = "score") -> Experiment:
-    """Check ``config`` for ``mode`` and build every piece of the run; :class:`ConfigError` naming the field otherwise.
+    """Check ``config`` for ``mode`` and build what that mode uses; :class:`ConfigError` naming the field otherwise.
+
+    Returns a :class:`TrainingExperiment` (``'train'``: optimizer, step functions, both splits), an
+    :class:`EvaluationExperiment` (``'eval'``: the evaluation loss and the test split) or a
+    :class:`SamplingExperiment` (``'sample'``: no optimizer, no dataset). Each piece is built once.
 
     ``task`` is ``'score'`` (the score network of ``config.model``) or ``'classifier'`` (``config.model`` is the
     noise-conditional classifier of classifier guidance, trained on labelled data: the config of
@@ -367,22 +395,27 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
     if task == "score":
         factory = None if conditioning is None else conditioning.score_factory
         sampling_fn = get_sampling_fn(config, sde, sampling_shape, inverse_scaler, eps, factory)
-    train_step_fn = get_step_fn_from_config(config, sde, train=True, task=task) if mode == "train" else None
-    eval_step_fn = get_step_fn_from_config(config, sde, train=False, task=task)
     ema = models.ExponentialMovingAverage(model.parameters(), decay=config_value(config, "model.ema_rate"))
-    optimizer = get_optimizer(config, model.parameters())
-    state = {"model": model, "ema": ema, "optimizer": optimizer, "step": 0}
-
-    train_ds, test_ds = _load_datasets(config, mode, shape)
-    labelled = task == "classifier" or config_value(config, "training.label_dropout", None) is not None
-    for dataset in (train_ds, test_ds):
-        if labelled and dataset is not None:
-            data_lib.check_labelled(dataset)
-    init_distributed(context, device)
-    return Experiment(
+    state: dict[str, Any] = {"model": model, "ema": ema, "step": 0}
+    common = dict(
         config=config, mode=mode, layout=WorkdirLayout(workdir), device=device, distributed=context, sde=sde,
-        sampling_eps=eps, model=model, ema=ema, optimizer=optimizer, state=state, scaler=scaler,
-        inverse_scaler=inverse_scaler, data_shape=shape, sampling_shape=sampling_shape, sampling_fn=sampling_fn,
-        eval_step_fn=eval_step_fn, train_step_fn=train_step_fn, train_ds=train_ds, test_ds=test_ds, task=task,
-        labelled=labelled, conditioning=conditioning,
+        sampling_eps=eps, model=model, ema=ema, state=state, scaler=scaler, inverse_scaler=inverse_scaler,
+        data_shape=shape, task=task, conditioning=conditioning, sampling_shape=sampling_shape, sampling_fn=sampling_fn,
+        labelled=task == "classifier" or config_value(config, "training.label_dropout", None) is not None,
     )
+    if mode == "sample":
+        init_distributed(context, device)
+        return SamplingExperiment(**common)
+    train_ds, test_ds = _load_datasets(config, mode, shape)
+    for dataset in (train_ds, test_ds):
+        if common["labelled"] and dataset is not None:
+            data_lib.check_labelled(dataset)
+    eval_step_fn = get_step_fn_from_config(config, sde, train=False, task=task)
+    if mode == "eval":
+        init_distributed(context, device)
+        return EvaluationExperiment(**common, eval_step_fn=eval_step_fn, test_ds=test_ds, train_ds=train_ds)
+    optimizer = state["optimizer"] = get_optimizer(config, model.parameters())
+    train_step_fn = get_step_fn_from_config(config, sde, train=True, task=task)
+    init_distributed(context, device)
+    return TrainingExperiment(**common, optimizer=optimizer, train_step_fn=train_step_fn, eval_step_fn=eval_step_fn,
+                              train_ds=train_ds, test_ds=test_ds)

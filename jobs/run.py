@@ -53,7 +53,7 @@ from base_lib.checks import check_positive_int
 from train_lib.checkpoints import (
     CheckpointError, checkpoint_payload, load_checkpoint_file, nonfinite_entries, restore_checkpoint, save_checkpoint,
 )
-from .experiment import ConfigError, Experiment, build_experiment
+from .experiment import ConfigError, Experiment, TrainingExperiment, build_experiment
 from .run_config import reconcile_with_record
 from .images import save_samples
 from .progress import ProgressLog, output_is_terminal
@@ -148,7 +148,7 @@ def _reseed_global_rng(device: torch.device, seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def _read_losses(losses: list[Tensor], exp: Experiment, step: int, schedule: Schedule) -> float:
+def _read_losses(losses: list[Tensor], exp: TrainingExperiment, step: int, schedule: Schedule) -> float:
     """The losses of the steps up to ``step`` not read yet, averaged over ranks (the loss of the combined batch) and
     checked; returns that of ``step`` and empties ``losses``.
 
@@ -165,7 +165,7 @@ def _read_losses(losses: list[Tensor], exp: Experiment, step: int, schedule: Sch
     return values[-1]
 
 
-def _check_finite_weights(exp: Experiment, step: int) -> None:
+def _check_finite_weights(exp: TrainingExperiment, step: int) -> None:
     """:class:`TrainingDivergedError` if a weight, an EMA weight or an optimizer moment is NaN or infinite."""
     bad = nonfinite_entries(checkpoint_payload(exp.state))
     if bad:
@@ -175,7 +175,7 @@ def _check_finite_weights(exp: Experiment, step: int) -> None:
         )
 
 
-def _last_good(exp: Experiment) -> str:
+def _last_good(exp: TrainingExperiment) -> str:
     """Where the run can restart from: the meta checkpoint, if it loads and passes every check."""
     meta = exp.layout.meta_checkpoint
     if not meta.exists():
@@ -187,7 +187,7 @@ def _last_good(exp: Experiment) -> str:
     return f"The last good checkpoint is kept: {meta} (step {step})."
 
 
-def _save(path: Path, exp: Experiment, step: int) -> None:
+def _save(path: Path, exp: TrainingExperiment, step: int) -> None:
     """Write the state to ``path`` atomically, after checking that no weight is NaN or infinite."""
     _check_finite_weights(exp, step)
     save_checkpoint(path, exp.state)
@@ -204,7 +204,7 @@ def model_batch(exp: Experiment, batch: Batch) -> Batch:
     return exp.scaler(batch.to(exp.device, non_blocking=True))
 
 
-def _eval_batches(exp: Experiment, start_step: int, eval_freq: int) -> Iterator[Batch]:
+def _eval_batches(exp: TrainingExperiment, start_step: int, eval_freq: int) -> Iterator[Batch]:
     """Test batches, the ``k``-th used at step ``(k + 1) eval_freq``; a resumed run continues the same sequence."""
     test_ds = exp.test_ds
     batch = min(int(exp.config.training.batch_size), len(test_ds))
@@ -214,14 +214,14 @@ def _eval_batches(exp: Experiment, start_step: int, eval_freq: int) -> Iterator[
     )
 
 
-def _evaluate(exp: Experiment, batches: Iterator[Batch], step: int) -> float:
+def _evaluate(exp: TrainingExperiment, batches: Iterator[Batch], step: int) -> float:
     """Loss of the next test batch under the EMA weights (on this process only)."""
     batch = model_batch(exp, next(batches))
     generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, Stream.EVAL_NOISE, step))
     return float(exp.eval_step_fn(exp.state, batch, generator))
 
 
-def _snapshot_samples(exp: Experiment, step: int) -> dict[str, Path]:
+def _snapshot_samples(exp: TrainingExperiment, step: int) -> dict[str, Path]:
     """Samples of the configured sampler under the EMA weights, saved in ``samples/iter_{step}/``."""
     model, ema = exp.model, exp.ema
     generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, Stream.SNAPSHOT_SAMPLES, step))
@@ -237,7 +237,7 @@ def _snapshot_samples(exp: Experiment, step: int) -> dict[str, Path]:
     return save_samples(samples, exp.layout.sample_folder(step), title=title, labels=exp.sample_labels)
 
 
-def _resume(exp: Experiment, logger: logging.Logger) -> int:
+def _resume(exp: TrainingExperiment, logger: logging.Logger) -> int:
     """Restore the meta checkpoint into the state if there is one (every rank); the step to continue from."""
     meta = exp.layout.meta_checkpoint
     if meta.exists():
@@ -248,7 +248,7 @@ def _resume(exp: Experiment, logger: logging.Logger) -> int:
     return int(exp.state["step"])
 
 
-def _training_state(exp: Experiment) -> dict[str, Any]:
+def _training_state(exp: TrainingExperiment) -> dict[str, Any]:
     """The state the training step updates: ``exp.state``, with the model in ``DistributedDataParallel`` when
     several processes train (its gradients are averaged over ranks in the backward pass)."""
     if not exp.distributed.is_distributed:
@@ -258,7 +258,7 @@ def _training_state(exp: Experiment) -> dict[str, Any]:
     return {**exp.state, "model": ddp}
 
 
-def _describe(exp: Experiment, schedule: Schedule) -> str:
+def _describe(exp: TrainingExperiment, schedule: Schedule) -> str:
     config = exp.config
     what = "the noise-conditional classifier " if exp.task == "classifier" else ""
     if exp.labelled and exp.task == "score":
@@ -272,7 +272,7 @@ def _describe(exp: Experiment, schedule: Schedule) -> str:
 
 
 # ------------------------------------------------------------------ the job
-def train(config: Any, workdir: str | os.PathLike, task: str = "score", allow_config_changes: Iterable[str] = ()) -> Experiment:
+def train(config: Any, workdir: str | os.PathLike, task: str = "score", allow_config_changes: Iterable[str] = ()) -> TrainingExperiment:
     """Train the model of ``config`` in ``workdir`` (module docstring), resuming from its meta checkpoint.
 
     ``task='classifier'``: ``config.model`` is the noise-conditional classifier of classifier guidance
@@ -286,7 +286,7 @@ def train(config: Any, workdir: str | os.PathLike, task: str = "score", allow_co
     (``workdir/config.json``; :func:`jobs.run_config.reconcile_with_record`), apart from the fields or sections
     named in ``allow_config_changes``; the config is then recorded.
 
-    Returns the :class:`Experiment`, whose ``state`` is final.
+    Returns the :class:`TrainingExperiment`, whose ``state`` is final.
     """
     with workdir_lock(workdir, "train" if task == "score" else "train_classifier"):
         schedule = Schedule.from_config(config)
@@ -312,7 +312,7 @@ def train(config: Any, workdir: str | os.PathLike, task: str = "score", allow_co
             close_log(logger)
 
 
-def _check_finite_loss(loss: float, step: int, exp: Experiment, schedule: Schedule) -> None:
+def _check_finite_loss(loss: float, step: int, exp: TrainingExperiment, schedule: Schedule) -> None:
     if not math.isfinite(loss):
         raise TrainingDivergedError(
             f"the training loss is {loss} at step {step} of {schedule.n_iters}; training stopped and nothing was "
@@ -329,7 +329,7 @@ def _losses_due(schedule: Schedule, step: int, unread: int) -> bool:
     return step == schedule.n_iters or unread >= MAX_UNREAD_LOSSES or any(step % period == 0 for period in periods)
 
 
-def _train_loop(exp: Experiment, schedule: Schedule, step: int, logger: logging.Logger, writer: Any) -> None:
+def _train_loop(exp: TrainingExperiment, schedule: Schedule, step: int, logger: logging.Logger, writer: Any) -> None:
     """Steps ``step + 1 .. n_iters``: the update on every rank, then rank 0's periodic work (:func:`_after_step`)."""
     config, context = exp.config, exp.distributed
     batches = data_lib.training_batches(
@@ -364,7 +364,7 @@ def _train_loop(exp: Experiment, schedule: Schedule, step: int, logger: logging.
 
 
 def _after_step(
-    exp: Experiment, schedule: Schedule, step: int, loss: float | None, eval_batches: Iterator[Batch],
+    exp: TrainingExperiment, schedule: Schedule, step: int, loss: float | None, eval_batches: Iterator[Batch],
     logger: logging.Logger, writer: Any, progress: ProgressLog,
 ) -> None:
     """Rank 0, after step ``step``: log, evaluation, numbered checkpoint, samples and, last, the meta checkpoint,

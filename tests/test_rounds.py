@@ -141,7 +141,7 @@ def test_a_round_of_another_checkpoint_content_is_drawn_again(workdir):
     sample(config, workdir)
     folder = workdir / "samples" / "step_4"
     files = round_files(folder)
-    exp = experiment.build_experiment(config, workdir, "sample")
+    exp = experiment.build_experiment(config, workdir, "train")  # a state with its optimizer, to save
     meta = exp.layout.meta_checkpoint
     restore_checkpoint(meta, exp.state)
     with torch.no_grad():

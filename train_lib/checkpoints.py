@@ -51,10 +51,13 @@ class CheckpointError(ValueError):
     fit the model being trained; or a state that must not be written."""
 
 
-def _check_state(state: TrainState) -> None:
-    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+def _check_state(state: TrainState, optimizer: bool = True) -> None:
+    """``state`` holds what it must: ``{'model', 'ema', 'optimizer', 'step'}`` (without ``'optimizer'`` when
+    ``optimizer`` is False: a state that is only restored into, to evaluate or sample)."""
+    needed = [key for key in CHECKPOINT_KEYS if optimizer or key != "optimizer"]
+    missing = [key for key in needed if key not in state]
     if missing:
-        raise ValueError(f"the training state lacks {missing}; it needs {list(CHECKPOINT_KEYS)}")
+        raise ValueError(f"the training state lacks {missing}; it needs {needed}")
     if not isinstance(state["ema"], ExponentialMovingAverage):
         raise ValueError(f"state['ema'] must be a models.ExponentialMovingAverage, got {type(state['ema']).__name__}")
 
@@ -204,32 +207,39 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
 def restore_checkpoint(path: str | os.PathLike, state: TrainState, map_location: Any = "cpu") -> TrainState:
     """Load the checkpoint at ``path`` into ``state`` (model, EMA, optimizer, step) in place, strictly; return it.
 
+    A ``state`` without ``'optimizer'`` (to evaluate or sample) receives the model, the EMA and the step; the
+    file's optimizer state is checked (digest, finiteness) but not loaded.
+
     Both our checkpoints and the reference's load: a ``model`` entry whose keys are the model's own names is
     loaded directly, any other through :func:`models.load_reference_training_state` (positional reference
     names, ``module.`` prefix, reordered EMA and optimizer state). Any mismatch raises :class:`CheckpointError`
     naming the file, and leaves ``state`` as it was.
     """
-    _check_state(state)
+    _check_state(state, optimizer=False)
     path = Path(path)
     payload = load_checkpoint_file(path, map_location)
     missing = [key for key in CHECKPOINT_KEYS if key not in payload]
     if missing:
         raise CheckpointError(f"{path} is not a training checkpoint: it lacks {missing}")
-    model, ema, optimizer = state["model"], state["ema"], state["optimizer"]
+    model, ema, optimizer = state["model"], state["ema"], state.get("optimizer")
     weights = strip_data_parallel_prefix(payload["model"])
-    backup = copy.deepcopy(checkpoint_payload(state))  # put back if any part fails: never a half-loaded state
+    # put back if any part fails: never a half-loaded state
+    backup = copy.deepcopy({"model": model.state_dict(), "ema": ema.state_dict(),
+                            "optimizer": None if optimizer is None else optimizer.state_dict()})
     try:
         if set(weights) == set(model.state_dict()):
             model.load_state_dict(weights, strict=True)
             ema.load_state_dict(payload["ema"])
-            optimizer.load_state_dict(payload["optimizer"])
+            if optimizer is not None:
+                optimizer.load_state_dict(payload["optimizer"])
             step = int(payload["step"])
         else:
             step = load_reference_training_state(payload, model, ema=ema, optimizer=optimizer)
     except (ValueError, RuntimeError, KeyError, TypeError) as error:
         model.load_state_dict(backup["model"])
         ema.load_state_dict(backup["ema"])
-        optimizer.load_state_dict(backup["optimizer"])
+        if optimizer is not None:
+            optimizer.load_state_dict(backup["optimizer"])
         raise CheckpointError(f"checkpoint {path} does not fit this model ({_one_line(error)})") from error
     state["step"] = step
     return state
