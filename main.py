@@ -32,7 +32,7 @@ from jobs.controllable import MASKS, colorize, inpaint, interpolate  # noqa: E40
 from jobs.evaluation import evaluate, sample, train_and_evaluate  # noqa: E402
 from jobs.experiment import ConfigError, shutdown_distributed  # noqa: E402
 from jobs.run import TrainingDivergedError  # noqa: E402
-from jobs.run_config import format_config, resolve_config, split_overrides  # noqa: E402
+from jobs.run_config import format_config, reconcile_with_record, resolve_config, split_overrides  # noqa: E402
 from jobs.runtime import configure_threads  # noqa: E402
 from jobs.workdir import workdir_lock  # noqa: E402
 from train_lib.checkpoints import CheckpointError  # noqa: E402
@@ -90,6 +90,8 @@ def main(argv: list[str]) -> int:
     try:
         config, notes = resolve_config(FLAGS.config, _OVERRIDES, FLAGS.workdir, FLAGS.mode)
         check_config_values(config)
+        if FLAGS.mode == "train":  # a config that trains differently from the recorded run: refused before any work
+            reconcile_with_record(config, FLAGS.workdir, FLAGS.allow_config_change, write=False)
     except ConfigError as error:
         return fail(error)
     for note in notes:
