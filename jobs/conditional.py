@@ -55,7 +55,6 @@ from base_lib.config import config_value
 from train_lib.checkpoints import restore_checkpoint
 from train_lib.classifier import classifier_log_prob_fn
 from train_lib.classifier_free import cfg_score_fns
-from train_lib.optim import get_optimizer
 
 ScoreFactory = Callable[[nn.Module, bool], ScoreFn]
 """``factory(model, continuous) -> score_fn(x, t)``: the score a sampler follows, built from the score network."""
@@ -184,7 +183,7 @@ def load_classifier(config: Any, folder: Path, device: torch.device) -> nn.Modul
     with torch.random.fork_rng(devices=[]):
         classifier = models.create_model(derived)
     ema = models.ExponentialMovingAverage(classifier.parameters(), decay=config_value(derived, "model.ema_rate"))
-    state = {"model": classifier, "ema": ema, "optimizer": get_optimizer(derived, classifier.parameters()), "step": 0}
+    state = {"model": classifier, "ema": ema, "step": 0}  # no optimizer: only the weights are read
     restore_checkpoint(path, state, map_location=device)
     ema.copy_to(classifier.parameters())
     return classifier.eval()
@@ -198,7 +197,16 @@ class SamplingConditioning:
     kind: str  # "classifier" (classifier guidance) or "classifier_free"
     labels: Tensor  # (B,) int64 classes of a sampling batch (CPU)
     scale: float  # classifier_scale, or the guidance_scale w
-    score_factory: ScoreFactory  # factory(model, continuous) -> guided score_fn
+    guided_score: Callable[[nn.Module, bool, Tensor], ScoreFn]  # (model, continuous, labels) -> guided score_fn
+
+    def score_factory(self, network: nn.Module, continuous: bool) -> ScoreFn:
+        """The guided score of ``network`` towards :attr:`labels` (a :data:`ScoreFactory`)."""
+        return self.guided_score(network, continuous, self.labels)
+
+    def for_batch(self, size: int) -> "SamplingConditioning":
+        """The same conditioning for a batch of the first ``size`` samples (the classes of a batch are a prefix of
+        those of a larger one: :func:`sample_class_labels`)."""
+        return dataclasses.replace(self, labels=self.labels[:size])
 
     def describe(self) -> str:
         what = "classifier scale" if self.kind == "classifier" else "guidance scale w"
@@ -223,19 +231,19 @@ def sampling_conditioning(
             "guidance) were both given; use one"
         )
     if conditional:
-        labels, w = sample_class_labels(config, batch), guidance_scale(config)
+        w = guidance_scale(config)
 
-        def cfg_factory(network: nn.Module, continuous: bool) -> ScoreFn:
+        def cfg_guided(network: nn.Module, continuous: bool, labels: Tensor) -> ScoreFn:
             cond, uncond = cfg_score_fns(network, sde, continuous=continuous)
             return cfg_score_fn(cond, uncond, labels.to(device), w)
 
-        return SamplingConditioning("classifier_free", labels, w, cfg_factory)
+        return SamplingConditioning("classifier_free", sample_class_labels(config, batch), w, cfg_guided)
     if folder is None or not load:
         return None
-    labels, scale = sample_class_labels(config, batch), classifier_scale(config)
+    scale = classifier_scale(config)
     log_prob = classifier_log_prob_fn(load_classifier(config, folder, device))
 
-    def classifier_factory(network: nn.Module, continuous: bool) -> ScoreFn:
+    def classifier_guided(network: nn.Module, continuous: bool, labels: Tensor) -> ScoreFn:
         return guided_score_fn(get_sampling_score_fn(sde, network, continuous=continuous), log_prob, labels.to(device), scale)
 
-    return SamplingConditioning("classifier", labels, scale, classifier_factory)
+    return SamplingConditioning("classifier", sample_class_labels(config, batch), scale, classifier_guided)

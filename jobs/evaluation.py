@@ -57,6 +57,7 @@ from torch import Tensor
 import data_lib
 import models
 from base_lib.files import atomic_write
+from configs.toolkit_fields import TOOLKIT_FIELDS
 from sample_quality import (
     MetricSetupError,
     class_agreement,
@@ -71,10 +72,10 @@ from samplers import dequantized_bits_per_dim, log_likelihood
 from samplers.from_config import get_sampling_fn
 from base_lib.checks import check_choice, check_positive_int
 from samplers.likelihood import DIVERGENCES
-from base_lib.config import config_value
+from base_lib.config import config_value, flatten_fields
 
 from train_lib.checkpoints import CheckpointError, restore_checkpoint
-from .conditional import CLASSIFIER_CHECKPOINT, classifier_folder, sampling_conditioning
+from .conditional import CLASSIFIER_CHECKPOINT, classifier_folder
 from .experiment import ConfigError, EvaluationExperiment, Experiment, build_experiment
 from .images import class_grid_columns, save_image_grid, save_scatter_plot, to_uint8
 from .progress import ProgressLog
@@ -85,9 +86,6 @@ from .workdir import workdir_lock
 #: data dimension up to which the log-likelihood of continuous data uses the exact divergence (one backward pass
 #: per dimension) instead of the configured Hutchinson estimator
 EXACT_DIVERGENCE_MAX_DIM = 16
-#: the likelihood settings of config.eval and their defaults (those of the 2021 reference's get_likelihood_fn)
-LIKELIHOOD_DEFAULTS = {"hutchinson_type": "Rademacher", "likelihood_rtol": 1e-5, "likelihood_atol": 1e-5,
-                       "likelihood_method": "RK45", "likelihood_eps": 1e-5}
 MAX_GRID_IMAGES = 256  # the PNG grid shows at most this many images of the first round
 
 
@@ -357,8 +355,10 @@ def test_loss(exp: EvaluationExperiment, ckpt: int) -> dict[str, float]:
 
 
 def likelihood_options(config: Any) -> dict[str, Any]:
-    """The solver settings of :func:`samplers.log_likelihood` from ``config.eval`` (:data:`LIKELIHOOD_DEFAULTS`)."""
-    get = lambda name: config_value(config, f"eval.{name}", LIKELIHOOD_DEFAULTS[name])  # noqa: E731
+    """The solver settings of :func:`samplers.log_likelihood` from ``config.eval``; a field the config lacks takes
+    its declared default (:data:`configs.toolkit_fields.TOOLKIT_FIELDS`: those of the 2021 reference's
+    ``get_likelihood_fn``)."""
+    get = lambda name: config_value(config, f"eval.{name}", TOOLKIT_FIELDS["eval"][name][0])  # noqa: E731
     return {
         "divergence": check_choice("config.eval.hutchinson_type", str(get("hutchinson_type")).lower(), DIVERGENCES),
         "rtol": float(get("likelihood_rtol")), "atol": float(get("likelihood_atol")),
@@ -446,16 +446,6 @@ def round_record(
     return json.loads(json.dumps(record, sort_keys=True, default=str))
 
 
-def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _short(value: Any, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -465,7 +455,7 @@ def record_changes(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> str
     """Why a round recorded as ``stored`` is not the round ``wanted``: the first differing fields, old -> new."""
     if stored is None:
         return "it has no (readable) record of what produced it"
-    old, new = _flatten(stored), _flatten(wanted)
+    old, new = flatten_fields(stored), flatten_fields(wanted)
     unset = "<unset>"
     changed = sorted(key for key in old.keys() | new.keys() if old.get(key, unset) != new.get(key, unset))
     shown = ", ".join(f"{key} {_short(old.get(key, unset))} -> {_short(new.get(key, unset))}" for key in changed[:3])
@@ -478,12 +468,7 @@ def _round_sampler(exp: Experiment, size: int) -> Callable[..., tuple[Tensor, in
     built the same way for a smaller last round, so that no more samples are drawn than asked for."""
     if size == exp.sampling_shape[0]:
         return exp.sampling_fn
-    factory = None
-    if exp.conditioning is not None:  # the guided score holds the classes of a batch: rebuilt for this size
-        conditioning = sampling_conditioning(
-            exp.config, exp.sde, exp.model, size, exp.layout.workdir, exp.device, load=True
-        )
-        factory = conditioning.score_factory
+    factory = None if exp.conditioning is None else exp.conditioning.for_batch(size).score_factory
     return get_sampling_fn(exp.config, exp.sde, (size, *exp.data_shape), exp.inverse_scaler, exp.sampling_eps, factory)
 
 
