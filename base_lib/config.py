@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from ml_collections import ConfigDict
 
 
 def config_value(config: Any, path: str, default: Any = ...) -> Any:
@@ -22,3 +25,15 @@ def config_value(config: Any, path: str, default: Any = ...) -> Any:
     if node is None and default is not ...:
         return default
     return node
+
+
+def flatten_fields(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{'section.field': value}`` for every leaf of a config (``ConfigDict``) or nested mapping, in its order."""
+    out: dict[str, Any] = {}
+    for key in tree.keys():
+        value = tree[key]
+        if isinstance(value, (Mapping, ConfigDict)):
+            out.update(flatten_fields(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 import ml_collections
 from ml_collections.config_dict import FieldReference, placeholder
 
+from base_lib.config import flatten_fields
 from base_lib.files import atomic_write
 from configs import load_config
 
@@ -46,18 +47,6 @@ _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
 # ------------------------------------------------------------------ fields
-def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
-    """``{'section.field': value}`` of every leaf field; tuples and lists as tuples."""
-    out: dict[str, Any] = {}
-    for key in config.keys():
-        value = config[key]
-        if isinstance(value, ml_collections.ConfigDict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
 def _declared_type(node: ml_collections.ConfigDict, name: str) -> type | None:
     """The type an override of ``node.name`` is parsed as: a placeholder's declared type, else its value's type."""
     field = node._fields.get(name)  # noqa: SLF001 - ml_collections keeps placeholders' types only there
@@ -107,7 +96,7 @@ def parse_value(field: str, raw: str, kind: type | None) -> Any:
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[tuple[str, str]]) -> ml_collections.ConfigDict:
     """A copy of ``config`` with each ``(field, text)`` set; an unknown field fails naming the closest one."""
     config = copy.deepcopy(config)
-    known = flatten(config)
+    known = flatten_fields(config)
     for field, raw in overrides:
         parts = field.split(".")
         node = config
@@ -220,6 +209,8 @@ def read_record(workdir: str | os.PathLike) -> ml_collections.ConfigDict | None:
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Equal values (a list equals the tuple of its items, as in a record; NaN equals NaN; True is not 1)."""
+    a, b = (tuple(v) if isinstance(v, list) else v for v in (a, b))
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return a == b and (isinstance(a, bool) == isinstance(b, bool))
@@ -227,7 +218,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def differences(recorded: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
     """``{field: (recorded value, new value)}`` for every field that differs (``'<absent>'`` where one lacks it)."""
-    a, b = flatten(recorded), flatten(config)
+    a, b = flatten_fields(recorded), flatten_fields(config)
     absent = "<absent>"
     return {field: (a.get(field, absent), b.get(field, absent)) for field in sorted(set(a) | set(b))
             if field not in a or field not in b or not _same(a[field], b[field])}
@@ -306,9 +297,8 @@ def resolve_config(
 def _with_trajectory_of(config: ml_collections.ConfigDict, recorded: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """``recorded``, with the free fields (:data:`FREE_FIELDS`) that ``config`` sets taken from ``config``."""
     out = copy.deepcopy(recorded)
-    mine = flatten(config)
     with out.unlocked():
-        for field, value in mine.items():
+        for field, value in flatten_fields(config).items():
             if not _is_free(field):
                 continue
             parts = field.split(".")
@@ -317,17 +307,10 @@ def _with_trajectory_of(config: ml_collections.ConfigDict, recorded: ml_collecti
                 if part not in node:
                     node[part] = ml_collections.ConfigDict()
                 node = node[part]
-            node[parts[-1]] = copy.deepcopy(config_field(config, field))
+            node[parts[-1]] = copy.deepcopy(value)
     return out
-
-
-def config_field(config: ml_collections.ConfigDict, field: str) -> Any:
-    node: Any = config
-    for part in field.split("."):
-        node = node[part]
-    return node
 
 
 def format_config(config: ml_collections.ConfigDict) -> str:
     """Every field of ``config`` with its value, one per line, sorted: what ``main.py --print_config`` shows."""
-    return "\n".join(f"config.{field} = {value!r}" for field, value in sorted(flatten(config).items()))
+    return "\n".join(f"config.{field} = {value!r}" for field, value in sorted(flatten_fields(config).items()))
