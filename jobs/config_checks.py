@@ -25,11 +25,13 @@ from sde_lib import VP_SCHEDULES
 Check = Callable[[Any], str | None]  # value -> None if acceptable, else what is accepted
 
 
-def _integer(low: int, high: int | None = None) -> Check:
+def _integer(low: int, high: int | None = None, note: str = "") -> Check:
     def check(value: Any) -> str | None:
         ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
         ok = ok and (high is None or value <= high)
-        return None if ok else f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+        if ok:
+            return None
+        return f"an integer >= {low}" + (f" and <= {high}" if high is not None else "") + (f" ({note})" if note else "")
     return check
 
 
@@ -75,7 +77,7 @@ def _boolean(value: Any) -> str | None:
 #: config field -> its check
 CHECKS: dict[str, Check] = {
     "seed": _integer(0),
-    "num_threads": _integer(0),
+    "num_threads": _integer(0, note="0: one thread per free core"),
     "training.batch_size": _integer(1),
     "training.n_iters": _integer(1),
     "training.log_freq": _integer(1),
@@ -142,18 +144,20 @@ CHECKS: dict[str, Check] = {
 }
 
 
+def field_error(config: Any, field: str) -> str | None:
+    """The message for ``config.<field>`` if its value is out of range (:data:`CHECKS`), else ``None`` (also when
+    the field is absent or an unset placeholder)."""
+    value = config_value(config, field, None)
+    if value is None:
+        return None
+    accepted = CHECKS[field](value)
+    return None if accepted is None else f"config.{field} must be {accepted}, got {value!r}"
+
+
 def config_errors(config: Any) -> list[str]:
     """One message per field of :data:`CHECKS` whose value is out of range."""
-    missing = object()
-    errors = []
-    for field, check in CHECKS.items():
-        value = config_value(config, field, missing)
-        if value is missing or value is None:
-            continue
-        accepted = check(value)
-        if accepted is not None:
-            errors.append(f"config.{field} must be {accepted}, got {value!r}")
-    return errors
+    errors = [field_error(config, field) for field in CHECKS]
+    return [error for error in errors if error is not None]
 
 
 def check_config_values(config: Any) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +23,7 @@ import torch
 
 from base_lib.config import config_value
 
+from .config_checks import field_error
 from .experiment import ConfigError
 
 #: cgroup v2's CPU quota of this process (``max 100000`` when there is none)
@@ -34,11 +34,11 @@ _chosen: tuple[int, str] | None = None  # the last choice of configure_threads: 
 
 def requested_threads(config: Any) -> int:
     """``config.num_threads``: an integer >= 0, 0 (or no field) meaning choose automatically; else
-    :class:`jobs.ConfigError` (a ``ValueError``) naming the field."""
-    value = config_value(config, "num_threads", 0)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ConfigError(f"config.num_threads must be an integer >= 0 (0: one thread per free core), got {value!r}")
-    return int(value)
+    :class:`jobs.ConfigError` (a ``ValueError``) naming the field (the check of :data:`jobs.config_checks.CHECKS`)."""
+    error = field_error(config, "num_threads")
+    if error is not None:
+        raise ConfigError(error)
+    return int(config_value(config, "num_threads", 0))
 
 
 def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:

@@ -110,7 +110,7 @@ class _Resolver:
             if isinstance(outer, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
                 for generator in outer.generators:
                     if isinstance(generator.target, ast.Name) and generator.target.id == name:
-                        return _strings(generator.iter)
+                        return self._iterated(generator.iter)
             if isinstance(outer, ast.For):
                 if isinstance(outer.target, ast.Name) and outer.target.id == name:
                     return self._iterated(outer.iter)
