@@ -14,7 +14,7 @@ One class, :class:`NCSNpp` (config name ``"ncsnpp"``), covers both families and 
   ``dropout``, ``conditional``, ``resamp_with_conv``, ``centered`` (inputs in [-1, 1]; otherwise [0, 1],
   mapped to ``2 x - 1``).
 
-Class conditioning (classifier-free guidance, Ho & Salimans, 2022; issue 7): with ``num_classes = K`` a learned
+Class conditioning (classifier-free guidance, Ho & Salimans, 2022): with ``num_classes = K`` a learned
 embedding ``class_embed`` of ``K + 1`` rows (row ``K`` = :attr:`NCSNpp.null_label`, "no label") is added to the noise-level
 embedding that every residual block receives, and the network is called ``model(x, labels, class_labels)`` (see
 :class:`models.conditional_mlp.ClassConditioned`, :func:`train_lib.get_cfg_loss_fn`). It needs ``conditional=True``.
@@ -30,7 +30,7 @@ Module names are structured (``label_embed.dense_0``, ``down.1.res.0``, ``down.1
 block the parameter names are the reference's, and tensors keep its layouts. The ``sigmas`` buffer (float64) is
 kept so that state dicts match; the forward pass uses the stored buffer.
 
-Speed (issue 5; ``benchmarks/models.py``): the convolution weights are stored channels-last, and the forward pass
+Speed (``benchmarks/models.py``): the convolution weights are stored channels-last, and the forward pass
 converts its input to channels-last, keeps that layout through every block (GroupNorm, FIR resampling, attention,
 sums and concatenations all preserve it) and returns the input's layout. ``model.to(memory_format=
 torch.contiguous_format)`` switches to the plain layout (the input then stays as it is). In CPU inference the 3x3

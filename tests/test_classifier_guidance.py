@@ -1,4 +1,4 @@
-"""Training side of class-conditional generation (issue 7): a noise-conditional classifier for classifier guidance,
+"""Training side of class-conditional generation: a noise-conditional classifier for classifier guidance,
 and a label-conditional score network trained with label dropout for classifier-free guidance.
 
 Data: the 8-component ring ``GaussianMixture.ring(8, radius=2, std=0.5)``, whose neighbouring components overlap

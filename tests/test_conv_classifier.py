@@ -1,4 +1,4 @@
-"""The noise-conditional image classifier of classifier guidance (``models.conv_classifier.ConvClassifier``, issue 7).
+"""The noise-conditional image classifier of classifier guidance (``models.conv_classifier.ConvClassifier``).
 
 Exactness: data = a two-class Gaussian mixture of 8x8 one-channel images, ``x0 | y ~ N(+-m C, v I)`` with ``C`` the
 +-1 checkerboard, ``m = 0.25``, ``v = 0.01`` and class weights (0.3, 0.7). Under the VP SDE the perturbed data is again a

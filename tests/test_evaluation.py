@@ -189,7 +189,7 @@ def test_sampling_rounds_resume_without_recomputing(toy_run, monkeypatch):
 def test_digits_bits_per_dim_matches_an_independent_computation(tmp_path):
     config = make_config(DIGITS_CONFIG, DIGITS)
     calls = []
-    with pytest.MonkeyPatch.context() as patch:  # the extension point of issue 7: a metric for the digits
+    with pytest.MonkeyPatch.context() as patch:  # the extension point: a metric for the digits
         patch.setitem(evaluation._SAMPLE_METRICS, "digits", [lambda x, ctx: calls.append(x.shape) or {"ink": float(x.mean())}])
         train_and_evaluate(config, tmp_path)
     folder = tmp_path / "eval" / "ckpt_1"

@@ -1,4 +1,4 @@
-"""Class conditioning of NCSN++ / DDPM++ (``NCSNpp(num_classes=K)``) for classifier-free guidance (issue 7).
+"""Class conditioning of NCSN++ / DDPM++ (``NCSNpp(num_classes=K)``) for classifier-free guidance.
 
 * The unconditional network is untouched: no new module, the same state-dict keys, parameter order and reference key
   map; the class-conditional network of the same seed has exactly the same other weights (its embedding is created

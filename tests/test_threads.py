@@ -24,6 +24,7 @@ from base_lib.openmp import set_openmp_defaults
 from jobs.experiment import ConfigError
 from jobs.run import close_log, open_log
 from jobs.runtime import automatic_threads, choose_threads, configure_threads, thread_line, usable_cores
+from test_progress import ListHandler
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_OMP = {}  # an environment without OMP_NUM_THREADS
@@ -36,17 +37,8 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 def logger_with_lines() -> tuple[logging.Logger, list[str]]:
-    handler = Lines()
+    handler = ListHandler()
     logger = logging.getLogger(f"test_threads.{id(handler)}")
     logger.propagate, logger.level = False, logging.INFO
     logger.addHandler(handler)
