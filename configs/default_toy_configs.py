@@ -24,7 +24,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     training.continuous = True
     training.reduce_mean = True
 
-    # sampling: per-sample Langevin steps are unstable for 2-D points, so the toy configs use no corrector
+    # sampling: no corrector; with the exact score of the 8-Gaussian ring the reference's Langevin corrector moves the
+    # within-mode variance error of reverse diffusion by less than its standard error, at twice the evaluations
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"
     sampling.predictor = "reverse_diffusion"

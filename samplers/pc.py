@@ -9,11 +9,13 @@ reference does. Predictors and correctors live in registries (:func:`register_pr
 
 Defects of the 2021 reference fixed here (each is also stated where it is fixed):
 
-1. Its Langevin corrector sets the step size from the gradient and noise norms *averaged over the batch*,
+1. Its Langevin corrector sets one step size from the gradient and noise norms *averaged over the batch*,
    so a sample's trajectory depends on the other samples it is batched with (and on the batch size).
-   Here ``"langevin"`` gives each sample a step from its own norms (:class:`LangevinCorrector`, which
-   states the price: a bias of order ``4 / D`` in ``D`` dimensions, divergence for ``D <= 2``); the
-   reference's rule stays available as ``"langevin_batch_mean"`` to reproduce its numbers.
+   ``"langevin"`` keeps that rule (:class:`LangevinCorrector`), so reference configs reproduce the
+   reference's numbers. A step computed from each sample's *own* norms is no fix: unadjusted Langevin
+   dynamics with a state-dependent step ``eps(x)`` leaves ``p_t(x) / eps(x)`` invariant, not ``p_t``
+   (:class:`AnnealedLangevinDynamics` gives the derivation and the figures). The corrector whose samples do
+   not depend on their batch is ``"ald"``, whose step depends on ``t`` alone.
 2. Its Langevin and annealed-Langevin correctors read ``sde.alphas``, which its ``subVPSDE`` lacks, so
    they crash for sub-VP. Here sub-VP uses ``alpha_i = 1 - beta_i`` of its own beta schedule
    (:func:`langevin_alpha`).
@@ -360,49 +362,44 @@ class LangevinDynamics(Corrector):
 
 @register_corrector(name="langevin")
 class LangevinCorrector(LangevinDynamics):
-    """Langevin corrector, [SDE] Algorithm 4 (VE) / 5 (VP): ``eps = 2 alpha_i (r ||z|| / ||s||)^2``.
+    """The reference's Langevin corrector, [SDE] Algorithms 4 (VE) / 5 (VP):
+    ``eps = 2 alpha_i (r mean_b ||z_b|| / mean_b ||s_b||)^2`` with ``alpha_i`` from :func:`langevin_alpha`.
 
-    Per-sample step (fixes the reference): ``||z||`` and ``||s||`` are the norms of *each sample's* noise and
-    score, so a sample's trajectory does not depend on the rest of its batch. The reference averages both
-    norms over the batch, which couples the samples. A sample whose score is exactly zero is not moved.
-    ``alpha_i`` is :func:`langevin_alpha`.
-
-    Caveat, inherent in the per-sample rule: the step depends on the state through ``1 / ||s(x)||^2``, and
-    unadjusted Langevin dynamics with a state-dependent step ``eps(x)`` has invariant density proportional
-    to ``p_t(x) / eps(x)`` (not ``p_t``) in the small-step limit. This biases samples away from the modes by
-    a relative variance of order ``4 / D`` for ``D`` numbers per sample (measured with exact Gaussian scores,
-    in excess of the batch-averaged rule: about +59% at D = 8, +6.5% at D = 64, +0.5% at D = 768, +0.1% at
-    D = 3072), and for ``D <= 2`` the step is heavy tailed
-    (``E[1 / chi^2_2] = inf``) and the sampler diverges. Use it for high-dimensional data (images); for
-    low-dimensional data use ``"ald"`` or ``"langevin_batch_mean"`` (the reference's rule).
+    The norms of the noise ``z_b`` and the score ``s_b`` are averaged over the batch, as the reference does: the
+    step estimates the population ratio ``2 alpha_i r^2 D / J(p_t)`` (``J`` the Fisher information, below), so it
+    is nearly the same for every state and the invariant law stays close to ``p_t`` in any dimension. The price
+    is that every sample's step depends on the whole batch and on its size; :class:`AnnealedLangevinDynamics`
+    (``"ald"``) has none.
     """
 
     def step_size(self, x: Tensor, t: Tensor, score: Tensor, noise: Tensor) -> Tensor:
-        score_norm = score.flatten(1).norm(dim=1)
-        noise_norm = noise.flatten(1).norm(dim=1)
-        eps = 2.0 * langevin_alpha(self.sde, t, x) * (self.snr * noise_norm / score_norm).square()
-        return torch.where(score_norm > 0, eps, torch.zeros_like(eps))
-
-
-@register_corrector(name="langevin_batch_mean")
-class BatchMeanLangevinCorrector(LangevinDynamics):
-    """The reference's Langevin corrector, kept to reproduce its numbers: ``eps = 2 alpha_i (r mean_b ||z_b|| / mean_b ||s_b||)^2``.
-
-    The norms are averaged over the batch, so every sample's step depends on the whole batch (and on the
-    batch size: a batch of one is :class:`LangevinCorrector`). Averaging makes the step nearly independent
-    of each sample's state, which keeps the invariant law close to ``p_t`` even in low dimension.
-    """
-
-    def step_size(self, x: Tensor, t: Tensor, score: Tensor, noise: Tensor) -> Tensor:
-        ratio = noise.flatten(1).norm(dim=1).mean() / score.flatten(1).norm(dim=1).mean()
-        return 2.0 * langevin_alpha(self.sde, t, x) * (self.snr * ratio).square()
+        noise_norm, score_norm = noise.flatten(1).norm(dim=1).mean(), score.flatten(1).norm(dim=1).mean()
+        return (self.snr * noise_norm / score_norm).square() * 2.0 * langevin_alpha(self.sde, t, x)  # the reference's order
 
 
 @register_corrector(name="ald")
 class AnnealedLangevinDynamics(LangevinDynamics):
-    """Annealed Langevin dynamics of NCSN, Song & Ermon (2019) Algorithm 1: a step proportional to the noise
-    variance, ``eps = 2 alpha_i (r sigma(t))^2`` with ``sigma(t)`` the std of the perturbation kernel
-    (``alpha_i`` is :func:`langevin_alpha`; sub-VP is supported, unlike the reference).
+    """Annealed Langevin dynamics, Song & Ermon (2019) Algorithm 1: ``eps = 2 alpha_i (r sigma(t))^2`` with
+    ``sigma(t)`` the std of the perturbation kernel and ``alpha_i`` from :func:`langevin_alpha` (sub-VP is
+    supported, unlike the reference). The corrector whose samples do not depend on the rest of their batch.
+
+    Why the step depends on ``t`` alone. Unadjusted Langevin dynamics ``x += eps s + sqrt(2 eps) z`` with a
+    step ``eps(x)`` that varies with the state leaves ``p_t / eps`` invariant in the small-step limit (its
+    Fokker-Planck equation is stationary at ``p`` only when ``grad eps = 0``), so a step computed from a
+    sample's own state reweights the law towards states with small steps. The reference's rule applied to one
+    sample, ``eps = 2 alpha_i r^2 ||z||^2 / ||s(x)||^2``, diverges for ``D <= 2`` (the step is unbounded near
+    a mode centre, where ``s = 0``) and inflates the within-mode variance by a relative ``O(1 / D)`` above. A
+    step fitted to the sample's own mode (a local Gaussian from two Tweedie estimates of the same sample) is
+    exact within a mode, but smaller in narrow modes than in wide ones, so it moves weight into the narrow
+    modes of a mixture (README, "PC correctors"). A step that is the same for every state is a function of
+    ``t`` (and the model) only.
+
+    Which function of ``t``. The batch rule estimates ``eps = 2 alpha_i r^2 D / J(p_t)``, ``J(p) = E_p ||grad log
+    p||^2``. ``x(t) = alpha x(0) + sigma Z`` is a sum of independent terms, and Fisher information does not
+    grow under convolution, ``J(X + Y) <= J(Y)`` (Stam 1959, Blachman 1965); with ``J(sigma Z) = D / sigma^2``
+    this gives ``J(p_t) <= D / sigma(t)^2``: ``2 alpha_i r^2 sigma(t)^2`` never exceeds the batch rule's step
+    in expectation, equals it where the noise dominates the data, and needs no knowledge of the data. It is
+    ALD's step ``~ sigma_i^2``, here derived rather than postulated.
     """
 
     def step_size(self, x: Tensor, t: Tensor, score: Tensor, noise: Tensor) -> Tensor:
@@ -461,7 +458,9 @@ def pc_sample(
         shape: ``(B, ...)``, the shape of the batch of samples.
         predictor: a name of :func:`available_predictors` (``reverse_diffusion``, ``euler_maruyama``,
             ``ancestral_sampling``, ``none`` or a registered one).
-        corrector: a name of :func:`available_correctors` (``langevin``, ``ald``, ``none`` or a registered one).
+        corrector: a name of :func:`available_correctors`: ``langevin`` (the reference's batch-averaged step),
+            ``ald`` (a step that depends on ``t`` only, so samples do not depend on their batch), ``none`` or a
+            registered one.
         snr: the corrector's target signal-to-noise ratio ``r`` (> 0).
         n_steps: corrector steps per time (integer >= 0).
         probability_flow: True: the predictor steps the probability-flow ODE [SDE] eq. (13).

@@ -179,7 +179,7 @@ def test_known_values_come_back_exactly_and_the_unknown_ones_are_generated():
     data = values.float().reshape(1, 1, 2, 2).repeat(64, 1, 1, 1)
     data[:, :, 1] = torch.randn(64, 1, 2, generator=seeded(3))  # garbage where unknown: must be ignored
     for denoise in (True, False):
-        x, nfe = pc_inpaint(sde, gaussian.score_fn(sde), data, mask, corrector="langevin_batch_mean",
+        x, nfe = pc_inpaint(sde, gaussian.score_fn(sde), data, mask, corrector="langevin",
                             denoise=denoise, generator=seeded(1))
         assert nfe == 2 * sde.N
         assert torch.equal(x[:, :, 0], data[:, :, 0])  # VP: sigma(0) = 0, so the last noisy iterate is exact too
@@ -229,7 +229,7 @@ def test_inpainting_follows_the_exact_law_of_the_replacement_chain(sde_name, ald
 
 
 
-# Measured bias of PC inpainting (reverse diffusion + langevin_batch_mean, snr 0.16, one step, N = 500) against the
+# Measured bias of PC inpainting (reverse diffusion + langevin, snr 0.16, one step, N = 500) against the
 # exact conditional, in the units of :func:`biased_law`, from 200,000 samples (standard errors 0.0022 for the means,
 # 0.0032 for the variance ratios). The predictor alone is far worse whatever N: in its N -> infinity limit (VP) the
 # mean errors are -0.60 / +0.26 std and the variance ratios 2.85 / 1.14, the intrinsic error of the replacement
@@ -252,7 +252,7 @@ def test_pc_inpainting_approaches_the_exact_conditional(sde_name):
     sde, n = make_sde(sde_name, 500), 10000
     known = mask.reshape(-1).bool()
     x, _ = pc_inpaint(sde, gaussian.score_fn(sde), values.float().reshape(1, 1, 2, 2).expand(n, 1, 2, 2), mask,
-                      corrector="langevin_batch_mean", generator=seeded(8))
+                      corrector="langevin", generator=seeded(8))
     mean, cov = biased_law(*gaussian.conditional(known, values), INPAINT_BIAS[sde_name])
     assert_gaussian_law(x.reshape(n, -1)[:, ~known], mean, cov, sde_name, se_factor=math.sqrt(1 + n / MEASURED_N))
 
@@ -382,7 +382,7 @@ def test_pc_colorization_approaches_the_exact_conditional_colour(sde_name):
     gaussian, grey = colour_problem()
     decoupled, known, values = decoupled_problem()
     sde, n = make_sde(sde_name, 500), 10000
-    x, _ = pc_colorize(sde, gaussian.score_fn(sde), grey_images(grey, n), corrector="langevin_batch_mean", generator=seeded(10))
+    x, _ = pc_colorize(sde, gaussian.score_fn(sde), grey_images(grey, n), corrector="langevin", generator=seeded(10))
     y = decouple_colours(x.double()).reshape(n, 3)
     torch.testing.assert_close(y[:, 0], values[0].expand(n), rtol=0, atol=1e-6)
     mean, cov = biased_law(*decoupled.conditional(known, values), COLOUR_BIAS[sde_name])
