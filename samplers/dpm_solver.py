@@ -48,6 +48,7 @@ from .timesteps import NoiseLevel
 PREDICTIONS = ("data", "noise")
 CORRECTORS = ("bh1", "bh2")
 MAX_ORDER = 3
+MAX_STEP_RATIO = 1.0 + math.sqrt(2.0)  # longest step, relative to an earlier one, that may use that one's node
 LOWER_ORDER_FINAL_BELOW = 15  # lower_order_final acts on grids of fewer steps (the rule of diffusers' DPM-Solver++ / UniPC)
 _SERIES_RADIUS = 1.0  # |z| below which phi_k is summed as a power series (no cancellation)
 _SERIES_TERMS = 25  # terms of that series: |z|^25 / 25! < 1e-25
@@ -123,12 +124,30 @@ def multistep_update(
     return x
 
 
-def step_orders(steps: int, order: int, lower_order_final: bool) -> list[int]:
-    """Predictor order of each step: ``min(order, i + 1)`` (multistep warm-up); with ``lower_order_final`` on a grid
-    of fewer than :data:`LOWER_ORDER_FINAL_BELOW` steps also ``<= steps - i`` (DPM-Solver++'s rule: the last step is DDIM).
+def step_orders(lambdas: Sequence[float], order: int, lower_order_final: bool) -> list[int]:
+    """Predictor order of each step of the grid ``lambdas`` (``steps + 1`` values of ``lambda``).
+
+    * Warm-up: ``min(order, i + 1)`` (a multistep method has ``i`` earlier nodes at step ``i``).
+    * Step-ratio bound, always: a node ``j`` steps back enters step ``i`` only if ``h_i <= MAX_STEP_RATIO *
+      h_{i-j}``. Extrapolating from nodes packed into a span much shorter than the step multiplies the
+      differences ``D_j / r_j`` by ``1 / |r_j|`` (module docstring); for variable-step two-step methods zero
+      stability needs ``h_i / h_{i-1} < 1 + sqrt(2)`` (Grigorieff 1983, variable-step BDF2), the bound used here.
+      Grids with a long last step (``time_uniform``; sub-VP on ``vp_time_quadratic``, ratio 5) keep their full
+      order elsewhere, so their error falls steadily with the number of steps.
+    * ``lower_order_final`` on a grid of fewer than :data:`LOWER_ORDER_FINAL_BELOW` steps: also ``<= steps - i``
+      (DPM-Solver++'s rule: the last step is DDIM).
     """
+    steps = len(lambdas) - 1
+    widths = [lambdas[i + 1] - lambdas[i] for i in range(steps)]
     final = lower_order_final and steps < LOWER_ORDER_FINAL_BELOW
-    return [min(order, i + 1, steps - i) if final else min(order, i + 1) for i in range(steps)]
+    orders = []
+    for i in range(steps):
+        k = min(order, i + 1, steps - i) if final else min(order, i + 1)
+        nodes = 1
+        while nodes < k and widths[i] <= MAX_STEP_RATIO * widths[i - nodes]:
+            nodes += 1
+        orders.append(nodes)
+    return orders
 
 
 def dpm_solver_multistep(
@@ -152,7 +171,7 @@ def dpm_solver_multistep(
     """
     model = prediction_fn(score_fn, prediction)
     steps = len(levels) - 1
-    orders = step_orders(steps, order, lower_order_final)
+    orders = step_orders([level.lam for level in levels], order, lower_order_final)
     history: list[Node] = []  # the previous steps' nodes, newest first
     last_step: tuple[Tensor, NoiseLevel, Tensor, list[Node]] | None = None  # x_s, level, m_s and nodes of the last step
     desc = f"DPM-Solver({order}M, {prediction})" + (f" + UniC-{corrector}" if corrector else "")

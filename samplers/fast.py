@@ -8,24 +8,14 @@ Two solvers share one budget rule, ``nfe`` = the score evaluations actually made
   ``order - 1`` steps are lower-order warm-up steps, so ``nfe - denoise >= order`` is required.
 * ``method="heun"``: EDM's Heun (order 2) or Euler (order 1) steps in ``sigma / alpha``
   (:mod:`samplers.heun`), the reference solver for VE. Order 2 takes ``ceil((nfe - denoise) / 2)`` steps,
-  the last one an Euler step when ``nfe - denoise`` is odd; ``nfe - denoise >= 2`` is required. Order 1
-  takes ``nfe - denoise`` Euler steps.
+  the last one an Euler step when ``nfe - denoise`` is odd; ``nfe - denoise >= 2`` is required. Order 1 takes ``nfe - denoise`` Euler steps.
 
-Defaults, chosen by measurement on the 2-D ring of 8 Gaussians with the exact score (within-mode variance
-of the samples and their error against the exact ODE flow from the same start; ``tests/test_fast_sampler.py``
-checks the rates and the 20-evaluation accuracy): DPM-Solver of order 3 with noise prediction, the UniPC
-corrector ``"bh1"`` (one order more at no extra evaluation), ``lower_order_final`` below 15 steps, on the
-``"vp_time_quadratic"`` schedule for every SDE (DPM-Solver's ``time_quadratic`` of the standard VP SDE, carried
-to the others through ``lambda``, in which the ODE is the same for all of them).
-Excess within-mode variance over the exact flow from the same start (1e5 samples, SE <= 0.07 %; a second
-seed agrees), at 10 / 15 / 20 evaluations: VP 6.0 / 3.5 / 1.4 %, sub-VP 8.2 / 2.0 / 0.6 %, VE 5.4 / 2.9 / 1.2 %.
-1000-step PC (reverse diffusion + Langevin, snr 0.16, 2000 evaluations) is 2.2-2.3 % above the data's (the exact
-flow: 0.07-0.19 %), so 20 evaluations match it. The former default (no corrector, ``time_quadratic`` for VP /
-sub-VP, ``edm`` for VE) gave 25 / 10 / 5.2 %, 22 / 13 / 7.8 % and 15 / 11 / 7.6 %. Data prediction
-(DPM-Solver++) was less accurate than noise prediction on the ring on every schedule tried (with the corrector
-at 20 evaluations on ``"logSNR"``: 9 / 21 / 7 %); it remains the choice for guided sampling with large
-guidance scales (Lu et al. 2022b). DPM-Solver beat Heun on VE by 7-30x at 10-40
-evaluations; Heun is EDM's reference solver.
+Defaults, chosen with ``benchmarks/fast_solvers.py`` (every option combination against the converged ODE on
+2-D, 64-D and 128-D Gaussian mixtures of equal and unequal components and on Gaussian images, VP / sub-VP /
+VE, 5-50 evaluations; the README has the table): DPM-Solver with noise prediction and the UniPC corrector
+``"bh1"`` (one order more at no extra evaluation), of order 1 on grids of fewer than 15 steps and 3 from 15 on
+(:func:`default_order`), on ``"vp_time_quadratic"`` (:func:`default_schedule`), with ``lower_order_final``. Data prediction (DPM-Solver++) remains the choice
+for guided sampling with large guidance scales (Lu et al. 2022b).
 
 ``denoise=True`` spends one more evaluation on Tweedie's estimate ``E[x0 | x_eps] = (x + sigma^2 score) /
 alpha`` at ``t = eps`` (for VE this is EDM's final Euler step to ``sigma = 0``). It is off by default: the
@@ -59,18 +49,34 @@ from .heun import HEUN_ORDERS, heun_solver, heun_steps
 from .timesteps import SCHEDULES, noise_levels
 
 METHODS = ("dpm_solver", "heun")
-DEFAULT_ORDER = {"dpm_solver": 3, "heun": 2}
-DEFAULT_CORRECTOR = "bh1"  # UniPC's B(h) = h, its choice for unconditional sampling; measured best on the ring
+DEFAULT_CORRECTOR = "bh1"  # UniPC's B(h) = h, its choice for unconditional sampling
+FEW_STEPS = 15  # DPM-Solver grids of fewer steps default to order 1 (+ UniC: order 2), longer ones to order 3
+
+
+def default_order(method: str, steps: int) -> int:
+    """Heun: 2. DPM-Solver: 1 (DDIM, made order 2 by the UniC corrector) on grids of fewer than :data:`FEW_STEPS`
+    steps, else 3 (order 4 with UniC).
+
+    With fewer than 15 steps a step spans 0.6-3 in ``lambda``, wider than the range over which the predictions are
+    smooth enough for a multistep extrapolation from earlier steps to pay: in ``benchmarks/fast_solvers.py`` order
+    1 + UniC had the lower error below 15 evaluations on every SDE, order 3 from 15 on (figures in the README).
+    """
+    if method == "heun":
+        return 2
+    return 1 if steps < FEW_STEPS else 3
 
 
 def default_schedule(sde: LinearSDE, method: str, prediction: str = "noise") -> str:
     """``"vp_time_quadratic"`` for DPM-Solver with noise prediction, ``"logSNR"`` with data prediction, ``"edm"`` for Heun.
 
-    The same for every SDE: in ``lambda`` the ODE does not depend on it (:mod:`samplers.timesteps`). Data
-    prediction weights each step's integral towards the step's end, where the multistep polynomial extrapolates,
-    so it suffers from the long last ``lambda`` step that ``"vp_time_quadratic"`` takes when ``sigma / alpha`` at
-    ``eps`` is far below 0.01 (sub-VP: 1e-4): there its error was 4-6x that on ``"logSNR"`` (ring, 15-20
-    evaluations) and 30x (Gaussian data, 50). ``"logSNR"`` has no such step (on VP / VE it was up to 2x less accurate).
+    The same for every SDE: in ``lambda`` the ODE does not depend on it (:mod:`samplers.timesteps`). Near the data
+    ``"vp_time_quadratic"`` is uniform in ``sigma / alpha``, so where that is far below 0.01 at ``eps`` (sub-VP:
+    1e-4) its last step is long (4-7 in ``lambda``, 5x the one before) and runs at order 1
+    (:func:`samplers.dpm_solver.step_orders`). Sub-VP's own ``"time_quadratic"`` grid has no such step and was
+    more accurate on Gaussian data at 30-50 evaluations, but less on the 8-Gaussian ring (within-mode variance
+    at 20 evaluations, ``tests/test_fast_sampler.py``), so the default stays one schedule for all SDEs.
+    Data prediction weights each step's integral towards the step's end, where the multistep polynomial
+    extrapolates, so it suffers most from a long last step: ``"logSNR"`` has none.
     """
     if method == "heun":
         return "edm"
@@ -138,7 +144,8 @@ def fast_sample(
         score_fn: ``score_fn(x, t)`` approximating ``grad_x log p_t(x)``; ``t`` is ``(B,)``.
         shape: ``(B, ...)`` of the samples.
         nfe: budget of score evaluations (see the module docstring for how it becomes steps).
-        order: solver order; DPM-Solver 1, 2 or 3 (default 3), Heun 1 (Euler) or 2 (default).
+        order: solver order; DPM-Solver 1, 2 or 3 (default :func:`default_order`: 1 below 15 steps, else 3),
+            Heun 1 (Euler) or 2 (default).
         schedule: ``"logSNR"``, ``"time_uniform"``, ``"time_quadratic"``, ``"vp_time_quadratic"`` or ``"edm"``
             (:mod:`samplers.timesteps`); default :func:`default_schedule` (``"vp_time_quadratic"``; ``"logSNR"`` with
             data prediction; ``"edm"`` for Heun).
@@ -153,7 +160,8 @@ def fast_sample(
         corrector: DPM-Solver only: the UniPC corrector (:mod:`samplers.dpm_solver`), ``"bh1"`` (default),
             ``"bh2"`` or ``"none"``; it adds no evaluation. Keyword-only, as ``lower_order_final``.
         lower_order_final: DPM-Solver only: on grids of fewer than 15 steps, lower the order of the last steps to
-            ``steps - i`` (DPM-Solver++; the last step is DDIM). Default True.
+            ``steps - i`` (DPM-Solver++; the last step is DDIM). Default True. On any grid a step much longer than
+            an earlier one does not use that step's node (:func:`samplers.dpm_solver.step_orders`).
 
     Returns:
         ``(x, nfe)``: samples at ``t = eps`` (Tweedie-denoised if asked) and the evaluations made.
@@ -164,8 +172,9 @@ def fast_sample(
     nfe = check_positive_int("nfe", nfe)
     eps = check_eps(eps, sde)
     method = check_choice("method", "dpm_solver" if method is None else method, METHODS)
+    check_bool("denoise", denoise)
     orders = range(1, MAX_ORDER + 1) if method == "dpm_solver" else HEUN_ORDERS
-    order = DEFAULT_ORDER[method] if order is None else order
+    order = default_order(method, nfe - int(denoise)) if order is None else order
     if isinstance(order, bool) or order not in orders:
         raise ValueError(f"order must be one of {', '.join(map(str, orders))} for method={method!r}; got {order!r}")
     if method == "heun" and prediction is not None:
@@ -173,7 +182,6 @@ def fast_sample(
     prediction = check_choice("prediction", "noise" if prediction is None else prediction, PREDICTIONS)
     schedule = check_choice("schedule", default_schedule(sde, method, prediction) if schedule is None else schedule, SCHEDULES)
     corrector, lower_order_final = _check_corrector_options(method, corrector, lower_order_final)
-    check_bool("denoise", denoise)
     dtype = resolve_dtype(dtype, x_init)
     steps, last_euler = solver_steps(method, order, nfe, denoise)
 
