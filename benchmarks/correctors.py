@@ -30,12 +30,6 @@ from samplers import pc_sample
 CORRECTORS = ("langevin", "ald", "none")
 
 
-def uneven_mixture() -> sde_lib.GaussianMixture:
-    means = torch.tensor([[0.0, 0.0], [2.5, 0.5], [-2.0, 2.0], [0.5, -3.0], [-3.0, -2.0]])
-    variances = torch.tensor([0.01, 0.25, 0.5, 1.0, 0.36])[:, None].expand(5, 2)
-    return sde_lib.GaussianMixture([0.6, 0.15, 0.1, 0.1, 0.05], means, variances)
-
-
 def make_sdes() -> dict[str, sde_lib.LinearSDE]:
     """VP, sub-VP and VE with N = 1000; VE with sigma_max = 20, above the largest distance between modes."""
     return {"VP": sde_lib.VPSDE(N=1000), "subVP": sde_lib.subVPSDE(N=1000), "VE": sde_lib.VESDE(sigma_min=0.01, sigma_max=20.0, N=1000)}
@@ -70,7 +64,7 @@ def ring_rows(sdes: dict[str, sde_lib.LinearSDE], n: int, seeds: int) -> None:
 
 
 def uneven_rows(sdes: dict[str, sde_lib.LinearSDE], n: int) -> None:
-    data = uneven_mixture()
+    data = sde_lib.GaussianMixture.uneven()
     print(f"\nuneven mixture, {n} samples; true weights {[round(w, 3) for w in data.weights.tolist()]}")
     for name, sde in sdes.items():
         for corrector in CORRECTORS:

@@ -8,14 +8,15 @@ Two solvers share one budget rule, ``nfe`` = the score evaluations actually made
   ``order - 1`` steps are lower-order warm-up steps, so ``nfe - denoise >= order`` is required.
 * ``method="heun"``: EDM's Heun (order 2) or Euler (order 1) steps in ``sigma / alpha``
   (:mod:`samplers.heun`), the reference solver for VE. Order 2 takes ``ceil((nfe - denoise) / 2)`` steps,
-  the last one an Euler step when ``nfe - denoise`` is odd; ``nfe - denoise >= 2`` is required. Order 1 takes ``nfe - denoise`` Euler steps.
+  the last one an Euler step when ``nfe - denoise`` is odd; ``nfe - denoise >= 2`` is required. Order 1
+  takes ``nfe - denoise`` Euler steps.
 
 Defaults, chosen with ``benchmarks/fast_solvers.py`` (every option combination against the converged ODE on
 2-D, 64-D and 128-D Gaussian mixtures of equal and unequal components and on Gaussian images, VP / sub-VP /
 VE, 5-50 evaluations; the README has the table): DPM-Solver with noise prediction and the UniPC corrector
 ``"bh1"`` (one order more at no extra evaluation), of order 1 on grids of fewer than 15 steps and 3 from 15 on
-(:func:`default_order`), on ``"vp_time_quadratic"`` (:func:`default_schedule`), with ``lower_order_final``. Data prediction (DPM-Solver++) remains the choice
-for guided sampling with large guidance scales (Lu et al. 2022b).
+(:func:`default_order`), on ``"vp_time_quadratic"`` (:func:`default_schedule`), with ``lower_order_final``.
+Data prediction (DPM-Solver++) remains the choice for guided sampling with large guidance scales (Lu et al. 2022b).
 
 ``denoise=True`` spends one more evaluation on Tweedie's estimate ``E[x0 | x_eps] = (x + sigma^2 score) /
 alpha`` at ``t = eps`` (for VE this is EDM's final Euler step to ``sigma = 0``). It is off by default: the

@@ -210,6 +210,14 @@ class GaussianMixture:
         return cls(torch.full((num_components,), 1.0 / num_components, dtype=torch.float64), means, std**2)
 
     @classmethod
+    def uneven(cls) -> "GaussianMixture":
+        """A 2-D mixture of a heavy narrow component (weight 0.6, variance 0.01) beside four light wide ones
+        (weights 0.15-0.05, variances 0.25-1), 2.5-3.6 away: a hard case for samplers tuned on :meth:`ring`."""
+        means = torch.tensor([[0.0, 0.0], [2.5, 0.5], [-2.0, 2.0], [0.5, -3.0], [-3.0, -2.0]], dtype=torch.float64)
+        variances = torch.tensor([0.01, 0.25, 0.5, 1.0, 0.36], dtype=torch.float64)[:, None].expand(5, 2)
+        return cls([0.6, 0.15, 0.1, 0.1, 0.05], means, variances)
+
+    @classmethod
     def gaussian(cls, mean: Tensor, variance: float | Tensor) -> "GaussianMixture":
         """A single Gaussian ``N(mean, diag(variance))`` with ``mean`` of the event shape."""
         mean = torch.as_tensor(mean, dtype=torch.float64)

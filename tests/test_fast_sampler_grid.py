@@ -30,13 +30,6 @@ EPS = 1e-3
 SDES = {"vp": sde_lib.VPSDE(), "subvp": sde_lib.subVPSDE(), "ve": sde_lib.VESDE()}
 
 
-def uneven_2d() -> sde_lib.GaussianMixture:
-    """A heavy narrow component beside four light wide ones."""
-    means = torch.tensor([[0.0, 0.0], [2.5, 0.5], [-2.0, 2.0], [0.5, -3.0], [-3.0, -2.0]])
-    variances = torch.tensor([0.01, 0.25, 0.5, 1.0, 0.36])[:, None].expand(5, 2)
-    return sde_lib.GaussianMixture([0.6, 0.15, 0.1, 0.1, 0.05], means, variances)
-
-
 def mixture_64d() -> sde_lib.GaussianMixture:
     """Four components in 64 dimensions with unequal weights and widths, means 4 apart on average."""
     g = torch.Generator().manual_seed(5)
@@ -52,7 +45,7 @@ def gaussian_image() -> sde_lib.GaussianMixture:
     return sde_lib.GaussianMixture.gaussian(mean, variance)
 
 
-PROBLEMS = {"ring": sde_lib.GaussianMixture.ring, "uneven2d": uneven_2d, "mix64": mixture_64d, "gauss3x4x4": gaussian_image}
+PROBLEMS = {"ring": sde_lib.GaussianMixture.ring, "uneven2d": sde_lib.GaussianMixture.uneven, "mix64": mixture_64d, "gauss3x4x4": gaussian_image}
 POINTS = 128
 
 

@@ -45,12 +45,7 @@ from sde_lib import GaussianMixture, VESDE, VPSDE, subVPSDE
 from sampler_checks import CubicDriftSDE
 
 RING = GaussianMixture.ring()  # 8 components, radius 4, std 0.3
-# a heavy narrow mode beside light wide ones
-UNEVEN = GaussianMixture(
-    [0.6, 0.15, 0.1, 0.1, 0.05],
-    torch.tensor([[0.0, 0.0], [2.5, 0.5], [-2.0, 2.0], [0.5, -3.0], [-3.0, -2.0]]),
-    torch.tensor([0.01, 0.25, 0.5, 1.0, 0.36])[:, None].expand(5, 2),
-)
+UNEVEN = GaussianMixture.uneven()  # a heavy narrow mode beside light wide ones
 RING_VAR = 0.09  # within-mode variance of the ring
 N_STEPS = 500  # sde.N of the distributional tests
 N_RING = 6000  # ring samples per distributional test (variance-ratio SE 0.013 with the measurement's)
