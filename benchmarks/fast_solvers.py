@@ -60,7 +60,7 @@ import sde_lib
 from samplers import fast_sample
 from samplers.dpm_solver import CORRECTORS, MAX_ORDER, PREDICTIONS, step_orders
 from samplers.fast import DEFAULT_CORRECTOR, default_order, default_schedule
-from samplers.heun import HEUN_ORDERS
+from samplers.edm import HEUN_ORDERS
 from samplers.timesteps import SCHEDULES, half_log_snr, noise_levels
 
 NFES = (5, 6, 8, 10, 12, 15, 20, 30, 50)

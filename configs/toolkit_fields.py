@@ -23,6 +23,8 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
         "importance_weighting": (False, bool, "likelihood weighting by importance-sampled time"),
         "mixed_precision": ("no", str, "'no' or 'bf16': autocast of the training step"),
         "label_dropout": (None, float, "classifier-free guidance: probability of the null label; unset: unconditional"),
+        "p_mean": (-1.2, float, "the 'edm' parameterization's loss: mean of ln(sigma)"),
+        "p_std": (1.2, float, "the 'edm' parameterization's loss: standard deviation of ln(sigma)"),
     },
     "sampling": {
         "predictor": ("reverse_diffusion", str, "method 'pc' and --mode inpaint / colorize: the predictor"),
@@ -33,7 +35,12 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
         "atol": (None, float, "method 'ode': absolute tolerance; unset: 1e-5"),
         "sde_method": ("euler", str, "method 'sde': the torchsde scheme"),
         "dt": (1e-3, float, "method 'sde': the step size"),
-        "nfe": (20, int, "method 'fast': score evaluations"),
+        "nfe": (20, int, "methods 'fast' and 'edm': score evaluations ('edm': 2N - 1 of N steps, N = (nfe + 1) // 2)"),
+        "rho": (7.0, float, "method 'edm': the exponent of the noise levels (Karras et al. 2022, eq. (5))"),
+        "s_churn": (0.0, float, "method 'edm': the stochastic churn S_churn (0: deterministic)"),
+        "s_min": (0.0, float, "method 'edm': churn only at noise levels >= s_min"),
+        "s_max": (None, float, "method 'edm': churn only at noise levels <= s_max; unset: no bound"),
+        "s_noise": (1.0, float, "method 'edm': the noise inflation S_noise of the churn"),
         "order": (None, int, "method 'fast': solver order; unset: the sampler's default"),
         "schedule": (None, str, "method 'fast': time steps; unset: the sampler's default"),
         "inpainting": ("replacement", str, "--mode inpaint / colorize: 'replacement' or 'smc'"),
@@ -58,6 +65,13 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
     "model": {
         "noise_schedule": ("linear", str, "VP / sub-VP: 'linear' or 'cosine'"),
         "exact_marginal": (False, bool, "VE: variance sigma(t)^2 - sigma_min^2 instead of the reference's sigma(t)^2"),
+        "ema_halflife_images": (None, float, "EMA by EDM's half-life in images (with ramp-up) instead of ema_rate; "
+                                "unset: ema_rate"),
+        "ema_rampup_ratio": (0.05, float, "with ema_halflife_images: the half-life is at most this share of the "
+                             "images seen"),
+        "sigma_data": (0.5, float, "the 'edm' parameterization: the data's standard deviation"),
+        "parameterization": (None, str, "how the network's labels and output read as a score (models.ScoreModel); "
+                             "None: the reference's reading of training.continuous"),
     },
     "data": {
         "skip_bad_images": (False, bool, "image folders: skip unreadable images, logging their count, instead of stopping"),

@@ -28,7 +28,7 @@ Config fields:
   ``config.sampling.guidance_scale`` ``w`` [0.0: the conditional score].
 
 :func:`sampling_conditioning` turns these into the score function a sampler uses (``score_factory(model,
-continuous) -> score_fn``) and the class labels of a sampling batch; ``None`` for an unconditional experiment.
+score_model) -> score_fn``) and the class labels of a sampling batch; ``None`` for an unconditional experiment.
 Only sampling is conditioned: the test loss of a label-conditional network is its training loss (with label
 dropout), and likelihoods (``eval.enable_bpd``), inpainting, colorization and interpolation use the unconditional
 score (the null label).
@@ -47,17 +47,13 @@ import torch
 from torch import Tensor, nn
 
 import models
-from models.score_fn import get_sampling_score_fn
-from samplers.controllable import cfg_score_fn, guided_score_fn
+from models.score_model import ScoreModel, label_conditional
+from samplers.controllable import cfg_score_fn, classifier_log_prob_fn, guided_score_fn
+from samplers.from_config import ScoreFactory
 from sde_lib import SDE, ScoreFn
 from base_lib.config import config_value
 
 from train_lib.checkpoints import restore_checkpoint
-from train_lib.classifier import classifier_log_prob_fn
-from train_lib.classifier_free import cfg_score_fns
-
-ScoreFactory = Callable[[nn.Module, bool], ScoreFn]
-"""``factory(model, continuous) -> score_fn(x, t)``: the score a sampler follows, built from the score network."""
 
 #: the sections of ``config.classifier`` that replace or update those of the score model's config
 CLASSIFIER_SECTIONS = ("model", "training", "optim")
@@ -67,12 +63,6 @@ CLASSIFIER_CHECKPOINT = Path("checkpoints-meta") / "checkpoint.pth"
 
 class ConditioningError(ValueError):
     """A class-conditional setting that cannot run (re-raised as :class:`train_lib.ConfigError` by the experiment)."""
-
-
-def label_conditional(model: nn.Module) -> bool:
-    """Whether ``model`` is a label-conditional network (``model(x, labels, class_labels)`` with an int ``null_label``)."""
-    null = getattr(model, "null_label", None)
-    return isinstance(null, int) and not isinstance(null, bool)
 
 
 def num_classes(config: Any) -> int:
@@ -197,11 +187,11 @@ class SamplingConditioning:
     kind: str  # "classifier" (classifier guidance) or "classifier_free"
     labels: Tensor  # (B,) int64 classes of a sampling batch (CPU)
     scale: float  # classifier_scale, or the guidance_scale w
-    guided_score: Callable[[nn.Module, bool, Tensor], ScoreFn]  # (model, continuous, labels) -> guided score_fn
+    guided_score: Callable[[ScoreModel, Tensor], ScoreFn]  # (score_model, labels) -> guided score_fn
 
-    def score_factory(self, network: nn.Module, continuous: bool) -> ScoreFn:
-        """The guided score of ``network`` towards :attr:`labels` (a :data:`ScoreFactory`)."""
-        return self.guided_score(network, continuous, self.labels)
+    def score_factory(self, score_model: ScoreModel) -> ScoreFn:
+        """The guided score of ``score_model`` towards :attr:`labels` (a :data:`samplers.from_config.ScoreFactory`)."""
+        return self.guided_score(score_model, self.labels)
 
     def for_batch(self, size: int) -> "SamplingConditioning":
         """The same conditioning for a batch of the first ``size`` samples (the classes of a batch are a prefix of
@@ -214,7 +204,7 @@ class SamplingConditioning:
 
 
 def sampling_conditioning(
-    config: Any, sde: SDE, model: nn.Module, batch: int, workdir: str | Path, device: torch.device, load: bool
+    config: Any, model: nn.Module, batch: int, workdir: str | Path, device: torch.device, load: bool
 ) -> SamplingConditioning | None:
     """The class conditioning of the samples of ``config`` (module docstring), or ``None`` for unconditional samples.
 
@@ -233,9 +223,8 @@ def sampling_conditioning(
     if conditional:
         w = guidance_scale(config)
 
-        def cfg_guided(network: nn.Module, continuous: bool, labels: Tensor) -> ScoreFn:
-            cond, uncond = cfg_score_fns(network, sde, continuous=continuous)
-            return cfg_score_fn(cond, uncond, labels.to(device), w)
+        def cfg_guided(score_model: ScoreModel, labels: Tensor) -> ScoreFn:
+            return cfg_score_fn(score_model.score, score_model.score_fn(), labels.to(device), w)
 
         return SamplingConditioning("classifier_free", sample_class_labels(config, batch), w, cfg_guided)
     if folder is None or not load:
@@ -243,7 +232,7 @@ def sampling_conditioning(
     scale = classifier_scale(config)
     log_prob = classifier_log_prob_fn(load_classifier(config, folder, device))
 
-    def classifier_guided(network: nn.Module, continuous: bool, labels: Tensor) -> ScoreFn:
-        return guided_score_fn(get_sampling_score_fn(sde, network, continuous=continuous), log_prob, labels.to(device), scale)
+    def classifier_guided(score_model: ScoreModel, labels: Tensor) -> ScoreFn:
+        return guided_score_fn(score_model.score_fn(), log_prob, labels.to(device), scale)
 
     return SamplingConditioning("classifier", sample_class_labels(config, batch), scale, classifier_guided)

@@ -14,6 +14,7 @@ import numbers
 from typing import Any, Callable
 
 from base_lib.config import config_value
+from models.score_model import available_parameterizations
 from samplers.dpm_solver import MAX_ORDER
 from samplers.from_config import SAMPLING_METHODS
 from samplers.odeint import ODE_METHODS
@@ -105,6 +106,11 @@ CHECKS: dict[str, Check] = {
     "sampling.atol": _number(0.0, low_open=True),
     "sampling.dt": _number(0.0, low_open=True),
     "sampling.nfe": _integer(1),
+    "sampling.rho": _number(0.0, low_open=True),
+    "sampling.s_churn": _number(0.0),
+    "sampling.s_min": _number(0.0),
+    "sampling.s_max": _number(0.0),
+    "sampling.s_noise": _number(0.0),
     "sampling.order": _integer(1, MAX_ORDER),
     "sampling.sde_method": _choice(*SDE_METHODS),
     "sampling.schedule": _choice(*SCHEDULES),
@@ -130,6 +136,11 @@ CHECKS: dict[str, Check] = {
     "eval.likelihood_eps": _number(0.0, 1.0, low_open=True, high_open=True),
     "model.ema_rate": _number(0.0, 1.0, high_open=True),
     "model.noise_schedule": _choice(*VP_SCHEDULES),
+    "model.ema_halflife_images": _number(0.0, low_open=True),
+    "model.ema_rampup_ratio": _number(0.0, low_open=True),
+    "model.sigma_data": _number(0.0, low_open=True),
+    "training.p_std": _number(0.0, low_open=True),
+    "model.parameterization": _registered(available_parameterizations),
     "model.num_scales": _integer(1),
     "model.dropout": _number(0.0, 1.0, high_open=True),
     "optim.lr": _number(0.0, low_open=True),

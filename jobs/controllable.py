@@ -38,10 +38,10 @@ import torch
 from torch import Tensor
 
 import data_lib
-import models
 from samplers.common import check_choice
 from samplers.controllable import pc_colorize, pc_inpaint, ode_interpolate
-from samplers.smc import SMC_PARTICLES, smc_colorize, smc_inpaint
+from samplers.controllable.smc import SMC_PARTICLES, smc_colorize, smc_inpaint
+from samplers.from_config import check_continuous_time
 from samplers.ode import DEFAULT_METHOD
 from samplers.pc import available_correctors, available_predictors
 from base_lib.config import config_value
@@ -80,12 +80,18 @@ def region_mask(name: str, shape: tuple[int, ...], generator: torch.Generator | 
     return known.expand(shape)
 
 
-def _test_images(exp: EvaluationExperiment, count: int) -> Tensor:
-    """The first ``count`` test images in ``[0, 1]``, on the experiment's device, in the model's dtype."""
-    if len(exp.test_ds) < count:
-        raise ConfigError(f"the test split of {exp.test_ds.name} has {len(exp.test_ds)} examples, {count} are needed")
+def _check_test_images(exp: EvaluationExperiment, count: int) -> None:
+    """:class:`ConfigError` unless the data are images ``(C, H, W)`` with at least ``count`` in the test split."""
     if len(exp.data_shape) != 3:
         raise ConfigError(f"controllable generation needs images (C, H, W), config.data describes {exp.data_shape}")
+    if len(exp.test_ds) < count:
+        raise ConfigError(f"the test split of {exp.test_ds.name} has {len(exp.test_ds)} examples, {count} are needed "
+                          "(config.data)")
+
+
+def _test_images(exp: EvaluationExperiment, count: int) -> Tensor:
+    """The first ``count`` test images in ``[0, 1]``, on the experiment's device, in the model's dtype."""
+    _check_test_images(exp, count)
     batches = data_lib.iterate_batches(exp.test_ds, count, shuffle=False, uniform_dequantization=False,
                                        dtype=exp.batch_dtype)  # levels k / (L - 1), as the evaluation reads them
     return next(iter(batches)).to(exp.device)
@@ -121,17 +127,15 @@ def _smc_particles(config: Any) -> int | None:
     return particles
 
 
-def _score_fn(exp: EvaluationExperiment, continuous: bool):
-    return models.get_sampling_score_fn(exp.sde, exp.model, continuous=continuous)
-
-
 # ------------------------------------------------------------------ running a job
-def _run(config: Any, workdir: str | os.PathLike, eval_folder: str | None, mode: str, name: str, body,
+def _run(config: Any, workdir: str | os.PathLike, eval_folder: str | None, mode: str, name: str, body, images: int,
          check: Callable[[EvaluationExperiment], None] | None = None) -> dict[str, Any]:
-    """Under the workdir's lock (as the job ``mode``), build the experiment, ``check(exp)`` it (what the job needs of
-    the data, before any checkpoint is read), load the latest checkpoint's EMA weights, run ``body(exp, folder)``."""
+    """Under the workdir's lock (as the job ``mode``), build the experiment, check that the test split has ``images``
+    images and ``check(exp)`` it (what else the job needs), both before any checkpoint is read, load the latest
+    checkpoint's EMA weights, run ``body(exp, folder)``."""
     with workdir_lock(workdir, mode):
         exp = build_experiment(config, workdir, "eval")  # the eval mode opens the test split
+        _check_test_images(exp, images)
         if check is not None:
             check(exp)
         logger = open_log(exp.layout.log_file, exp.distributed.is_main)
@@ -166,7 +170,7 @@ def _known_value_job(
     replacement method, or by SMC with ``particles`` particles per image."""
     generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, Stream.CONTROLLABLE))
     options = _pc_options(exp.config)
-    score_fn = _score_fn(exp, bool(config_value(exp.config, "training.continuous", True)))
+    score_fn = exp.score_model.score_fn()
     if particles is not None:  # SMC: the reverse-diffusion steps of the SDE, only noise_removal of the PC settings
         options = dict(num_particles=particles, denoise=options["denoise"])
     common = dict(eps=exp.sampling_eps, generator=generator, **options)
@@ -198,7 +202,7 @@ def inpaint(config: Any, workdir: str | os.PathLike, eval_folder: str | None = N
         method = "replacement" if particles is None else "smc"
         return {"mask": mask, "method": method, **_known_value_job(exp, folder, "inpaint", images, known, False, particles)}
 
-    return _run(config, workdir, eval_folder, "inpaint", f"inpainting ({mask})", body)
+    return _run(config, workdir, eval_folder, "inpaint", f"inpainting ({mask})", body, NUM_IMAGES)
 
 
 def colorize(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None) -> dict[str, Any]:
@@ -212,7 +216,7 @@ def colorize(config: Any, workdir: str | os.PathLike, eval_folder: str | None = 
     def body(exp: EvaluationExperiment, folder: Path) -> dict[str, Any]:
         return _known_value_job(exp, folder, "colorize", _test_images(exp, NUM_IMAGES), None, True, particles)
 
-    return _run(config, workdir, eval_folder, "colorize", "colorization", body, check)
+    return _run(config, workdir, eval_folder, "colorize", "colorization", body, NUM_IMAGES, check)
 
 
 def interpolate(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None) -> dict[str, Any]:
@@ -225,9 +229,16 @@ def interpolate(config: Any, workdir: str | os.PathLike, eval_folder: str | None
         options = dict(method=str(config_value(exp.config, "sampling.ode_method", DEFAULT_METHOD)),
                        rtol=float(config_value(exp.config, "sampling.rtol", 1e-5)),
                        atol=float(config_value(exp.config, "sampling.atol", 1e-5)), eps=exp.sampling_eps)
-        path, nfe = ode_interpolate(exp.sde, _score_fn(exp, True), exp.scaler(first), exp.scaler(second), alphas, **options)
+        path, nfe = ode_interpolate(exp.sde, exp.score_model.score_fn(), exp.scaler(first), exp.scaler(second), alphas, **options)
         path = exp.inverse_scaler(path).transpose(0, 1)  # (pairs, NUM_STEPS, C, H, W)
         rows = [torch.cat([a[None], row, b[None]]) for a, row, b in zip(first, path, second)]
         return _save(folder, "interpolate", rows, nfe, first=first, second=second, path=path, alphas=alphas)
 
-    return _run(config, workdir, eval_folder, "interpolate", "interpolation", body)
+    def check(exp: EvaluationExperiment) -> None:
+        try:
+            check_continuous_time(exp.score_model.parameterization, "--mode interpolate (the probability-flow ODE)",
+                                  exp.sde, "it cannot be interpolated")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+    return _run(config, workdir, eval_folder, "interpolate", "interpolation", body, 2 * NUM_PAIRS, check)

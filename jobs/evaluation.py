@@ -86,6 +86,9 @@ from .workdir import workdir_lock
 #: data dimension up to which the log-likelihood of continuous data uses the exact divergence (one backward pass
 #: per dimension) instead of the configured Hutchinson estimator
 EXACT_DIVERGENCE_MAX_DIM = 16
+#: the fewest samples the feature metrics (digits FID / KID / Inception score, FID with ``eval.stats_path``) take:
+#: a covariance of the samples' features
+FEATURE_METRICS_MIN_SAMPLES = 2
 MAX_GRID_IMAGES = 256  # the PNG grid shows at most this many images of the first round
 
 
@@ -184,6 +187,21 @@ def _inception_setup(config: Any, device: torch.device) -> tuple[Any, Any] | Non
         return extractor, load_statistics(stats_path)
     except (MetricSetupError, FileNotFoundError) as error:
         raise ConfigError(f"eval.stats_path is set, but FID cannot be computed: {error}") from error
+
+
+def check_sample_metrics(config: Any) -> None:
+    """:class:`ConfigError`, before any work, when ``eval.enable_sampling`` asks for fewer samples than the sample
+    metrics of the data take (:data:`FEATURE_METRICS_MIN_SAMPLES` for the digits metrics and for FID)."""
+    if not bool(config_value(config, "eval.enable_sampling", False)):
+        return
+    kinds = metric_kinds(config)
+    features = "digits" in kinds or ("image" in kinds and bool(config_value(config, "eval.stats_path", None)))
+    count = config_value(config, "eval.num_samples", None)
+    if features and isinstance(count, int) and count < FEATURE_METRICS_MIN_SAMPLES:
+        raise ConfigError(
+            f"config.eval.num_samples={count}: the sample metrics of {config.data.dataset} (Frechet distance of the "
+            f"samples' features) need at least {FEATURE_METRICS_MIN_SAMPLES} samples"
+        )
 
 
 @register_sample_metric("image")
@@ -368,7 +386,7 @@ def likelihood_options(config: Any) -> dict[str, Any]:
 
 def test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
     """Bits/dim of the dequantized test split (quantized data) or its log-likelihood in nats (continuous data)."""
-    score_fn = models.get_sampling_score_fn(exp.sde, exp.model, continuous=True)
+    score_fn = exp.score_model.score_fn()
     options = likelihood_options(exp.config)
     quantized = exp.test_ds.num_levels is not None
     if not quantized and math.prod(exp.data_shape) <= EXACT_DIVERGENCE_MAX_DIM:
@@ -410,7 +428,7 @@ def sampling_source(exp: Experiment, checkpoint: Path, step: int) -> dict[str, A
     """What the sampling rounds of ``checkpoint`` (loaded, at ``step``) are drawn from and with, the part of their
     records shared by all rounds: the checkpoint (its path inside the workdir, step and SHA-256, hashed here once),
     the SDE, the sampler and every setting of it (all of ``config.sampling``, the sampling ``eps``,
-    ``config.training.continuous``, ``config.data.centered``), the data shape, ``config.seed``, the device type
+    the network's parameterization, ``config.data.centered``), the data shape, ``config.seed``, the device type
     (CPU and CUDA generators draw differently) and, for class-conditional samples, the guidance and the classifier
     checkpoint's SHA-256."""
     config = exp.config
@@ -421,7 +439,7 @@ def sampling_source(exp: Experiment, checkpoint: Path, step: int) -> dict[str, A
         "sde": repr(exp.sde),
         "sampling": config.sampling.to_dict(),
         "sampling_eps": exp.sampling_eps,
-        "continuous": config_value(config, "training.continuous", True),
+        "parameterization": exp.score_model.parameterization.name,
         "data_centered": config_value(config, "data.centered", False),
         "data_shape": list(exp.data_shape),
         "seed": config_value(config, "seed", 0),
@@ -588,6 +606,7 @@ def _evaluate(
     config: Any, workdir: str | os.PathLike, eval_folder: str, checkpoints: list[int] | None
 ) -> dict[int, dict[str, Any]]:
     exp = build_experiment(config, workdir, "eval")
+    check_sample_metrics(exp.config)
     if bool(config_value(exp.config, "eval.enable_sampling", False)):
         _inception_setup(exp.config, exp.device)  # a missing library, weights or statistics file fails before any work
     logger = open_log(exp.layout.log_file, exp.distributed.is_main)
@@ -660,6 +679,8 @@ def train_and_evaluate(
     :func:`evaluate` of the run's last numbered checkpoint into ``workdir/eval_folder``; the workdir stays locked
     from the first step to the report (:func:`jobs.workdir.workdir_lock`)."""
     with workdir_lock(workdir, "train"):
+        if bool(config_value(config, "eval.after_training", False)):
+            check_sample_metrics(config)  # before training, not after it
         exp = train(config, workdir, allow_config_changes=allow_config_changes)
         if bool(config_value(config, "eval.after_training", False)):
             existing = numbered_checkpoints(exp)

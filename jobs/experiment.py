@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 import data_lib
 import models
-from samplers.from_config import get_sampling_fn
+from samplers.from_config import check_continuous_time, get_sampling_fn
 from sde_lib import SDE, VESDE, get_sde, subVPSDE, VPSDE
 from base_lib.config import config_value
 from base_lib.checks import check_positive_int
@@ -35,7 +35,7 @@ from base_lib.checks import check_positive_int
 from .config_checks import check_config_values
 from .conditional import ConditioningError, SamplingConditioning, check_label_dropout, num_classes, sampling_conditioning
 from train_lib.optim import get_optimizer
-from train_lib.steps import TASKS, StepFn, get_step_fn_from_config, step_fn_options
+from train_lib.steps import TASKS, StepFn, get_step_fn_from_config
 
 MODES = ("train", "eval", "sample")
 
@@ -176,6 +176,7 @@ class Experiment:
     sde: SDE  # the forward SDE of config.training.sde
     sampling_eps: float  # smallest time of the samplers (REFERENCE_SAMPLING_EPS)
     model: nn.Module  # the score network (not wrapped in DistributedDataParallel)
+    score_model: models.ScoreModel | None  # the network read through its parameterization; None for a classifier
     ema: models.ExponentialMovingAverage  # EMA of the weights, config.model.ema_rate
     state: dict[str, Any]  # what checkpoints are restored into: {'model', 'ema', 'step'} (+ 'optimizer' to train)
     scaler: Scaler  # data in [0, 1] -> model space
@@ -230,10 +231,13 @@ class SamplingExperiment(Experiment):
 
 
 def sampling_eps(config: Any, sde: SDE) -> float:
-    """``config.sampling.eps`` if set, else the reference's value for the SDE family (:data:`REFERENCE_SAMPLING_EPS`)."""
+    """``config.sampling.eps`` if set, else the SDE's own end time (``sde.sampling_eps``: EDM's ``sigma_min``), else the
+    reference's value for the SDE family (:data:`REFERENCE_SAMPLING_EPS`)."""
     value = config_value(config, "sampling.eps", None)
     if value is not None:
         return float(value)
+    if getattr(sde, "sampling_eps", None) is not None:
+        return float(sde.sampling_eps)
     for family, eps in REFERENCE_SAMPLING_EPS:
         if isinstance(sde, family):
             return eps
@@ -287,21 +291,29 @@ def _create_model(config: Any) -> nn.Module:
             raise ConfigError(f"config.model.name={config.model.name!r} cannot be built from this config: {error}") from None
 
 
-def check_model_input(model: nn.Module, sde: SDE, shape: tuple[int, ...], continuous: bool, device: torch.device) -> None:
-    """One forward pass on a single example of ``shape`` at ``t = T / 2``: a resolution or channel count the
+def check_model_input(score_model: models.ScoreModel, shape: tuple[int, ...], device: torch.device) -> None:
+    """One score evaluation on a single example of ``shape`` at ``t = T / 2``: a resolution or channel count the
     network cannot take fails here, with the model's error, instead of at the first training step."""
-    x = torch.zeros((1, *shape), device=device, dtype=models.model_dtype(model))
-    t = torch.full((1,), sde.T / 2, device=device, dtype=x.dtype)
-    score_fn = models.get_score_fn(sde, model, train=False, continuous=continuous)
+    x = torch.zeros((1, *shape), device=device, dtype=models.model_dtype(score_model.network))
     try:
         with torch.no_grad():
-            out = score_fn(x, t)
+            out = score_model.score(x, score_model.sde.T / 2)
     except (ValueError, RuntimeError, IndexError) as error:
         raise ConfigError(
-            f"the model {type(model).__name__} cannot take data of shape {shape} (config.data): {error}"
+            f"the model {type(score_model.network).__name__} cannot take data of shape {shape} (config.data): {error}"
         ) from error
     if out.shape != x.shape:
         raise ConfigError(f"the model returned {tuple(out.shape)} for an input of shape {tuple(x.shape)}")
+
+
+def _check_continuous_time(config: Any, mode: str, score_model: models.ScoreModel) -> None:
+    """A likelihood evaluation (``eval.enable_bpd``, run by ``eval`` and by ``train`` with ``eval.after_training``)
+    of a step-indexed network is refused before any work, as :func:`samplers.get_sampling_fn` refuses the
+    continuous-time samplers."""
+    evaluates = mode == "eval" or (mode == "train" and bool(config_value(config, "eval.after_training", False)))
+    if evaluates and bool(config_value(config, "eval.enable_bpd", False)):
+        check_continuous_time(score_model.parameterization, "config.eval.enable_bpd=True (the likelihood of the "
+                              "probability-flow ODE)", score_model.sde, "set config.eval.enable_bpd=False")
 
 
 def check_classifier_input(classifier: nn.Module, sde: SDE, shape: tuple[int, ...], classes: int, device: torch.device) -> None:
@@ -378,17 +390,17 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
     batch_field = "training.batch_size" if mode == "train" else "eval.batch_size"
     sample_batch = check_positive_int(f"config.{batch_field}", config_value(config, batch_field))
     sampling_shape = (sample_batch, *shape)
-    options = step_fn_options(config)
-
     model = _create_model(config)
-    conditioning = None
+    conditioning = score_model = None
     try:
         if task == "classifier":
             check_classifier_input(model, sde, shape, num_classes(config), device)
         else:
-            check_model_input(model, sde, shape, options["continuous"], device)
+            score_model = models.ScoreModel.from_config(config, model, sde)
+            _check_continuous_time(config, mode, score_model)
+            check_model_input(score_model, shape, device)
             check_label_dropout(config, model)
-            conditioning = sampling_conditioning(config, sde, model, sample_batch, workdir, device, load=mode != "train")
+            conditioning = sampling_conditioning(config, model, sample_batch, workdir, device, load=mode != "train")
     except ConditioningError as error:
         raise ConfigError(str(error)) from error
     sampling_fn = None
@@ -399,7 +411,7 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
     state: dict[str, Any] = {"model": model, "ema": ema, "step": 0}
     common = dict(
         config=config, mode=mode, layout=WorkdirLayout(workdir), device=device, distributed=context, sde=sde,
-        sampling_eps=eps, model=model, ema=ema, state=state, scaler=scaler, inverse_scaler=inverse_scaler,
+        sampling_eps=eps, model=model, score_model=score_model, ema=ema, state=state, scaler=scaler, inverse_scaler=inverse_scaler,
         data_shape=shape, task=task, conditioning=conditioning, sampling_shape=sampling_shape, sampling_fn=sampling_fn,
         labelled=task == "classifier" or config_value(config, "training.label_dropout", None) is not None,
     )

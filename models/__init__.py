@@ -13,8 +13,9 @@
   guidance.
 * :class:`NCSNv2` / :class:`NCSNv2Deeper` / :class:`NCSNv2Deepest` (``"ncsnv2_64"``, ``"ncsnv2_128"``,
   ``"ncsnv2_256"``) and :class:`NCSN` (``"ncsn"``): the RefineNet-based SMLD networks.
-* :func:`get_score_fn` / :func:`get_sampling_score_fn`: a network as ``score_fn(x, t)`` for the samplers, with
-  the reference's label and scaling conventions for VP, sub-VP and VE.
+* :class:`ScoreModel`: a network, its SDE and its :class:`Parameterization` (how labels and output relate to the
+  time and the score: the reference's ``noise``, ``ddpm``, ``score``, ``smld``, registered by name), built once from
+  the config (:meth:`ScoreModel.from_config`); gives the score, the denoiser and ``score_fn(x, t)`` for samplers.
 * :class:`ExponentialMovingAverage`: weight averaging in the reference's format.
 * :func:`load_reference_weights` (a reference ``state_dict``, strictly, through the model's
   ``reference_key_map``) and :func:`load_reference_training_state` (a reference training checkpoint: model,
@@ -35,7 +36,7 @@ from .checkpoint import (
 from .ema import ExponentialMovingAverage
 from .embeddings import GaussianFourierProjection, sinusoidal_embedding
 from .classifier_mlp import MLPClassifier
-from .conditional_mlp import ClassConditioned, ConditionalMLPScoreNet, check_class_labels
+from .conditional_mlp import ConditionalMLPScoreNet, check_class_labels
 from .conv_classifier import ConvClassifier
 from .ddpm import DDPM
 from .mlp import EMBEDDING_TYPES, MLPScoreNet
@@ -46,7 +47,20 @@ from .normalization import ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus, ge
 from .registry import available_models, create_model, get_model, register_model
 from .winograd import WinogradConv2d, set_winograd_enabled, winograd_disabled
 from .upfirdn2d import conv_downsample_2d, downsample_2d, fir_kernel_2d, upfirdn2d, upsample_2d, upsample_conv_2d
-from .score_fn import VP_CONTINUOUS_LABEL_SCALE, get_model_fn, get_sampling_score_fn, get_score_fn, model_dtype
+from .score_model import (
+    VP_CONTINUOUS_LABEL_SCALE,
+    Parameterization,
+    ScoreModel,
+    available_parameterizations,
+    check_model_output,
+    default_parameterization,
+    get_parameterization,
+    label_conditional,
+    model_dtype,
+    parameterization_from_config,
+    register_parameterization,
+    resolve_parameterization,
+)
 
 __all__ = [
     "register_model",
@@ -56,7 +70,6 @@ __all__ = [
     "MLPScoreNet",
     "EMBEDDING_TYPES",
     "ConditionalMLPScoreNet",
-    "ClassConditioned",
     "check_class_labels",
     "MLPClassifier",
     "ConvClassifier",
@@ -80,9 +93,16 @@ __all__ = [
     "ConditionalInstanceNorm2dPlus",
     "GaussianFourierProjection",
     "sinusoidal_embedding",
-    "get_model_fn",
-    "get_score_fn",
-    "get_sampling_score_fn",
+    "ScoreModel",
+    "Parameterization",
+    "register_parameterization",
+    "get_parameterization",
+    "available_parameterizations",
+    "parameterization_from_config",
+    "default_parameterization",
+    "resolve_parameterization",
+    "label_conditional",
+    "check_model_output",
     "model_dtype",
     "VP_CONTINUOUS_LABEL_SCALE",
     "ExponentialMovingAverage",

@@ -2,7 +2,7 @@
 
 The classifier of classifier guidance ([SDE] = Song et al., ICLR 2021, section 5 and appendix I.1: ``grad_x log
 p_t(y | x(t))`` is added to the score, eq. (14)) must know how noisy its input is, so it is conditioned on the SDE
-time ``t`` itself (not on a network label as the score networks of :mod:`models.score_fn` are): one classifier works
+time ``t`` itself (not on a network label as the score networks of :mod:`models.score_model` are): one classifier works
 for every sampler and every SDE family. The trunk is that of :class:`models.MLPScoreNet` (its
 :class:`models.mlp.ResidualBlock`, additive time embedding) with a ``K``-way linear head.
 

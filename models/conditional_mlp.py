@@ -1,15 +1,14 @@
 """A label-conditional MLP score network for classifier-free guidance (Ho & Salimans, 2022) on low-dimensional data.
 
 :class:`ConditionalMLPScoreNet` is :class:`models.MLPScoreNet` (same trunk, noise-level labels, options and score
-conventions through :func:`models.get_score_fn`) with a learned embedding of the class label ``y`` added to the
+conventions through :class:`models.ScoreModel`) with a learned embedding of the class label ``y`` added to the
 noise-level embedding that every residual block receives. The embedding table has ``num_classes + 1`` rows: the last
 one, :attr:`ConditionalMLPScoreNet.null_label`, is the "no label" of the unconditional score, which training with
 label dropout (:func:`train_lib.get_cfg_loss_fn`) teaches the same network.
 
-``model(x, labels, class_labels=None)``: ``labels`` are the noise-level labels of :mod:`models.score_fn`;
-``class_labels`` ``(B,)`` int64 in ``[0, num_classes]`` (``num_classes`` = null), or ``None`` for the null label.
-:class:`ClassConditioned` binds class labels to such a network, giving the plain ``model(x, labels)`` interface that
-:func:`models.get_score_fn` and the losses expect.
+``model(x, labels, class_labels=None)``: ``labels`` are the noise-level labels of :mod:`models.score_model`;
+``class_labels`` ``(B,)`` int64 in ``[0, num_classes]`` (``num_classes`` = null), or ``None`` for the null label;
+:class:`models.ScoreModel` passes them as its ``y``.
 
 Config: those of :class:`models.MLPScoreNet` plus ``config.data.num_classes`` (required);
 ``config.model.name = "conditional_mlp"``.
@@ -72,19 +71,3 @@ class ConditionalMLPScoreNet(MLPScoreNet):
         self._check_inputs(x, labels)
         classes = check_class_labels(class_labels, x.shape[0], self.num_classes, x.device)
         return self.trunk(x, labels, self.label_features(labels) + self.class_embedding(classes))
-
-
-class ClassConditioned(nn.Module):
-    """``model(x, labels, class_labels)`` with ``class_labels`` fixed: the ``module(x, labels)`` of an unconditional network.
-
-    Train / eval mode and parameters are those of the wrapped network (it is a submodule), so
-    :func:`models.get_score_fn` and the losses of :mod:`train_lib.losses` use it unchanged.
-    """
-
-    def __init__(self, model: nn.Module, class_labels: Tensor | int | None):
-        super().__init__()
-        self.model = model  # the label-conditional network
-        self.class_labels = class_labels  # (B,) int64, one int, or None (the null label)
-
-    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
-        return self.model(x, labels, self.class_labels)

@@ -3,7 +3,7 @@
 The classifier of classifier guidance ([SDE] = Song et al., ICLR 2021, section 5 and appendix I.1: ``grad_x log
 p_t(y | x(t))`` is added to the score, eq. (14)) for images. As :class:`models.MLPClassifier` it is conditioned on
 the SDE time ``t`` itself (the sinusoidal embedding of ``t * time_scale`` through a two-layer MLP), not on the network
-labels of :mod:`models.score_fn`, so one classifier serves every sampler of its SDE.
+labels of :mod:`models.score_model`, so one classifier serves every sampler of its SDE.
 
 The trunk is the encoder half of DDPM++ ([SDE] appendix H; :mod:`models.ncsnpp` with ``resblock_type="ddpm"``): a
 3x3 input convolution, then per resolution ``num_res_blocks`` DDPM residual blocks

@@ -8,7 +8,7 @@ normalisation groups everywhere (so every channel count must be a multiple of 32
 in the same order, so :meth:`~models.ncsnpp.NCSNpp.reference_key_map` maps the reference's ``all_modules.<i>``
 keys here too.
 
-Labels: whatever :func:`models.get_score_fn` passes for VP/sub-VP (``t * 999`` or ``t * (N - 1)``, float);
+Labels: whatever :class:`models.ScoreModel` passes for VP/sub-VP (``t * 999`` or ``t * (N - 1)``, float);
 ``scale_by_sigma`` divides the output by ``sigmas[labels]`` and then needs integer step indices.
 
 Config (read by :meth:`DDPM.from_config`): ``data.image_size``, ``model.nf``, ``ch_mult``, ``num_res_blocks``,

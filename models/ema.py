@@ -5,14 +5,46 @@ After update ``k`` the shadow weights are ``s_k = d_k s_{k-1} + (1 - d_k) theta_
 reference uses), else ``d_k = decay``. Only parameters with ``requires_grad=True`` are averaged (a fixed Fourier
 projection ``W`` is not), in the order of ``model.parameters()``. The state is
 ``{'decay': float, 'num_updates': int | None, 'shadow_params': [Tensor, ...]}``, the reference's ``'ema'`` entry.
+
+EDM (Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models", NeurIPS 2022, appendix
+F.1) sets the decay of each step from a half-life measured in training images instead: :func:`halflife_decay`
+gives it, and ``update(parameters, decay=...)`` uses it for that step (the stored ``decay`` and the state's format
+are unchanged).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Iterable
 
 import torch
 from torch import Tensor
+
+from base_lib.checks import check_finite_positive, check_positive_int
+
+MIN_HALFLIFE_IMAGES = 1e-8  # floor of the half-life: decay 0 (the average restarts at the weights) at 0 images
+
+
+def halflife_decay(batch_size: int, images_seen: int, halflife_images: float, rampup_ratio: float | None = 0.05) -> float:
+    """EMA decay of one step of ``batch_size`` images under a half-life of ``halflife_images`` images (EDM's rule).
+
+    The half-life is ``h = min(halflife_images, rampup_ratio * images_seen)`` (``halflife_images`` when
+    ``rampup_ratio`` is None) and the decay ``d = 0.5 ** (batch_size / max(h, 1e-8))``: after ``h / batch_size``
+    steps the weights of before hold a share ``d^(h / batch_size) = 1/2`` of the average. With the ramp-up the
+    average covers at most the last ``rampup_ratio`` of training, so early weights are forgotten quickly;
+    ``images_seen`` counts the images trained on before this step (0 at the first step: decay 0, the average starts
+    at the weights). EDM's CIFAR-10 setting: half-life 500k images, ramp-up 0.05.
+    """
+    batch_size = check_positive_int("batch_size", batch_size)
+    if isinstance(images_seen, bool) or not isinstance(images_seen, numbers.Real) or not images_seen >= 0:
+        raise ValueError(f"images_seen must be a number >= 0, got {images_seen!r}")
+    if math.isinf(images_seen):
+        raise ValueError(f"images_seen must be finite, got {images_seen!r}")
+    halflife = check_finite_positive("halflife_images", halflife_images)
+    if rampup_ratio is not None:
+        halflife = min(halflife, check_finite_positive("rampup_ratio", rampup_ratio) * float(images_seen))
+    return 0.5 ** (batch_size / max(halflife, MIN_HALFLIFE_IMAGES))
 
 
 def _trainable(parameters: Iterable[Tensor]) -> list[Tensor]:
@@ -54,10 +86,14 @@ class ExponentialMovingAverage:
         k = self.num_updates + 1
         return min(self.decay, (1 + k) / (10 + k))
 
-    def update(self, parameters: Iterable[Tensor]) -> None:
-        """``s <- d s + (1 - d) theta`` for every trainable parameter ``theta`` (call after each optimizer step)."""
+    def update(self, parameters: Iterable[Tensor], decay: float | None = None) -> None:
+        """``s <- d s + (1 - d) theta`` for every trainable parameter ``theta`` (call after each optimizer step).
+
+        ``d`` is :meth:`current_decay`, or ``decay`` (in ``[0, 1]``) for this step when given, e.g. EDM's
+        :func:`halflife_decay`; the stored ``decay`` is left as it is and ``num_updates`` still counts the step.
+        """
+        decay = self.current_decay() if decay is None else self._check_decay(decay)
         params = self._matching(parameters)
-        decay = self.current_decay()
         if self.num_updates is not None:
             self.num_updates += 1
         with torch.no_grad():

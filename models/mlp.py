@@ -1,7 +1,7 @@
 """A noise-conditioned residual MLP score network for low-dimensional data (2-D toy densities, tabular vectors).
 
 ``model(x, labels)``: ``x`` of shape ``(B, D)``, ``labels`` of shape ``(B,)`` holding whatever
-:func:`models.get_score_fn` hands the network for the SDE at hand (``t * 999`` for VP, the noise scale
+the parameterization of :class:`models.ScoreModel` hands the network for the SDE at hand (``t * 999`` for VP, the noise scale
 ``sigma(t)`` for continuous VE, an integer step index for discrete VE). The labels are embedded (random
 Fourier features of ``log sigma`` as NCSN++, or the sinusoidal embedding of DDPM), mapped by a small MLP and
 added inside every residual block.
@@ -52,7 +52,7 @@ class MLPScoreNet(nn.Module):
     """Residual MLP ``(x (B, D), labels (B,)) -> (B, D)`` conditioned on the noise level.
 
     ``embedding_type="fourier"`` embeds ``log(labels)`` and so expects noise scales ``sigma > 0`` as labels
-    (VE SDE, ``continuous=True``); ``"positional"`` embeds the labels themselves and suits every other
+    (the ``score`` parameterization of VE); ``"positional"`` embeds the labels themselves and suits every other
     convention (VP/sub-VP ``t * 999`` or ``t * (N - 1)``, integer VE step indices). With ``scale_by_sigma``
     the output is divided by the labels (the noise scale), as NCSN++ does, so that the network learns
     ``sigma * score``, which has unit scale; this needs the ``"fourier"`` embedding.
@@ -139,6 +139,11 @@ class MLPScoreNet(nn.Module):
     def label_features(self, labels: Tensor) -> Tensor:
         """The embedding of the noise labels fed to every block, ``(B, hidden_dim)``, in the network's precision."""
         return self.embedding_mlp(self._embed(labels, self.input_proj.weight.dtype))
+
+    @property
+    def label_kinds(self) -> tuple[str, ...] | None:
+        """``("sigma",)`` with the Fourier embedding of ``log(labels)``; ``None`` (any label) with the positional one."""
+        return ("sigma",) if self.embedding_type == "fourier" else None
 
     def trunk(self, x: Tensor, labels: Tensor, temb: Tensor) -> Tensor:
         """The residual trunk on ``x`` given the block conditioning ``temb``, with the output scaling."""

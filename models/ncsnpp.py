@@ -17,7 +17,7 @@ One class, :class:`NCSNpp` (config name ``"ncsnpp"``), covers both families and 
 Class conditioning (classifier-free guidance, Ho & Salimans, 2022): with ``num_classes = K`` a learned
 embedding ``class_embed`` of ``K + 1`` rows (row ``K`` = :attr:`NCSNpp.null_label`, "no label") is added to the noise-level
 embedding that every residual block receives, and the network is called ``model(x, labels, class_labels)`` (see
-:class:`models.conditional_mlp.ClassConditioned`, :func:`train_lib.get_cfg_loss_fn`). It needs ``conditional=True``.
+:class:`models.ScoreModel`, :func:`train_lib.get_cfg_loss_fn`). It needs ``conditional=True``.
 Without ``num_classes`` (the default) the network, its state dict and its reference key map are those of the reference;
 a class-conditional network has no reference counterpart (:meth:`NCSNpp.reference_key_map` raises ``ValueError``).
 
@@ -418,10 +418,6 @@ class NCSNpp(nn.Module):
         field = lambda name, default=...: config_value(config, f"model.{name}", default)  # noqa: E731
         embedding_type = field("embedding_type", "fourier")
         num_classes = class_count_from_config(config)
-        if isinstance(embedding_type, str) and embedding_type.lower() == "fourier" and not config_value(
-            config, "training.continuous", True
-        ):
-            raise ValueError("model.embedding_type='fourier' embeds continuous noise scales: it needs training.continuous=True")
         return cls(
             image_size=config_value(config, "data.image_size"),
             num_channels=config_value(config, "data.num_channels", 3),
@@ -450,6 +446,12 @@ class NCSNpp(nn.Module):
             num_scales=field("num_scales", 1000),
             num_classes=num_classes,
         )
+
+    @property
+    def label_kinds(self) -> tuple[str, ...] | None:
+        """``("sigma",)`` with the Fourier embedding of ``log sigma`` (labels must be noise scales); ``None`` (any
+        label) with the positional one (:class:`models.Parameterization`)."""
+        return ("sigma",) if self.embedding_type == "fourier" else None
 
     @property
     def null_label(self) -> int | None:

@@ -3,7 +3,7 @@
 A RefineNet (see :mod:`models.refinenet`) with unconditional InstanceNorm++ whose output is divided by the noise
 scale, ``s(x, i) = f(x) / sigma_i`` (NCSNv2 section 4.2, Technique 3): the network is conditioned on the noise
 level only through this division. ``labels`` are int64 indices into the ``sigmas`` buffer (discrete VE SDE,
-index 0 = ``sigma_max``), as :func:`models.get_score_fn` hands them for ``continuous=False``. The division uses
+index 0 = ``sigma_max``), as the ``smld`` parameterization of :class:`models.ScoreModel` hands them. The division uses
 the ``sigmas`` buffer as loaded (float64, like the reference's), never a ladder recomputed from the config.
 
 Three depths, registered under the 2021 reference's config names (parameter names and shapes identical to it):

@@ -348,6 +348,9 @@ class RefineNet(nn.Module):
         for name in order:
             self.add_module(name, refines[name])
 
+    #: labels are integer noise-level indices (index 0 = sigma_max): the SMLD networks know their N levels only
+    label_kinds = ("index",)
+
     @property
     def min_image_size(self) -> int:
         """Images must be a multiple of ``2 ** downsamplings`` with at least 2x2 pixels at the coarsest stage."""

@@ -9,6 +9,7 @@ progress=False) -> (x, nfe)``, where ``score_fn(x, t)`` takes ``x`` of shape ``(
 * :func:`sde_sample`: the reverse-time SDE ([SDE] eq. 6) integrated by torchsde.
 * :func:`adaptive_sde_sample`: adaptive-step reverse-SDE solver (Jolicoeur-Martineau et al., 2021).
 * :func:`fast_sample`: few-step exponential integrators / Heun for the probability-flow ODE.
+* :func:`edm_sample`: EDM's Heun sampler with stochastic churn (Karras et al. 2022, Algorithm 2), any linear SDE.
 
 :func:`log_likelihood` and :func:`bits_per_dim` give exact likelihoods through the same ODE.
 :func:`pc_inpaint` / :func:`pc_colorize` (and the reference-style :func:`get_pc_inpainter` /
@@ -20,13 +21,11 @@ many particles.
 
 from .adaptive import adaptive_sde_sample
 from .common import CountingScoreFn
-from .smc import smc_colorize, smc_inpaint
 from .controllable import (
     KnownValueReplacement,
     cfg_score_fn,
+    classifier_log_prob_fn,
     colour_decoupling_matrix,
-    couple_colours,
-    decouple_colours,
     get_pc_colorizer,
     get_pc_inpainter,
     guided_score_fn,
@@ -34,7 +33,10 @@ from .controllable import (
     ode_interpolate,
     pc_colorize,
     pc_inpaint,
+    smc_colorize,
+    smc_inpaint,
 )
+from .edm import edm_sample
 from .fast import fast_sample
 from .from_config import get_likelihood_fn, get_sampling_fn
 from .likelihood import BitsPerDim, bits_per_dim, dequantized_bits_per_dim, hutchinson_probe, log_likelihood
@@ -62,9 +64,8 @@ __all__ = [
     "get_pc_colorizer",
     "KnownValueReplacement",
     "colour_decoupling_matrix",
-    "decouple_colours",
-    "couple_colours",
     "guided_score_fn",
+    "classifier_log_prob_fn",
     "cfg_score_fn",
     "interpolate_latents",
     "ode_interpolate",
@@ -74,6 +75,7 @@ __all__ = [
     "sde_sample",
     "adaptive_sde_sample",
     "fast_sample",
+    "edm_sample",
     "get_sampling_fn",
     "get_likelihood_fn",
     "log_likelihood",

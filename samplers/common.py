@@ -132,6 +132,13 @@ def check_sde(sde: SDE) -> SDE:
     return sde
 
 
+def check_linear_sde(sde: LinearSDE) -> LinearSDE:
+    """``sde`` if it is an :class:`sde_lib.LinearSDE` (Gaussian kernel ``N(alpha x0, sigma^2 I)``), else ``ValueError``."""
+    if not isinstance(sde, LinearSDE):
+        raise ValueError(f"sde must be a sde_lib.LinearSDE (VPSDE, subVPSDE, VESDE, ...), got {type(sde).__name__}")
+    return sde
+
+
 def check_denoise(sde: SDE, denoise: bool) -> bool:
     """``denoise`` as a bool; ``ValueError`` if it is requested for an SDE without a Gaussian linear kernel."""
     if denoise and not isinstance(sde, LinearSDE):

@@ -7,7 +7,8 @@ Two solvers share one budget rule, ``nfe`` = the score evaluations actually made
   the UniPC corrector (order + 1), one evaluation per step: ``steps = nfe - denoise``; the first
   ``order - 1`` steps are lower-order warm-up steps, so ``nfe - denoise >= order`` is required.
 * ``method="heun"``: EDM's Heun (order 2) or Euler (order 1) steps in ``sigma / alpha``
-  (:mod:`samplers.heun`), the reference solver for VE. Order 2 takes ``ceil((nfe - denoise) / 2)`` steps,
+  (:func:`samplers.edm.heun_solver`: the stepping of :func:`samplers.edm_sample` without churn, on this module's
+  grid from ``T`` to ``eps``), the reference solver for VE. Order 2 takes ``ceil((nfe - denoise) / 2)`` steps,
   the last one an Euler step when ``nfe - denoise`` is odd; ``nfe - denoise >= 2`` is required. Order 1
   takes ``nfe - denoise`` Euler steps.
 
@@ -39,6 +40,7 @@ from .common import (
     CountingScoreFn,
     check_choice,
     check_eps,
+    check_linear_sde,
     check_shape,
     initial_state,
     resolve_device,
@@ -46,7 +48,7 @@ from .common import (
     tweedie_denoise,
 )
 from .dpm_solver import CORRECTORS, MAX_ORDER, PREDICTIONS, dpm_solver_multistep
-from .heun import HEUN_ORDERS, heun_solver, heun_steps
+from .edm import HEUN_ORDERS, heun_solver, heun_steps
 from .timesteps import SCHEDULES, noise_levels
 
 METHODS = ("dpm_solver", "heun")
@@ -82,12 +84,6 @@ def default_schedule(sde: LinearSDE, method: str, prediction: str = "noise") -> 
     if method == "heun":
         return "edm"
     return "logSNR" if prediction == "data" else "vp_time_quadratic"
-
-
-def _check_sde(sde: LinearSDE) -> LinearSDE:
-    if not isinstance(sde, LinearSDE):
-        raise ValueError(f"sde must be a sde_lib.LinearSDE (VPSDE, subVPSDE, VESDE, ...), got {type(sde).__name__}")
-    return sde
 
 
 def _check_corrector_options(method: str, corrector: str | None, lower_order_final: bool | None) -> tuple[str | None, bool]:
@@ -167,7 +163,7 @@ def fast_sample(
     Returns:
         ``(x, nfe)``: samples at ``t = eps`` (Tweedie-denoised if asked) and the evaluations made.
     """
-    sde = _check_sde(sde)
+    sde = check_linear_sde(sde)
     counting = CountingScoreFn(score_fn)
     shape = check_shape(shape)
     nfe = check_positive_int("nfe", nfe)

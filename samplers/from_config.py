@@ -1,24 +1,28 @@
 """Samplers and likelihoods built from an ml-collections config, with the 2021 reference's names and fields.
 
-:func:`get_sampling_fn` reads ``config.sampling`` (``method`` in ``pc``, ``ode``, ``sde``, ``adaptive``, ``fast``;
-``predictor``, ``corrector``, ``snr``, ``n_steps_each``, ``noise_removal``, ``probability_flow``) and
-``config.training.continuous``, and returns ``fn(model) -> (samples, nfe)``. :func:`get_likelihood_fn` returns
-``fn(model, data) -> (bpd, z, nfe)``. The network becomes a score function through
-:func:`models.get_sampling_score_fn`, with the reference's conventions for each SDE.
+:func:`get_sampling_fn` reads ``config.sampling`` (``method`` in ``pc``, ``ode``, ``sde``, ``adaptive``, ``fast``, ``edm``;
+``predictor``, ``corrector``, ``snr``, ``n_steps_each``, ``noise_removal``, ``probability_flow``) and returns
+``fn(model) -> (samples, nfe)``. :func:`get_likelihood_fn` returns ``fn(model, data) -> (bpd, z, nfe)``. The network
+becomes a score function through :class:`models.ScoreModel` with the parameterization the config trains it with
+(:func:`models.parameterization_from_config`); a method that evaluates the score at arbitrary times is refused
+here, when the config is read, for a network that knows its ``N`` noise levels only.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from sde_lib import SDE
+from models.score_model import Parameterization, ScoreModel, parameterization_from_config, resolve_parameterization
+from sde_lib import SDE, ScoreFn
 from base_lib.config import config_value
 
 from .adaptive import adaptive_sde_sample
 from .common import check_choice, check_shape
+from .edm import check_edm_options, edm_sample
 from .fast import fast_sample
 from .likelihood import DIVERGENCES, bits_per_dim
 from .ode import ode_sample
@@ -26,14 +30,25 @@ from .odeint import ODE_METHODS
 from .pc import available_correctors, available_predictors, pc_sample
 from .sde_solvers import sde_sample
 
-SAMPLING_METHODS = ("pc", "ode", "sde", "adaptive", "fast")
+SAMPLING_METHODS = ("pc", "ode", "sde", "adaptive", "fast", "edm")
+#: the methods that evaluate the score at arbitrary times (PC steps through the SDE's own N levels)
+CONTINUOUS_TIME_METHODS = ("ode", "sde", "adaptive", "fast", "edm")
 Scaler = Callable[[Tensor], Tensor]
+ScoreFactory = Callable[[ScoreModel], ScoreFn]
+"""``factory(score_model) -> score_fn(x, t)``: the score a sampler follows (default: ``score_model.score_fn()``)."""
 
 
-def _score_fn(sde: SDE, model: torch.nn.Module, continuous: bool):
-    from models import get_sampling_score_fn  # the network package is only needed once a model is sampled
-
-    return get_sampling_score_fn(sde, model, continuous=continuous)
+def check_continuous_time(
+    parameterization: Parameterization, what: str, sde: SDE, remedy: str = "use config.sampling.method='pc'"
+) -> None:
+    """``ValueError`` naming ``what`` (and ending with ``remedy``) when ``parameterization`` cannot be evaluated at
+    arbitrary times."""
+    if not parameterization.continuous_time:
+        raise ValueError(
+            f"{what} evaluates the score at arbitrary times, but this config's network (parameterization "
+            f"{parameterization.name!r}, from training.continuous=False or model.parameterization) knows only the "
+            f"N={sde.N} noise levels of its training; {remedy}"
+        )
 
 
 def get_sampling_fn(
@@ -42,34 +57,37 @@ def get_sampling_fn(
     shape: tuple[int, ...],
     inverse_scaler: Scaler | None,
     eps: float,
-    score_fn_factory: Callable[[torch.nn.Module, bool], Callable[[Tensor, Tensor], Tensor]] | None = None,
+    score_fn_factory: ScoreFactory | None = None,
 ):
     """The configured sampler as ``fn(model, generator=None, progress=False) -> (inverse_scaler(x), nfe)``.
 
     Fields (defaults in brackets where the reference configs have none):
 
-    * ``config.sampling.method``: ``pc`` | ``ode`` | ``sde`` | ``adaptive`` | ``fast``.
+    * ``config.sampling.method``: ``pc`` | ``ode`` | ``sde`` | ``adaptive`` | ``fast`` | ``edm``.
     * ``pc``: ``predictor``, ``corrector``, ``snr``, ``n_steps_each``, ``probability_flow``, ``noise_removal``.
     * ``ode``: ``noise_removal``, ``ode_method`` [``RK45``], ``rtol``/``atol`` [1e-5].
     * ``sde``: ``sde_method`` [``euler``], ``dt`` [1e-3], ``noise_removal``.
     * ``adaptive``: ``rtol`` [1e-2], ``noise_removal``.
     * ``fast``: ``nfe`` [20], ``order`` [solver default], ``schedule`` [solver default], ``noise_removal`` [False].
+    * ``edm``: ``nfe`` [35] (``N = (nfe + 1) // 2`` Heun steps, ``2N - 1`` evaluations), ``rho`` [7], ``s_churn`` [0],
+      ``s_min`` [0], ``s_max`` [no bound], ``s_noise`` [1]: :func:`samplers.edm_sample`.
 
-    ``config.training.continuous`` selects the score parameterization for PC, as the reference does. The ODE and
-    other continuous-time samplers use the continuous one. All arguments are checked here, before any sampling.
-    ``score_fn_factory(model, continuous) -> score_fn`` replaces :func:`models.get_sampling_score_fn` as the way
-    the network becomes the score the sampler follows (e.g. a guided score, :mod:`jobs.conditional`).
+    ``model`` is the network; it is read through :class:`models.ScoreModel` with the config's parameterization.
+    All arguments are checked here, before any sampling. ``score_fn_factory(score_model) -> score_fn`` replaces
+    ``score_model.score_fn()`` as the score the sampler follows (e.g. a guided score, :mod:`jobs.conditional`).
     """
     method = check_choice("config.sampling.method", str(config_value(config, "sampling.method")).lower(), SAMPLING_METHODS)
     shape = check_shape(shape)
     get = lambda field, default=...: config_value(config, f"sampling.{field}", default)  # noqa: E731
     denoise = bool(get("noise_removal", method != "fast"))
-    continuous = bool(config_value(config, "training.continuous", True))
+    parameterization = parameterization_from_config(config, sde)
+    if method in CONTINUOUS_TIME_METHODS:
+        check_continuous_time(parameterization, f"config.sampling.method={method!r}", sde)
     device = config_value(config, "device", None)
     scale = inverse_scaler if inverse_scaler is not None else (lambda x: x)
     if score_fn_factory is not None and not callable(score_fn_factory):
-        raise ValueError(f"score_fn_factory must be callable as factory(model, continuous) -> score_fn, got {score_fn_factory!r}")
-    make_score_fn = score_fn_factory if score_fn_factory is not None else (lambda model, cont: _score_fn(sde, model, cont))
+        raise ValueError(f"score_fn_factory must be callable as factory(score_model) -> score_fn, got {score_fn_factory!r}")
+    make_score_fn = score_fn_factory if score_fn_factory is not None else (lambda score_model: score_model.score_fn())
 
     if method == "pc":
         predictor = check_choice("config.sampling.predictor", str(get("predictor")).lower(), available_predictors())
@@ -78,23 +96,31 @@ def get_sampling_fn(
             predictor=predictor, corrector=corrector, snr=float(get("snr")), n_steps=int(get("n_steps_each")),
             probability_flow=bool(get("probability_flow", False)), denoise=denoise, eps=eps,
         )
-        sampler, score_continuous = pc_sample, continuous
+        sampler = pc_sample
     elif method == "ode":
         ode_method = check_choice("config.sampling.ode_method", get("ode_method", "RK45"), ODE_METHODS)
         options = dict(method=ode_method, rtol=float(get("rtol", 1e-5)), atol=float(get("atol", 1e-5)), denoise=denoise, eps=eps)
-        sampler, score_continuous = ode_sample, True
+        sampler = ode_sample
     elif method == "sde":
         options = dict(method=get("sde_method", "euler"), dt=float(get("dt", 1e-3)), denoise=denoise, eps=eps)
-        sampler, score_continuous = sde_sample, True
+        sampler = sde_sample
     elif method == "adaptive":
         options = dict(rtol=float(get("rtol", 1e-2)), denoise=denoise, eps=eps)
-        sampler, score_continuous = adaptive_sde_sample, True
-    else:
+        sampler = adaptive_sde_sample
+    elif method == "fast":
         options = dict(nfe=int(get("nfe", 20)), order=get("order", None), schedule=get("schedule", None), denoise=denoise, eps=eps)
-        sampler, score_continuous = fast_sample, True
+        sampler = fast_sample
+    else:
+        s_max = get("s_max", None)
+        checked = check_edm_options(
+            (int(get("nfe", 35)) + 1) // 2, get("rho", 7.0), get("s_churn", 0.0), get("s_min", 0.0),
+            math.inf if s_max is None else s_max, get("s_noise", 1.0),
+        )
+        options = dict(zip(("steps", "rho", "S_churn", "S_min", "S_max", "S_noise"), checked), eps=eps)
+        sampler = edm_sample
 
     def sampling_fn(model: torch.nn.Module, generator: torch.Generator | None = None, progress: bool = False):
-        score_fn = make_score_fn(model, score_continuous)
+        score_fn = make_score_fn(ScoreModel(model, sde, parameterization))
         with torch.no_grad():
             x, nfe = sampler(sde, score_fn, shape, generator=generator, device=device, progress=progress, **options)
         return scale(x), nfe
@@ -111,19 +137,23 @@ def get_likelihood_fn(
     method: str = "RK45",
     eps: float = 1e-5,
     n_bins: int = 256,
+    parameterization: Parameterization | str | None = None,
 ):
     """Bits/dim of dequantized data as ``fn(model, data, generator=None) -> (bpd, z, nfe)``, as the 2021 reference.
 
     ``data`` is in the model's space (after the data scaler); ``inverse_scaler`` maps it back to ``[0, 1]``.
     The reference's defaults are kept (scipy ``RK45``, tolerances 1e-5, ``eps=1e-5``). ``method="dopri5"``
     is the faster torch-native solver. ``n_bins`` is the number of quantization levels (the reference
-    hard-codes 256).
+    hard-codes 256). ``model`` is read through :class:`models.ScoreModel` with ``parameterization`` (``None``: the
+    SDE's continuous-time default); a step-indexed one is refused.
     """
+    parameterization = resolve_parameterization(sde, parameterization)
+    check_continuous_time(parameterization, "the likelihood (probability-flow ODE)", sde, "it has no likelihood")
     divergence = check_choice("hutchinson_type", hutchinson_type.lower(), DIVERGENCES)
     check_choice("method", method, ODE_METHODS)
 
     def likelihood_fn(model: torch.nn.Module, data: Tensor, generator: torch.Generator | None = None):
-        score_fn = _score_fn(sde, model, True)
+        score_fn = ScoreModel(model, sde, parameterization).score_fn()
         return bits_per_dim(
             sde, score_fn, data, n_bins=n_bins, inverse_scaler=inverse_scaler, divergence=divergence,
             rtol=rtol, atol=atol, eps=eps, method=method, generator=generator,

@@ -5,7 +5,8 @@ half-log-SNR ``lambda(t) = log(alpha_t / sigma_t)`` (Lu et al., "DPM-Solver", Ne
 which decreases strictly from the data end ``t = eps`` to ``t = T``. A schedule picks ``steps + 1``
 times ``T = t_0 > t_1 > ... > t_steps = eps``; schedules defined in ``lambda`` (or in
 ``sigma~ = sigma / alpha = exp(-lambda)``) need the inverse map ``lambda -> t``, which is closed form
-for the linear VP schedule and a bisection on the monotone ``lambda`` otherwise. Everything here runs in
+for the linear VP schedule and for an SDE that gives it (:meth:`sde_lib.LinearSDE.time_of_scaled_sigma`; EDM's
+``t = sigma~``), and a bisection on the monotone ``lambda`` otherwise. Everything here runs in
 float64 on the sampling device and returns the grid as Python floats: a handful of scalars, fixed before
 the first score evaluation.
 
@@ -99,11 +100,23 @@ def _bisect_half_log_snr(sde: LinearSDE, lam: Tensor, eps: float) -> Tensor:
 
 
 def inverse_half_log_snr(sde: LinearSDE, lam: Tensor, eps: float) -> Tensor:
-    """``t(lambda)`` on ``[eps, T]``: closed form for the linear VP schedule, bisection for any other ``LinearSDE``."""
+    """``t(lambda)`` on ``[eps, T]``: closed form for the linear VP schedule and for an SDE whose
+    :meth:`sde_lib.LinearSDE.time_of_scaled_sigma` has one (at ``sigma~ = exp(-lambda)``), else bisection."""
     if _has_vp_linear_closed_form(sde):
         t = _vp_linear_inverse(sde, lam)
     else:
-        t = _bisect_half_log_snr(sde, lam, eps)
+        t = sde.time_of_scaled_sigma(torch.exp(-lam))
+        if t is None:
+            t = _bisect_half_log_snr(sde, lam, eps)
+    return t.clamp(eps, sde.T)
+
+
+def time_of_scaled_sigma(sde: LinearSDE, scaled_sigma: Tensor, eps: float) -> Tensor:
+    """``t`` on ``[eps, T]`` with ``sigma(t) / alpha(t) = scaled_sigma``: the SDE's closed form where it has one (EDM's
+    ``t = sigma``, exact), else :func:`inverse_half_log_snr` at ``lambda = -log scaled_sigma``."""
+    t = sde.time_of_scaled_sigma(scaled_sigma)
+    if t is None:
+        return inverse_half_log_snr(sde, -torch.log(scaled_sigma), eps)
     return t.clamp(eps, sde.T)
 
 

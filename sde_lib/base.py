@@ -160,6 +160,16 @@ class LinearSDE(SDE):
     def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha(t), sigma(t))``, the kernel's mean coefficient and std, each of shape ``(B,)``."""
 
+    def time_of_scaled_sigma(self, scaled_sigma: Tensor) -> Tensor | None:
+        """The time ``t`` with ``sigma(t) / alpha(t) = scaled_sigma`` (elementwise), where it has a closed form.
+
+        ``sigma / alpha = exp(-lambda)`` is the noise level of ``x / alpha`` (EDM's noise level). The default
+        ``None`` says there is no closed form; samplers then invert the monotone ``lambda(t)`` numerically
+        (:func:`samplers.timesteps.inverse_half_log_snr`). An SDE overrides it when the inverse is exact and
+        cheap (EDM's ``sigma(t) = t``: the identity), so that grids placed in the noise level hit it exactly.
+        """
+        return None
+
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         t = self._check_xt(x, t)
         return batch_broadcast(self.drift_coeff(t), x) * x, self.diffusion_coeff(t)

@@ -1,4 +1,4 @@
-"""The three forward diffusions of [SDE]: variance preserving (VP), sub-VP and variance exploding (VE).
+"""The three forward diffusions of [SDE], variance preserving (VP), sub-VP and variance exploding (VE), and EDM's.
 
 Constructor names and defaults are those of the 2021 reference (``VPSDE(beta_min=0.1, beta_max=20,
 N=1000)`` and so on), so reference code keeps working. All coefficients are computed in the dtype of
@@ -24,18 +24,24 @@ from .schedules import CosineSchedule, LinearSchedule, NoiseSchedule
 VP_SCHEDULES = ("linear", "cosine")
 #: default end time of the cosine schedule, whose beta(t) diverges at t = 1 (the value used by DPM-Solver)
 COSINE_DEFAULT_T = 0.9946
+#: EDM's noise range (Karras et al. 2022, sec. 5): the smallest and largest noise levels its sampler visits
+EDM_SIGMA_MIN = 0.002
+EDM_SIGMA_MAX = 80.0
 
 
 class _DiscreteTables:
     """Per-step tables of a discretization (betas, sigmas, ...) kept in float64, cast once per device and dtype."""
 
-    def _init_tables(self, **tables: Tensor) -> None:
+    def _init_tables(self, invalid: str | None = None, **tables: Tensor) -> None:
         self._tables = tables
+        self._tables_invalid = invalid  # why the tables cannot be used (too few steps), or None
         self._table_cache: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
         for name, value in tables.items():
             setattr(self, name, value)
 
     def _table(self, name: str, like: Tensor) -> Tensor:
+        if getattr(self, "_tables_invalid", None) is not None:
+            raise ValueError(self._tables_invalid)
         key = (name, like.device, like.dtype)
         if key not in self._table_cache:
             self._table_cache[key] = self._tables[name].to(device=like.device, dtype=like.dtype)
@@ -44,6 +50,15 @@ class _DiscreteTables:
     def _timestep(self, t: Tensor) -> Tensor:
         """Index of the discrete step for time ``t``: ``floor(t (N - 1) / T)``, as the 2021 reference computes it."""
         return (t * (self.N - 1) / self.T).long().clamp_(0, self.N - 1)
+
+    def _smld_step(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """SMLD step on the ``discrete_sigmas`` table: ``f = 0``, ``G = sqrt(sigma_i^2 - sigma_{i-1}^2)``, ``sigma_{-1} = 0``."""
+        t = self._check_xt(x, t)
+        i = self._timestep(t)
+        sigmas = self._table("discrete_sigmas", x)
+        sigma = sigmas[i]
+        adjacent = torch.where(i == 0, torch.zeros_like(sigma), sigmas[(i - 1).clamp(min=0)])
+        return torch.zeros_like(x), torch.sqrt(sigma.square() - adjacent.square())
 
 
 def _vp_schedule(schedule: str, beta_min: float, beta_max: float, cosine_s: float) -> NoiseSchedule:
@@ -85,9 +100,17 @@ class _VPFamily(_DiscreteTables, LinearSDE):
         self.beta_1 = float(beta_max)  # beta(1) of the linear schedule (reference attribute name)
         self.schedule_name = schedule
         betas = self._discrete_betas_float64()
+        invalid = None
+        if float(betas.max()) > 1.0:  # the continuous SDE is fine; its N-step discretization is not
+            invalid = (
+                f"N={self.N} is too few steps for beta_max={beta_max}: the discrete betas reach {float(betas.max()):.3g} "
+                f"> 1 (DDPM's beta_i = beta(t_i) / N), so the N-step discretization (the reverse-diffusion and "
+                f"ancestral predictors, the Langevin step size, DDPM's tables) is undefined; N must be at least beta_max"
+            )
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
         self._init_tables(
+            invalid,
             discrete_betas=betas,
             alphas=alphas,
             alphas_cumprod=alphas_cumprod,
@@ -220,12 +243,7 @@ class VESDE(_DiscreteTables, LinearSDE):
 
     def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """SMLD step: ``f = 0``, ``G = sqrt(sigma_i^2 - sigma_{i-1}^2)`` with ``i = floor(t (N-1) / T)``, ``sigma_{-1} = 0``."""
-        t = self._check_xt(x, t)
-        i = self._timestep(t)
-        sigmas = self._table("discrete_sigmas", x)
-        sigma = sigmas[i]
-        adjacent = torch.where(i == 0, torch.zeros_like(sigma), sigmas[(i - 1).clamp(min=0)])
-        return torch.zeros_like(x), torch.sqrt(sigma.square() - adjacent.square())
+        return self._smld_step(x, t)
 
     @classmethod
     def from_config(cls, config: Any) -> "VESDE":
@@ -238,3 +256,66 @@ class VESDE(_DiscreteTables, LinearSDE):
 
     def __repr__(self) -> str:
         return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, N={self.N}, exact_marginal={self.exact_marginal})"
+
+
+@register_sde("edm")
+class EDMSDE(_DiscreteTables, LinearSDE):
+    """EDM's diffusion (Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models", NeurIPS
+    2022): ``sigma(t) = t``, ``s(t) = 1``, i.e. ``dx = sqrt(2 t) dw`` on ``[0, T]`` with ``T = sigma_max``.
+
+    As an SDE of [SDE] eq. (5): drift ``f = 0`` and ``g(t) = sqrt(d sigma(t)^2 / dt) = sqrt(2 t)``, whose
+    probability-flow ODE ``dx / dt = -t score(x, t)`` is EDM's eq. (1) with ``sigma(t) = t`` (its eq. (4), Table 1).
+    The variance accumulated from ``x(0)`` is ``int_0^t 2 u du = t^2``, so the kernel is exactly
+    ``N(x(0), t^2 I)``: ``alpha = 1``, ``std = t``. Time *is* the noise level: a sampler's end time ``eps`` is its
+    smallest noise level (``sigma_min`` is the natural one) and :meth:`time_of_scaled_sigma` is the identity.
+
+    The prior is ``N(0, sigma_max^2 I)``, the large-noise approximation of ``p_T = p_data * N(0, T^2 I)`` as for VE
+    (EDM's sampler starts there too); the mismatch is ``O(E ||x(0)||^2 / T^2)``. :meth:`discretize` is the SMLD
+    discretization on the ``N``-point grid ``t_i = i T / (N - 1)`` (``discrete_sigmas``, as VE's grid of times):
+    ``x_{i+1} = x_i + sqrt(t_i^2 - t_{i-1}^2) z_i``, ``t_{-1} = 0``, whose variances add up to ``t_i^2``, the exact
+    marginal variance at every grid time.
+    """
+
+    def __init__(self, sigma_min: float = EDM_SIGMA_MIN, sigma_max: float = EDM_SIGMA_MAX, N: int = 1000):
+        sigma_min = check_finite_positive("sigma_min", sigma_min)
+        sigma_max = check_finite_positive("sigma_max", sigma_max)
+        if sigma_min >= sigma_max:
+            raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min} >= sigma_max={sigma_max}")
+        super().__init__(N=N, T=sigma_max)
+        self.sigma_min = sigma_min  # smallest noise level a sampler goes to (t = sigma_min); the data sit at t = 0
+        self.sigma_max = sigma_max  # noise std at t = T = sigma_max, the prior's std
+        self.prior_std = sigma_max
+        self._init_tables(discrete_sigmas=torch.linspace(0.0, sigma_max, self.N, dtype=torch.float64))
+
+    def drift_coeff(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def diffusion_coeff(self, t: Tensor) -> Tensor:
+        return torch.sqrt(2.0 * t)
+
+    def marginal_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ones_like(t), t.clone()
+
+    def time_of_scaled_sigma(self, scaled_sigma: Tensor) -> Tensor:
+        """``t = sigma``: with ``alpha = 1`` and ``std = t`` the noise level is the time."""
+        return scaled_sigma.clone()
+
+    @property
+    def sampling_eps(self) -> float:
+        """The samplers' end time: ``sigma_min``, the smallest noise level (time is the noise level)."""
+        return self.sigma_min
+
+    def discretize(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """SMLD step: ``f = 0``, ``G = sqrt(t_i^2 - t_{i-1}^2)`` with ``t_i = i T / (N - 1)``, ``i = floor(t (N-1) / T)``, ``t_{-1} = 0``."""
+        return self._smld_step(x, t)
+
+    @classmethod
+    def from_config(cls, config: Any) -> "EDMSDE":
+        return cls(
+            sigma_min=config_value(config, "model.sigma_min", EDM_SIGMA_MIN),
+            sigma_max=config_value(config, "model.sigma_max", EDM_SIGMA_MAX),
+            N=config_value(config, "model.num_scales"),
+        )
+
+    def __repr__(self) -> str:
+        return f"EDMSDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, N={self.N})"

@@ -40,10 +40,10 @@ def available_sdes() -> list[str]:
 
 
 def get_sde(config: Any) -> SDE:
-    """Build the SDE named by ``config.training.sde`` (``vpsde``, ``subvpsde``, ``vesde`` or a registered name).
+    """Build the SDE named by ``config.training.sde`` (``vpsde``, ``subvpsde``, ``vesde``, ``edm`` or a registered name).
 
     Parameters come from ``config.model`` as in the 2021 reference configs: ``beta_min``, ``beta_max``
-    (VP, sub-VP), ``sigma_min``, ``sigma_max`` (VE) and ``num_scales`` (all, the ``N`` of the SDE).
+    (VP, sub-VP), ``sigma_min``, ``sigma_max`` (VE, EDM) and ``num_scales`` (all, the ``N`` of the SDE).
     """
     name = config_value(config, "training.sde")
     if not isinstance(name, str) or name.lower() not in _SDES:

@@ -26,13 +26,13 @@ import pytest
 import torch
 
 from models.classifier_mlp import MLPClassifier
-from models.conditional_mlp import ClassConditioned, ConditionalMLPScoreNet
-from models.score_fn import get_score_fn
-from samplers.controllable import cfg_score_fn, guided_score_fn
+from models import MLPScoreNet, ScoreModel
+from models.conditional_mlp import ConditionalMLPScoreNet
+from samplers.controllable import cfg_score_fn, classifier_log_prob_fn, guided_score_fn
 from samplers.pc import pc_sample
 from sde_lib import VESDE, VPSDE, GaussianMixture, batch_broadcast
-from train_lib.classifier import classifier_log_prob_fn, get_classifier_loss_fn, perturb
-from train_lib.classifier_free import cfg_score_fns, drop_labels, get_cfg_loss_fn
+from train_lib.classifier import get_classifier_loss_fn, perturb
+from train_lib.classifier_free import drop_labels, get_cfg_loss_fn
 from train_lib.losses import get_sde_loss_fn
 from training_checks import fit_on_mixture
 
@@ -171,7 +171,7 @@ def test_classifier_bad_arguments():
 # ---------------------------------------------------------------------------------------------- classifier-free
 def test_cfg_loss_is_the_dsm_loss_with_dropped_labels():
     """Same generator: the label-dropout draws come first, then exactly :func:`get_sde_loss_fn`'s loss of the network
-    with those labels bound; ``label_dropout`` 0 keeps every label, 1 makes all null."""
+    with those labels; ``label_dropout`` 0 keeps every label, 1 makes all null."""
     sde = VPSDE()
     model = ConditionalMLPScoreNet(2, 8, hidden_dim=16, num_layers=1).double()
     x0, y = ring().sample_with_labels(32, seeded(1), dtype=torch.float64)
@@ -180,7 +180,7 @@ def test_cfg_loss_is_the_dsm_loss_with_dropped_labels():
         loss = get_cfg_loss_fn(sde, label_dropout=dropout)(model, x0, y, seeded(4), per_example=True)
         g = seeded(4)
         torch.rand(32, generator=g)
-        expected = dsm(ClassConditioned(model, labels), x0, g, per_example=True)
+        expected = dsm(model, x0, g, per_example=True, y=labels)
         torch.testing.assert_close(loss, expected, rtol=0, atol=0)
 
 
@@ -193,17 +193,20 @@ def test_label_dropout_rate():
     assert torch.equal(dropped[dropped != 8], y[dropped != 8])
 
 
-def test_cfg_score_fns_bind_the_labels():
-    """``cond(x, t, y)`` is ``-model(x, 999 t, y) / std(t)`` (VP, continuous), ``cond(x, t, None) == uncond(x, t)``."""
+def test_score_model_of_a_label_conditional_network_takes_the_labels():
+    """``score(x, t, y)`` is ``-model(x, 999 t, y) / std(t)`` (VP, continuous); ``y = None`` is the null label."""
     sde = VPSDE()
     model = ConditionalMLPScoreNet(2, 8, hidden_dim=16, num_layers=1)
-    cond, uncond = cfg_score_fns(model, sde)
+    score_model = ScoreModel(model, sde)
+    cond, uncond = score_model.score, score_model.score_fn()
     x, t = torch.randn(6, 2, generator=seeded(7)), torch.rand(6, generator=seeded(8)) * 0.9 + 0.05
     y = torch.tensor([0, 1, 2, 3, 4, 7])
     std = sde.marginal_prob(x, t)[1]
     torch.testing.assert_close(cond(x, t, y), -model(x, 999 * t, y) / batch_broadcast(std, x))
     torch.testing.assert_close(cond(x, t, None), uncond(x, t), rtol=0, atol=0)
-    torch.testing.assert_close(uncond(x, t), get_score_fn(sde, ClassConditioned(model, 8), continuous=True)(x, t))
+    torch.testing.assert_close(uncond(x, t), -model(x, 999 * t, 8) / batch_broadcast(std, x))
+    with pytest.raises(ValueError, match="class labels y were given to the unconditional network MLPScoreNet"):
+        ScoreModel(MLPScoreNet(2, hidden_dim=8), sde).score(x, t, y)
     torch.testing.assert_close(cond(x, t, 3), cond(x, t, torch.full((6,), 3)), rtol=0, atol=0)
 
 
@@ -229,7 +232,8 @@ def test_classifier_free_guidance_from_a_trained_network():
     torch.manual_seed(0)
     model = ConditionalMLPScoreNet(2, 8, hidden_dim=128, num_layers=3)
     train(model, get_cfg_loss_fn(sde, label_dropout=0.1), 800, 2e-3, seed=2, decay_at=400)
-    cond, uncond = cfg_score_fns(model, sde)
+    score_model = ScoreModel(model, sde)
+    cond, uncond = score_model.score, score_model.score_fn()
     exact = target_fraction(em_samples(sde, cfg_score_fn(mixture.component_score_fn(sde), mixture.score_fn(sde), TARGET, 0.0), 6))
     plain = target_fraction(em_samples(sde, lambda x, t: cond(x, t, TARGET), 6))  # w = 0 is cond exactly
     assert abs(plain - exact) <= fraction_tolerance(exact), f"w = 0: learned {plain:.4f}, exact {exact:.4f}"

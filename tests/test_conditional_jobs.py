@@ -203,7 +203,7 @@ def test_sampling_fn_follows_the_score_factory():
     config = toy_config("toy_mlp_continuous")
     sde = sde_lib.get_sde(config)
     exact = data_lib_mixture().score_fn(sde)
-    fn = get_sampling_fn(config, sde, (256, 2), None, 1e-3, score_fn_factory=lambda model, continuous: exact)
+    fn = get_sampling_fn(config, sde, (256, 2), None, 1e-3, score_fn_factory=lambda score_model: exact)
     got, nfe = fn(torch.nn.Identity(), generator=torch.Generator().manual_seed(0))
     expected, expected_nfe = pc_sample(sde, exact, (256, 2), predictor="reverse_diffusion", corrector="none",
                                        snr=config.sampling.snr, n_steps=1, probability_flow=False, denoise=True,

@@ -35,7 +35,7 @@ def test_config_builds_what_it_names(path):
     assert isinstance(network, models.get_model(config.model.name))
     assert samplers.get_sampling_fn(config, sde, (4, config.data.dim), None, 1e-3) is not None
     x = torch.randn(4, config.data.dim)
-    score = models.get_sampling_score_fn(sde, network, continuous=config.training.continuous)(x, torch.full((4,), 0.5))
+    score = models.ScoreModel.from_config(config, network, sde).score_fn()(x, torch.full((4,), 0.5))
     assert score.shape == x.shape and torch.isfinite(score).all()
 
 

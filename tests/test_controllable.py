@@ -18,11 +18,10 @@ import pytest
 import torch
 
 from samplers.controllable import (
+    ChannelTransform,
     KnownValueReplacement,
     cfg_score_fn,
     colour_decoupling_matrix,
-    couple_colours,
-    decouple_colours,
     get_pc_colorizer,
     get_pc_inpainter,
     guided_score_fn,
@@ -30,9 +29,11 @@ from samplers.controllable import (
     ode_interpolate,
     pc_colorize,
     pc_inpaint,
+    smc_colorize,
+    smc_inpaint,
 )
+from samplers.controllable.smc import effective_sample_size, known_trajectory, resample_degenerate
 from samplers.ode import ode_sample
-from samplers.smc import effective_sample_size, known_trajectory, resample_degenerate, smc_colorize, smc_inpaint
 from samplers.pc import AnnealedLangevinDynamics, pc_sample
 from sde_lib import VESDE, VPSDE, GaussianMixture, LinearSDE, subVPSDE
 
@@ -233,9 +234,10 @@ def test_inpainting_follows_the_exact_law_of_the_replacement_chain(sde_name, ald
 # exact conditional, in the units of :func:`biased_law`, from 200,000 samples (standard errors 0.0022 for the means,
 # 0.0032 for the variance ratios). The predictor alone is far worse whatever N: in its N -> infinity limit (VP) the
 # mean errors are -0.60 / +0.26 std and the variance ratios 2.85 / 1.14, the intrinsic error of the replacement
-# method (samplers/controllable.py); the Langevin steps remove most of it. The same sampler without the mask (plain
-# pc_sample of the 4-D Gaussian, same N) has mean errors below 0.004 std and variance ratios 1.004-1.014: the excess
-# here is the method's, and it shrinks with N (VP, N = 1000: -0.05 / +0.05 std, variance ratios 1.08 / 1.04).
+# method (samplers/controllable/known_values.py); the Langevin steps remove most of it. The same sampler without the
+# mask (plain pc_sample of the 4-D Gaussian, same N) has mean errors below 0.004 std and variance ratios 1.004-1.014:
+# the excess here is the method's, and it shrinks with N (VP, N = 1000: -0.05 / +0.05 std, variance ratios 1.08 /
+# 1.04).
 INPAINT_BIAS = {
     "vp": ([-0.148, 0.107], [0.139, 0.048], 0.161),
     "subvp": ([-0.041, 0.061], [0.037, 0.024], 0.031),
@@ -336,13 +338,19 @@ def grey_images(grey: torch.Tensor, n: int) -> torch.Tensor:
     return grey.float().reshape(1, 3, 1, 1).expand(n, 3, 1, 1)
 
 
+def colour_space(dtype: torch.dtype = torch.float64) -> ChannelTransform:
+    """The map of RGB images ``(B, 3, ...)`` of ``dtype`` to the decoupled colour space (channel 0: ``sqrt(3)`` grey)."""
+    return ChannelTransform(colour_decoupling_matrix(dtype))
+
+
 def test_colour_decoupling_is_orthogonal_with_the_grey_level_first():
     matrix = colour_decoupling_matrix()
     torch.testing.assert_close(matrix @ matrix.T, torch.eye(3, dtype=torch.float64), rtol=0, atol=1e-15)
     torch.testing.assert_close(matrix[0], torch.full((3,), 3**-0.5, dtype=torch.float64), rtol=0, atol=1e-15)
     rgb = torch.randn(5, 3, 4, 2, generator=seeded(0), dtype=torch.float64)
-    torch.testing.assert_close(decouple_colours(rgb)[:, 0], 3**0.5 * rgb.mean(1), rtol=0, atol=1e-14)
-    torch.testing.assert_close(couple_colours(decouple_colours(rgb)), rgb, rtol=0, atol=1e-14)
+    space = colour_space()
+    torch.testing.assert_close(space.forward(rgb)[:, 0], 3**0.5 * rgb.mean(1), rtol=0, atol=1e-14)
+    torch.testing.assert_close(space.inverse(space.forward(rgb)), rgb, rtol=0, atol=1e-14)
 
 
 def test_colorization_keeps_the_grey_level_and_generates_colour():
@@ -353,7 +361,7 @@ def test_colorization_keeps_the_grey_level_and_generates_colour():
                          corrector="ald", generator=seeded(3))
     assert nfe == 2 * sde.N and x.shape == data.shape
     torch.testing.assert_close(x.mean(1), data.mean(1), rtol=0, atol=1e-6)  # float32 rounding of M and M^T
-    assert decouple_colours(x)[:, 1:].std() > 0.1
+    assert colour_space(x.dtype).forward(x)[:, 1:].std() > 0.1
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
@@ -365,7 +373,7 @@ def test_colorization_follows_the_exact_law_of_the_replacement_chain(sde_name):
     sde, n = make_sde(sde_name, 25), 20000
     x, _ = pc_colorize(sde, gaussian.score_fn(sde), grey_images(grey, n), corrector="ald", snr=0.5, generator=seeded(9))
     mean, cov = replacement_chain_law(sde, decoupled, known, values, 1e-3, 0.5)
-    assert_gaussian_law(decouple_colours(x.double()).reshape(n, 3)[:, 1:], mean, cov, label=f"{sde_name} colour chain")
+    assert_gaussian_law(colour_space().forward(x.double()).reshape(n, 3)[:, 1:], mean, cov, label=f"{sde_name} colour chain")
 
 
 # As INPAINT_BIAS, for colorization (colour channels 1, 2 of the decoupled space given the grey channel).
@@ -383,7 +391,7 @@ def test_pc_colorization_approaches_the_exact_conditional_colour(sde_name):
     decoupled, known, values = decoupled_problem()
     sde, n = make_sde(sde_name, 500), 10000
     x, _ = pc_colorize(sde, gaussian.score_fn(sde), grey_images(grey, n), corrector="langevin", generator=seeded(10))
-    y = decouple_colours(x.double()).reshape(n, 3)
+    y = colour_space().forward(x.double()).reshape(n, 3)
     torch.testing.assert_close(y[:, 0], values[0].expand(n), rtol=0, atol=1e-6)
     mean, cov = biased_law(*decoupled.conditional(known, values), COLOUR_BIAS[sde_name])
     assert_gaussian_law(y[:, 1:], mean, cov, sde_name, se_factor=math.sqrt(1 + n / MEASURED_N))
@@ -401,7 +409,7 @@ def test_smc_colorization_samples_the_exact_conditional_colour(sde_name):
     x, nfe = smc_colorize(sde, gaussian.score_fn(sde), grey_images(grey, SMC_SAMPLES).double(), num_particles=SMC_K,
                           generator=seeded(12))
     assert nfe == SMC_N
-    y = decouple_colours(x).reshape(SMC_SAMPLES, 3)
+    y = colour_space().forward(x).reshape(SMC_SAMPLES, 3)
     torch.testing.assert_close(y[:, 0], values[0].expand(SMC_SAMPLES), rtol=0, atol=1e-12)
     assert_gaussian_law(y[:, 1:], *decoupled.conditional(known, values), label=f"{sde_name} SMC colour")
 

@@ -24,8 +24,9 @@ import torch
 import models.winograd as winograd
 from models import create_model
 from models.conv_classifier import ConvClassifier
+from samplers.controllable import classifier_log_prob_fn
 from sde_lib import VPSDE, GaussianMixture
-from train_lib.classifier import classifier_log_prob_fn, get_classifier_loss_fn
+from train_lib.classifier import get_classifier_loss_fn
 from training_checks import fit_on_mixture
 
 T_GRID = (0.05, 0.2, 0.35, 0.5, 0.7, 1.0)  # times of the KL comparison

@@ -95,9 +95,8 @@ def single_process_on_combined_batch(config, workdir: Path) -> tuple[list[float]
     """The oracle of the module docstring: returns the per-step losses and the final state."""
     exp = build_experiment(config, workdir, "train")
     model, ema, optimizer = exp.model, exp.ema, exp.optimizer
-    options = {k: v for k, v in step_fn_options(config).items() if k != "mixed_precision"}
+    options = {k: v for k, v in step_fn_options(config, exp.sde).items() if k not in ("mixed_precision", "p_mean", "p_std")}
     if exp.labelled:
-        del options["continuous"]
         cfg_loss = get_cfg_loss_fn(exp.sde, config.training.label_dropout, train=True, **options)
         loss_fn = lambda model, batch, generator: cfg_loss(model, exp.scaler(batch[0]), batch[1], generator)  # noqa: E731
     else:

@@ -139,7 +139,7 @@ def test_toy_log_likelihood_matches_a_direct_computation_and_gibbs(toy_run):
     config, workdir, reports = toy_run
     exp = ema_experiment(config, workdir, workdir / "checkpoints" / "checkpoint_1.pth")
     test = exp.test_ds.gather(torch.arange(len(exp.test_ds))).float()
-    score_fn = models.get_sampling_score_fn(exp.sde, exp.model, continuous=True)
+    score_fn = exp.score_model.score_fn()
     logp = torch.cat([
         log_likelihood(exp.sde, score_fn, batch, divergence="exact", rtol=1e-4, atol=1e-4, eps=1e-5, method="dopri5")[0]
         for batch in test.split(125)
@@ -200,7 +200,7 @@ def test_digits_bits_per_dim_matches_an_independent_computation(tmp_path):
     assert likelihood["num_repeats"] == 2 and likelihood["nfe"] > 0
 
     exp = ema_experiment(config, tmp_path, tmp_path / "checkpoints" / "checkpoint_1.pth")
-    score_fn = models.get_sampling_score_fn(exp.sde, exp.model, continuous=True)
+    score_fn = exp.score_model.score_fn()
     levels = data_lib.digits("test").gather(torch.arange(297)).float() / 16.0  # k / 16, k = 0..16
     per_example = []
     for index, x in enumerate(levels.split(100)):
@@ -356,7 +356,7 @@ def test_two_process_evaluation_equals_one_process(toy_run, tmp_path):
     # two independent Monte-Carlo estimates of the same mean over 500 examples: 4 standard errors of their
     # difference, from the spread of the per-example losses (one draw each) of the same EMA model
     exp = ema_experiment(toy_run[0], toy_run[1], toy_run[1] / "checkpoints" / "checkpoint_1.pth")
-    options = {k: v for k, v in step_fn_options(exp.config).items() if k != "mixed_precision"}
+    options = {k: v for k, v in step_fn_options(exp.config, exp.sde).items() if k != "mixed_precision"}
     loss_fn = get_loss_fn(exp.sde, False, **options)
     with torch.no_grad():
         losses = loss_fn(exp.model, exp.test_ds.gather(torch.arange(500)).float(), torch.Generator().manual_seed(5), per_example=True)

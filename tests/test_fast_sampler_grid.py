@@ -23,7 +23,7 @@ import torch
 import sde_lib
 from samplers import fast_sample
 from samplers.dpm_solver import CORRECTORS, MAX_ORDER, PREDICTIONS, step_orders
-from samplers.heun import HEUN_ORDERS
+from samplers.edm import HEUN_ORDERS
 from samplers.timesteps import SCHEDULES, noise_levels
 
 EPS = 1e-3

@@ -1,7 +1,7 @@
 """Config-driven sampling and likelihood functions (``samplers.get_sampling_fn``, ``samplers.get_likelihood_fn``).
 
 The "model" is a perfect network for Gaussian data under the reference's VP convention: it reads the time from its
-label (``t = label / 999``) and outputs the noise ``-std(t) * score(x, t)``, so ``models.get_sampling_score_fn``
+label (``t = label / 999``) and outputs the noise ``-std(t) * score(x, t)``, so ``models.ScoreModel``
 turns it into the exact score. The config path must then sample the data law and give the exact likelihood.
 """
 

@@ -54,7 +54,7 @@ def gen(seed: int) -> torch.Generator:
 
 
 class ExactScoreNet(nn.Module):
-    """A "network" that, read through :func:`models.get_score_fn`'s continuous conventions, gives the exact score.
+    """A "network" that, read through :class:`models.ScoreModel`'s continuous-time parameterizations, gives the exact score.
 
     VP / sub-VP: labels ``t * 999`` and output ``-sigma(t) s*`` (noise prediction); VE: labels ``sigma(t)`` and
     output ``s*``. Times are recovered from the labels, so a wrong label convention in the loss breaks the test.
@@ -336,7 +336,7 @@ class RecordingNet(nn.Module):
 def test_discrete_losses_label_with_step_indices(kind):
     """Labels are int64 indices in [0, N), all of them reachable; a zero network has loss D/2 (SMLD half sum of z^2)
     or 1 (DDPM mean of z^2) in expectation, checked by the per-sample closed form chi^2_D."""
-    sde = sde_lib.VESDE(N=10) if kind == "smld" else sde_lib.VPSDE(N=10)
+    sde = sde_lib.VESDE(N=10) if kind == "smld" else sde_lib.VPSDE(beta_max=5.0, N=10)  # DDPM needs N > beta_max
     loss_fn = train_lib.get_smld_loss_fn(sde, False) if kind == "smld" else train_lib.get_ddpm_loss_fn(sde, False)
     net = RecordingNet()
     losses = loss_fn(net, sample_data(20_000, seed=11), gen(12), per_example=True)
@@ -384,7 +384,7 @@ def test_training_cuts_the_loss_and_learns_the_exact_score(sde_name):
         mean, std = sde.marginal_prob(x_eval, t)
         x = mean + std[:, None] * torch.randn(x_eval.shape, generator=g)
         with torch.no_grad():
-            learned = models.get_score_fn(sde, model, continuous=True)(x, t)
+            learned = models.ScoreModel(model, sde).score(x, t)
         return (std[:, None] * (learned - ring.score_fn(sde)(x, t))).square().mean().item()
 
     loss_0, error_0 = loss(model), score_error()
@@ -451,7 +451,7 @@ def test_eval_step_uses_the_ema_weights_and_restores_the_model():
     before = [p.detach().clone() for p in state["model"].parameters()]
     averaged = copy.deepcopy(state["model"])
     state["ema"].copy_to(averaged.parameters())
-    options = train_lib.step_fn_options(config)
+    options = train_lib.step_fn_options(config, sde)
     options.pop("mixed_precision")
     loss_fn = train_lib.get_loss_fn(sde, False, **options)
     with torch.no_grad():
@@ -564,10 +564,12 @@ def test_bad_arguments_raise_clear_errors():
         train_lib.get_smld_loss_fn(vp, True)
     with pytest.raises(ValueError, match="DDPM training needs a VPSDE"):
         train_lib.get_ddpm_loss_fn(subvp, True)
-    with pytest.raises(ValueError, match="supports VESDE \\(SMLD\\) and VPSDE \\(DDPM\\)"):
-        train_lib.get_loss_fn(subvp, True, continuous=False)
-    with pytest.raises(ValueError, match="continuous training only"):
-        train_lib.get_step_fn(vp, False, continuous=False, likelihood_weighting=True)
+    with pytest.raises(ValueError, match="the 'ddpm' parameterization applies to VPSDE, got subVPSDE"):
+        train_lib.get_loss_fn(subvp, True, parameterization="ddpm")
+    with pytest.raises(ValueError, match="continuous-time training only; the 'ddpm' network"):
+        train_lib.get_step_fn(vp, False, parameterization="ddpm", likelihood_weighting=True)
+    with pytest.raises(ValueError, match="label-conditional training .* the 'smld' network trains with the smld loss"):
+        train_lib.get_step_fn(ve, False, parameterization="smld", label_dropout=0.1)
     with pytest.raises(ValueError, match="needs likelihood_weighting=True"):
         train_lib.get_sde_loss_fn(vp, True, importance_weighting=True)
     with pytest.raises(ValueError, match="eps must lie in"):

@@ -271,12 +271,12 @@ def test_score_fn_vp_continuous_and_discrete_formulas():
     x = torch.zeros(5, 4, dtype=torch.float64)
 
     model = constant_model(c)
-    score = models.get_score_fn(sde, model, continuous=True)(x, T_VALUES)
+    score = models.ScoreModel(model, sde, "noise").score(x, T_VALUES)
     np.testing.assert_array_equal(model.labels[-1].numpy(), (T_VALUES * 999).numpy())
     std = vp_linear_coeffs(T_VALUES.numpy(), 0.5, 12.0)[1]
     np.testing.assert_allclose(score.numpy(), -c.numpy() / std[:, None], rtol=1e-12)
 
-    score = models.get_score_fn(sde, model, continuous=False)(x, T_VALUES)
+    score = models.ScoreModel(model, sde, "ddpm").score(x, T_VALUES)
     labels = model.labels[-1]
     np.testing.assert_array_equal(labels.numpy(), (T_VALUES * 499).numpy())
     assert labels.is_floating_point()  # DDPM networks get float step labels; only the std table is indexed
@@ -284,12 +284,14 @@ def test_score_fn_vp_continuous_and_discrete_formulas():
     np.testing.assert_allclose(score.numpy(), -c.numpy() / table[:, None], rtol=1e-12)
 
 
-@pytest.mark.parametrize("continuous", [True, False])
-def test_score_fn_subvp_always_uses_continuous_labels(continuous):
+def test_score_fn_subvp_uses_continuous_labels_and_has_no_discrete_parameterization():
     sde = sde_lib.subVPSDE(N=100)
     c = torch.full((5, 2), 0.75, dtype=torch.float64)
     model = constant_model(c)
-    score = models.get_score_fn(sde, model, continuous=continuous)(torch.zeros(5, 2, dtype=torch.float64), T_VALUES)
+    for name in ("ddpm", "smld", "score"):
+        with pytest.raises(ValueError, match=f"the '{name}' parameterization applies to"):
+            models.ScoreModel(model, sde, name)
+    score = models.ScoreModel(model, sde).score(torch.zeros(5, 2, dtype=torch.float64), T_VALUES)
     np.testing.assert_array_equal(model.labels[-1].numpy(), (T_VALUES * 999).numpy())
     std = subvp_linear_coeffs(T_VALUES.numpy(), 0.1, 20.0)[1]
     np.testing.assert_allclose(score.numpy(), -0.75 / std[:, None] * np.ones((5, 2)), rtol=1e-10)
@@ -301,11 +303,11 @@ def test_score_fn_ve_continuous_and_discrete_formulas():
     x = torch.zeros(5, 3, dtype=torch.float64)
     model = constant_model(c)
 
-    score = models.get_score_fn(sde, model, continuous=True)(x, T_VALUES)
+    score = models.ScoreModel(model, sde, "score").score(x, T_VALUES)
     np.testing.assert_allclose(model.labels[-1].numpy(), 0.01 * 5000.0 ** T_VALUES.numpy(), rtol=1e-13)
     assert torch.equal(score, c)  # VE networks output the score itself
 
-    score = models.get_score_fn(sde, model, continuous=False)(x, T_VALUES)
+    score = models.ScoreModel(model, sde, "smld").score(x, T_VALUES)
     labels = model.labels[-1]
     assert labels.dtype == torch.int64
     np.testing.assert_array_equal(labels.numpy(), np.round((1 - T_VALUES.numpy()) * 231).astype(np.int64))
@@ -324,21 +326,25 @@ def test_score_fn_rejects_other_sdes_bad_outputs_and_sets_the_mode():
         def marginal_coeffs(self, t):
             return torch.ones_like(t), t.sqrt()
 
-    with pytest.raises(ValueError, match="supports VPSDE, subVPSDE and VESDE.*OtherSDE"):
-        models.get_score_fn(OtherSDE(N=10), constant_model(torch.zeros(1)))
+    with pytest.raises(ValueError, match="OtherSDE has no default parameterization"):
+        models.ScoreModel(constant_model(torch.zeros(1)), OtherSDE(N=10))
+    with pytest.raises(ValueError, match="'noise' parameterization applies to VPSDE, subVPSDE, got OtherSDE"):
+        models.ScoreModel(constant_model(torch.zeros(1)), OtherSDE(N=10), "noise")
+    with pytest.raises(ValueError, match="unknown parameterization 'eps'; known: ddpm, edm, noise, score, smld"):
+        models.ScoreModel(constant_model(torch.zeros(1)), sde_lib.VPSDE(), "eps")
 
     wrong_shape = RecordingModel(lambda x, labels: torch.zeros(x.shape[0], 1))
     with pytest.raises(ValueError, match=r"model returned shape \(3, 1\), expected the shape of x \(3, 2\)"):
-        models.get_score_fn(sde_lib.VESDE(), wrong_shape, continuous=True)(torch.zeros(3, 2), torch.full((3,), 0.5))
+        models.ScoreModel(wrong_shape, sde_lib.VESDE()).score(torch.zeros(3, 2), torch.full((3,), 0.5))
 
     modes = []
     model = RecordingModel(lambda x, labels: modes.append(model.training) or torch.zeros_like(x))
     sde = sde_lib.VPSDE()
-    models.get_score_fn(sde, model, train=True, continuous=True)(torch.zeros(2, 2), torch.full((2,), 0.5))
-    models.get_score_fn(sde, model, train=False, continuous=True)(torch.zeros(2, 2), torch.full((2,), 0.5))
+    models.ScoreModel(model, sde).score(torch.zeros(2, 2), torch.full((2,), 0.5), train=True)
+    models.ScoreModel(model, sde).score(torch.zeros(2, 2), torch.full((2,), 0.5))
     assert modes == [True, False]
     with pytest.raises(ValueError, match=r"t must have shape \(2,\)"):
-        models.get_score_fn(sde, model, continuous=True)(torch.zeros(2, 2), torch.full((3,), 0.5))
+        models.ScoreModel(model, sde).score(torch.zeros(2, 2), torch.full((3,), 0.5))
 
 
 # ============================================================================ score functions: exactness
@@ -382,7 +388,7 @@ def test_perfect_continuous_network_gives_the_exact_score(case):
     g = torch.Generator().manual_seed(3)
     t = torch.cat([torch.tensor([0.02]), 0.02 + (case.T - 0.02) * torch.rand(15, generator=g, dtype=torch.float64)])
     x = 3 * torch.randn(16, 2, generator=g, dtype=torch.float64)
-    score = models.get_score_fn(sde, RecordingModel(perfect), continuous=True)(x, t)
+    score = models.ScoreModel(RecordingModel(perfect), sde).score(x, t)
     torch.testing.assert_close(score, exact(x, t), rtol=1e-9, atol=1e-12)
 
 
@@ -400,7 +406,7 @@ def test_perfect_discrete_ddpm_network_gives_the_exact_score(name):
 
     g = torch.Generator().manual_seed(4)
     t, x = torch.rand(16, generator=g, dtype=torch.float64), 3 * torch.randn(16, 2, generator=g, dtype=torch.float64)
-    score = models.get_score_fn(sde, RecordingModel(perfect), continuous=False)(x, t)
+    score = models.ScoreModel(RecordingModel(perfect), sde, "ddpm").score(x, t)
     torch.testing.assert_close(score, exact(x, t), rtol=1e-9, atol=1e-12)
 
 
@@ -412,7 +418,7 @@ def test_perfect_discrete_smld_network_gives_the_exact_score_at_the_nearest_nois
     perfect = RecordingModel(lambda x, labels: exact(x, 1 - labels.double() / (sde.N - 1)))
     g = torch.Generator().manual_seed(5)
     t, x = torch.rand(16, generator=g, dtype=torch.float64), 3 * torch.randn(16, 2, generator=g, dtype=torch.float64)
-    score = models.get_score_fn(sde, perfect, continuous=False)(x, t)
+    score = models.ScoreModel(perfect, sde, "smld").score(x, t)
     grid_t = 1 - np.round((1 - t.numpy()) * 19) / 19
     assert np.abs(grid_t - t.numpy()).max() <= 0.5 / 19 + 1e-15
     torch.testing.assert_close(score, exact(x, torch.as_tensor(grid_t)), rtol=1e-12, atol=1e-12)
@@ -431,7 +437,7 @@ def test_labels_match_those_the_reference_handed_its_networks(variant):
     config = ml_collections.ConfigDict(fixture["config"])
     sde = sde_lib.get_sde(config)
     model = RecordingModel(lambda x, labels: torch.zeros_like(x))
-    models.get_score_fn(sde, model, train=False, continuous=config.training.continuous)(fixture["x"], fixture["t"])
+    models.ScoreModel.from_config(config, model, sde).score(fixture["x"], fixture["t"])
     (labels,) = model.labels
     expected = fixture["labels"]
     assert labels.dtype == expected.dtype and labels.shape == expected.shape
@@ -447,17 +453,17 @@ def test_sampling_score_fn_casts_explicitly_and_evaluates_in_eval_mode():
     sde = sde_lib.VPSDE()
     x, t = torch.randn(4, 2, dtype=torch.float64), torch.tensor([0.1, 0.4, 0.7, 1.0], dtype=torch.float64)
     assert models.model_dtype(model) == torch.float32
-    score = models.get_sampling_score_fn(sde, model, continuous=True)(x, t)
+    score = models.ScoreModel(model, sde).score_fn()(x, t)
     assert score.dtype == torch.float64 and not model.training
-    reference = models.get_score_fn(sde, model, continuous=True)(x.float(), t.float())
+    reference = models.ScoreModel(model, sde).score(x.float(), t.float())
     assert torch.equal(score, reference.double())
     # an explicit float64 evaluation of a float64 copy agrees to float32 precision
     double = models.MLPScoreNet(dim=2, hidden_dim=16, dropout=0.5).double()
     double.load_state_dict(model.state_dict())
-    score64 = models.get_sampling_score_fn(sde, double, continuous=True, dtype=torch.float64)(x, t)
+    score64 = models.ScoreModel(double, sde, dtype=torch.float64).score_fn()(x, t)
     torch.testing.assert_close(score64, score, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="floating-point"):
-        models.get_sampling_score_fn(sde, model, dtype=torch.int64)
+        models.ScoreModel(model, sde, dtype=torch.int64)
 
 
 # ============================================================================ EMA

@@ -20,7 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import create_model
+from models import ScoreModel, create_model
+from sde_lib import VESDE
 from models.checkpoint import from_reference_keys, load_reference_weights, to_reference_keys
 from models.layers import (
     NIN,
@@ -365,10 +366,10 @@ def test_from_config_reads_every_field():
     out = model(torch.randn(2, 1, 16, 16), torch.tensor([3.0, 500.0]))
     assert out.shape == (2, 1, 16, 16)
     config.model.embedding_type = "fourier"
-    config.training.continuous = False
-    with pytest.raises(ValueError, match="continuous"):
-        create_model(config)
-    config.training.continuous = True
+    fourier = create_model(config)  # the Fourier embedding of log sigma cannot take the level indices of 'smld'
+    with pytest.raises(ValueError, match="NCSNpp takes sigma labels, but the 'smld' parameterization gives index labels"):
+        ScoreModel(fourier, VESDE(N=7), "smld")
+    assert ScoreModel(fourier, VESDE(N=7), "score").continuous_time
     del config.model["nf"]
     with pytest.raises(ValueError, match="model.nf"):
         create_model(config)

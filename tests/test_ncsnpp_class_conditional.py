@@ -19,11 +19,11 @@ import torch
 
 from models import create_model
 from models.checkpoint import load_reference_weights, to_reference_state_dict
-from models.conditional_mlp import ClassConditioned
 from models.ddpm import DDPM
 from models.ncsnpp import NCSNpp
 from sde_lib import VPSDE, GaussianMixture
-from train_lib.classifier_free import cfg_score_fns, get_cfg_loss_fn
+from models import ScoreModel
+from train_lib.classifier_free import get_cfg_loss_fn
 from training_checks import fit_on_mixture
 
 NUM_CLASSES = 3
@@ -113,7 +113,7 @@ def test_class_embedding_is_a_shift_of_the_label_embedding(variant):
 @pytest.mark.parametrize("variant", ["ncsnpp", "ddpmpp"])
 def test_labels_select_distinct_functions(variant):
     """Every class and the null label give a different output; ``None`` is the null label; one int is broadcast;
-    :class:`ClassConditioned` binds the labels; gradients reach the embedding rows that were used, only those."""
+    gradients reach the embedding rows that were used, only those."""
     cls, options = VARIANTS[variant]
     cond = build(cls, num_classes=NUM_CLASSES, **options)
     x, labels = inputs()
@@ -125,7 +125,6 @@ def test_labels_select_distinct_functions(variant):
     assert torch.equal(cond(x, labels, None), outputs[NUM_CLASSES])
     assert torch.equal(cond(x, labels, torch.full((4,), 1)), outputs[1])
     y = torch.tensor([0, 2, 1, NUM_CLASSES])
-    assert torch.equal(ClassConditioned(cond, y)(x, labels), cond(x, labels, y))
     cond.train()
     cond(x, labels, torch.tensor([0, 0, 2, 2])).square().sum().backward()
     used = cond.class_embed.weight.grad.abs().sum(1) > 0
@@ -239,10 +238,11 @@ def test_cfg_training_learns_the_class_and_null_effects():
     sde, mixture = VPSDE(), checkerboard_mixture()
     torch.manual_seed(0)
     model = NCSNpp(**{**DDPMPP_SMALL, "attn_resolutions": (), "dropout": 0.0}, num_classes=2)
-    untrained = effect_errors(*cfg_score_fns(model, sde), sde, mixture)
+    score_model = ScoreModel(model, sde)
+    untrained = effect_errors(score_model.score, score_model.score_fn(), sde, mixture)
     loss_fn = get_cfg_loss_fn(sde, label_dropout=LABEL_DROPOUT)
     fit_on_mixture(model, loss_fn, mixture, TRAIN_STEPS, TRAIN_BATCH, TRAIN_LR, seeded(1))
-    class_error, null_error = effect_errors(*cfg_score_fns(model, sde), sde, mixture)
+    class_error, null_error = effect_errors(score_model.score, score_model.score_fn(), sde, mixture)
     report = f"trained: class {class_error:.4f}, null {null_error:.4f}; untrained {untrained}"
     assert class_error < CLASS_EFFECT_THRESHOLD and null_error < NULL_EFFECT_THRESHOLD, report
     assert min(untrained) > 0.9, report

@@ -70,8 +70,8 @@ def test_schedule_error_lists_the_known_schedules():
 
 
 def test_get_sde_unknown_name_lists_the_known_ones():
-    config = ml_collections.ConfigDict({"training": {"sde": "edm"}, "model": {}})
-    with pytest.raises(ValueError, match=r"config.training.sde='edm'.*known: .*subvpsde.*vesde.*vpsde"):
+    config = ml_collections.ConfigDict({"training": {"sde": "rectified_flow"}, "model": {}})
+    with pytest.raises(ValueError, match=r"config.training.sde='rectified_flow'.*known: edm.*subvpsde.*vesde.*vpsde"):
         sde_lib.get_sde(config)
 
 
@@ -164,3 +164,17 @@ def test_sdes_still_copy_and_pickle_after_a_check():
     sde.sde(torch.zeros(2, 3), torch.full((2,), 0.3))
     for clone in (copy.deepcopy(sde), pickle.loads(pickle.dumps(sde))):
         assert clone.sigma_max == sde.sigma_max and not hasattr(clone, "_last_in_range")
+
+
+@pytest.mark.parametrize("cls", [sde_lib.VPSDE, sde_lib.subVPSDE])
+def test_too_few_vp_steps_are_refused_before_the_tables_turn_nan(cls):
+    """DDPM's betas are ``beta(t_i) / N``: with ``N <= beta_max`` the last reaches 1 and ``sqrt(1 - alpha_bar)`` is NaN."""
+    sde = cls(N=8)  # the continuous SDE is usable; its 8-step discretization is not
+    x, t = torch.zeros(2, 3), torch.full((2,), 0.5)
+    assert torch.isfinite(sde.sde(x, t)[1]).all()
+    with pytest.raises(ValueError, match=r"N=8 is too few steps for beta_max=20.0: the discrete betas reach 2.5 > 1"):
+        sde._table("alphas", x)  # e.g. the Langevin corrector's step size (VP and sub-VP)
+    if cls is sde_lib.VPSDE:  # DDPM's discretization (sub-VP's is Euler-Maruyama, which needs no table)
+        with pytest.raises(ValueError, match="N=8 is too few steps"):
+            sde.discretize(x, t)
+    assert torch.isfinite(cls(N=21).discretize(x, t)[1]).all()

@@ -35,7 +35,7 @@ CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TINY = {
     "training.n_iters": 4, "training.batch_size": 32, "training.snapshot_freq": 2, "training.log_freq": 2,
     "training.eval_freq": 2, "training.snapshot_freq_for_preemption": 2, "training.snapshot_sampling": False,
-    "model.nf": 16, "model.num_scales": 10, "data.num_test": 64, "eval.batch_size": 32, "eval.num_samples": 32,
+    "model.nf": 16, "model.num_scales": 20, "data.num_test": 64, "eval.batch_size": 32, "eval.num_samples": 32,
     "eval.begin_ckpt": 1, "eval.end_ckpt": 2,
 }
 HOLDER = (

@@ -4,8 +4,8 @@
   score matching in continuous time ([SDE] eq. (7), optional likelihood weighting and importance-sampled time)
   and the discrete NCSN / DDPM losses, with the 2021 reference's conventions. :class:`LikelihoodTimeSampler`:
   times drawn with density proportional to ``g^2 / sigma^2``.
-* :func:`get_classifier_loss_fn`, :func:`classifier_log_prob_fn`: the noise-conditional classifier of classifier
-  guidance; :func:`get_cfg_loss_fn`, :func:`cfg_score_fns`: the label-dropout loss and guided scores of
+* :func:`get_classifier_loss_fn`: the loss of the noise-conditional classifier of classifier guidance (read at
+  sampling time by :func:`samplers.classifier_log_prob_fn`); :func:`get_cfg_loss_fn`: the label-dropout loss of
   classifier-free guidance.
 * :func:`make_step_fn`, :func:`get_step_fn`, :func:`get_classifier_step_fn`, :func:`get_step_fn_from_config`,
   :func:`step_fn_options`: one training or evaluation step on the state ``{'model', 'optimizer', 'ema', 'step'}``
@@ -19,10 +19,10 @@ The jobs behind ``main.py`` (building an experiment from a config, the training 
 in :mod:`jobs`.
 """
 
-from .classifier import classifier_log_prob_fn, get_classifier_loss_fn, perturb
-from .classifier_free import cfg_score_fns, drop_labels, get_cfg_loss_fn
+from .classifier import get_classifier_loss_fn, perturb
+from .classifier_free import drop_labels, get_cfg_loss_fn
 from .checkpoints import CheckpointError, load_checkpoint_file, restore_checkpoint, save_checkpoint
-from .losses import get_ddpm_loss_fn, get_loss_fn, get_sde_loss_fn, get_smld_loss_fn
+from .losses import get_ddpm_loss_fn, get_edm_loss_fn, get_loss_fn, get_sde_loss_fn, get_smld_loss_fn
 from .steps import (
     MIXED_PRECISION,
     get_classifier_step_fn,
@@ -36,12 +36,11 @@ from .time_sampling import LikelihoodTimeSampler
 
 __all__ = [
     "get_classifier_loss_fn",
-    "classifier_log_prob_fn",
     "perturb",
     "get_cfg_loss_fn",
-    "cfg_score_fns",
     "drop_labels",
     "get_sde_loss_fn",
+    "get_edm_loss_fn",
     "get_smld_loss_fn",
     "get_ddpm_loss_fn",
     "get_loss_fn",

@@ -6,9 +6,9 @@ data ``x(t) = mean(x0, t) + std(t) z``. It is trained by cross-entropy on exactl
 sees: ``t ~ U(eps, T)``, ``z ~ N(0, I)``, ``x(t)`` from ``sde.marginal_prob``. Its minimiser is the exact posterior
 ``p_t(y | x(t))`` at every ``t`` (cross-entropy is a proper scoring rule).
 
-* :func:`get_classifier_loss_fn`: ``loss_fn(classifier, x0, y, generator=None, per_example=False)``.
-* :func:`classifier_log_prob_fn`: the trained classifier as ``log_prob(x, t) -> (B, K)`` for
-  :func:`samplers.controllable.guided_score_fn`.
+:func:`get_classifier_loss_fn`: ``loss_fn(classifier, x0, y, generator=None, per_example=False)``. At sampling time
+:func:`samplers.classifier_log_prob_fn` reads the trained classifier as ``log_prob(x, t) -> (B, K)`` for
+:func:`samplers.guided_score_fn`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.score_fn import model_dtype
 from samplers.common import check_eps
 from sde_lib import SDE
 from base_lib.checks import check_bool
@@ -77,21 +76,3 @@ def get_classifier_loss_fn(sde: SDE, eps: float = 1e-5, train: bool = True) -> C
         return losses if per_example else losses.mean()
 
     return loss_fn
-
-
-def classifier_log_prob_fn(classifier: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
-    """``log_prob(x, t) -> (B, K)``: ``log p_t(y = k | x)``, the log-softmax of ``classifier(x, t)`` in eval mode.
-
-    ``x`` and ``t`` are cast to the classifier's dtype (differentiably, so gradients reach ``x``) and the result back
-    to the dtype of ``x``. Pass it to :func:`samplers.controllable.guided_score_fn`.
-    """
-    if not isinstance(classifier, nn.Module):
-        raise ValueError(f"classifier must be an nn.Module called as classifier(x, t) -> (B, K), got {type(classifier).__name__}")
-    dtype = model_dtype(classifier)
-
-    def log_prob(x: Tensor, t: Tensor) -> Tensor:
-        classifier.eval()
-        t = torch.as_tensor(t, dtype=dtype, device=x.device)
-        return torch.log_softmax(classifier(x.to(dtype), t), dim=1).to(x.dtype)
-
-    return log_prob

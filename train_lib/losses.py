@@ -5,6 +5,7 @@
   ``t ~ U(eps, T)`` and ``lambda = sigma^2`` (the paper's choice) or ``g^2`` (likelihood weighting, Song, Durkan,
   Murray & Ermon 2021, [MLE]), optionally with the importance-sampled ``t`` of
   :class:`train_lib.time_sampling.LikelihoodTimeSampler`.
+* :func:`get_edm_loss_fn`: EDM's loss (Karras et al. 2022) of the ``edm`` parameterization, log-normal noise levels.
 * :func:`get_smld_loss_fn` and :func:`get_ddpm_loss_fn`: the discrete losses of NCSN (Song & Ermon 2019, eq. (5))
   and DDPM (Ho et al. 2020, eq. (14)) over step indices, as the 2021 reference trains them.
 
@@ -18,12 +19,14 @@ use ``generator``, so a seed fixes the loss; ``per_example=True`` returns the ``
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from models.score_fn import check_model_output, get_model_fn, get_score_fn
+from models.score_model import Parameterization, ScoreModel, check_model_output, resolve_parameterization
 from samplers.common import check_eps
 from sde_lib import SDE, VESDE, VPSDE, batch_broadcast
 from base_lib.checks import check_bool
@@ -53,7 +56,8 @@ def _check_batch(batch: Any) -> None:
 
 def _network_output(model: nn.Module, train: bool, x: Tensor, labels: Tensor) -> Tensor:
     """``model(x, labels)`` in train or eval mode, checked to be shaped like ``x`` and cast to its dtype (autocast)."""
-    return check_model_output(get_model_fn(model, train=train)(x, labels), x).to(x.dtype)
+    model.train(train)
+    return check_model_output(model(x, labels), x).to(x.dtype)
 
 
 def _finish(losses: Tensor, per_example: bool) -> Tensor:
@@ -84,7 +88,7 @@ def get_sde_loss_fn(
     sde: SDE,
     train: bool,
     reduce_mean: bool = True,
-    continuous: bool = True,
+    parameterization: Parameterization | str | None = None,
     likelihood_weighting: bool = False,
     importance_weighting: bool = False,
     eps: float = 1e-5,
@@ -92,7 +96,8 @@ def get_sde_loss_fn(
     """Denoising score matching in continuous time, [SDE] eq. (7), with the reference's conventions.
 
     Per sample: ``t ~ U(eps, T)``, ``z ~ N(0, I)``, ``x(t) = mean(x0, t) + sigma(t) z`` and, with
-    ``s = score_fn(x(t), t)`` from :func:`models.get_score_fn` (``continuous`` selects its label convention),
+    ``s = ScoreModel(model, sde, parameterization).score(x(t), t)`` (``None``: the SDE's continuous-time
+    parameterization of the reference, :func:`models.default_parameterization`),
 
     * ``reduce(||sigma s + z||^2)``: the weighting ``lambda = sigma^2`` of [SDE];
     * ``likelihood_weighting``: ``g(t)^2 reduce(||s + z / sigma||^2)``, the weighting ``lambda = g^2`` of [MLE]
@@ -101,19 +106,20 @@ def get_sde_loss_fn(
       ``g^2 / sigma^2`` on ``[eps, T]`` and the loss ``(Z / (T - eps)) reduce(||sigma s + z||^2)``, which has the
       same expectation as the likelihood-weighted loss and a lower variance.
 
-    ``train`` puts the model in training mode. Raises ``ValueError`` on bad arguments.
+    ``train`` puts the model in training mode; ``y`` (a keyword of ``loss_fn``) are the class labels of a
+    label-conditional network (``None``: its null label). Raises ``ValueError`` on bad arguments.
     """
     if not isinstance(sde, SDE):
         raise ValueError(f"sde must be an sde_lib.SDE, got {type(sde).__name__}")
     for name, flag in (
         ("train", train),
         ("reduce_mean", reduce_mean),
-        ("continuous", continuous),
         ("likelihood_weighting", likelihood_weighting),
         ("importance_weighting", importance_weighting),
     ):
         check_bool(name, flag)
     eps = check_eps(eps, sde)
+    parameterization = resolve_parameterization(sde, parameterization)
     if importance_weighting and not likelihood_weighting:
         raise ValueError(
             "importance_weighting samples t for the likelihood-weighted loss: it needs likelihood_weighting=True"
@@ -128,13 +134,16 @@ def get_sde_loss_fn(
         return uniform_times(sde, batch, eps, generator)
 
     def loss_fn(
-        model: nn.Module, batch: Tensor, generator: torch.Generator | None = None, per_example: bool = False
+        model: nn.Module,
+        batch: Tensor,
+        generator: torch.Generator | None = None,
+        per_example: bool = False,
+        y: Tensor | None = None,
     ) -> Tensor:
         _check_batch(batch)
-        score_fn = get_score_fn(sde, model, train=train, continuous=continuous)
         t = sample_times(batch, generator)
         perturbed, z, std = perturb_data(sde, batch, t, generator)
-        score = score_fn(perturbed, t).to(batch.dtype)
+        score = ScoreModel(model, sde, parameterization).score(perturbed, t, y, train=train).to(batch.dtype)
         if time_sampler is not None:
             losses = time_sampler.uniform_weight * reduce(torch.square(score * std + z))
         elif likelihood_weighting:
@@ -143,6 +152,57 @@ def get_sde_loss_fn(
         else:
             losses = reduce(torch.square(score * std + z))
         return _finish(losses, per_example)
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------- EDM
+
+
+def get_edm_loss_fn(
+    sde: SDE,
+    train: bool,
+    reduce_mean: bool = True,
+    parameterization: Parameterization | str | None = "edm",
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+) -> LossFn:
+    """EDM's training loss (Karras et al. 2022, eq. (8) with Table 1's choices) for the ``edm`` parameterization.
+
+    Per sample: ``ln sigma ~ N(p_mean, p_std^2)``, ``n ~ N(0, I)`` and
+    ``lambda(sigma) reduce(||D(x0 + sigma n; sigma) - x0||^2)`` with ``lambda = (sigma^2 + sigma_data^2) /
+    (sigma sigma_data)^2``, ``D`` the preconditioned denoiser of :class:`models.score_model.EDMPreconditioning`.
+    The loss lives in the scaled variable ``x / alpha``, where every linear SDE is ``x(0) + sigma z``, so it needs no
+    time: the same network serves any SDE through the score model. ``reduce_mean=False`` gives half EDM's sum.
+    """
+    if not isinstance(sde, SDE):
+        raise ValueError(f"sde must be an sde_lib.SDE, got {type(sde).__name__}")
+    check_bool("train", train)
+    reduce = _reduce_op(check_bool("reduce_mean", reduce_mean))
+    parameterization = resolve_parameterization(sde, parameterization)
+    if parameterization.objective != "edm":
+        raise ValueError(f"the EDM loss trains the 'edm' parameterization, got {parameterization.name!r}")
+    p_mean, p_std = float(p_mean), float(p_std)
+    if not (math.isfinite(p_mean) and math.isfinite(p_std) and p_std > 0):
+        raise ValueError(f"p_mean must be finite and p_std finite and > 0, got p_mean={p_mean}, p_std={p_std}")
+    sigma_data = parameterization.sigma_data
+
+    def loss_fn(
+        model: nn.Module,
+        batch: Tensor,
+        generator: torch.Generator | None = None,
+        per_example: bool = False,
+        y: Tensor | None = None,
+    ) -> Tensor:
+        _check_batch(batch)
+        normal = torch.randn(batch.shape[0], generator=generator, device=batch.device, dtype=batch.dtype)
+        sigma = torch.exp(p_mean + p_std * normal)
+        noise = torch.randn(batch.shape, generator=generator, device=batch.device, dtype=batch.dtype)
+        score_model = ScoreModel(model, sde, parameterization)  # the labels the network takes
+        network = score_model.network_fn(y, train)
+        denoised = score_model.parameterization.denoise(network, batch + batch_broadcast(sigma, batch) * noise, sigma)
+        weight = (sigma.square() + sigma_data**2) / (sigma * sigma_data).square()
+        return _finish(weight * reduce(torch.square(denoised.to(batch.dtype) - batch)), per_example)
 
     return loss_fn
 
@@ -209,32 +269,33 @@ def get_loss_fn(
     sde: SDE,
     train: bool,
     reduce_mean: bool = False,
-    continuous: bool = True,
+    parameterization: Parameterization | str | None = None,
     likelihood_weighting: bool = False,
     importance_weighting: bool = False,
     eps: float = 1e-5,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
 ) -> LossFn:
-    """The loss the reference's ``get_step_fn`` trains with: DSM when ``continuous``, else SMLD (VESDE) or DDPM (VPSDE)."""
-    if continuous:
+    """The loss a network of ``parameterization`` is trained with (its ``objective``), as the reference's
+    ``get_step_fn``: denoising score matching for the continuous-time ones (``None``: the SDE's default), the SMLD
+    loss for ``smld``, the DDPM loss for ``ddpm`` and EDM's (``p_mean``, ``p_std``) for ``edm``."""
+    parameterization = resolve_parameterization(sde, parameterization)
+    if parameterization.objective == "dsm":
         return get_sde_loss_fn(
-            sde,
-            train,
-            reduce_mean=reduce_mean,
-            continuous=True,
-            likelihood_weighting=likelihood_weighting,
-            importance_weighting=importance_weighting,
-            eps=eps,
+            sde, train, reduce_mean=reduce_mean, parameterization=parameterization,
+            likelihood_weighting=likelihood_weighting, importance_weighting=importance_weighting, eps=eps,
         )
     if likelihood_weighting or importance_weighting:
         raise ValueError(
-            "likelihood_weighting and importance_weighting apply to continuous training only; the discrete "
-            "SMLD/DDPM losses have fixed weights (set continuous=True or turn them off)"
+            f"likelihood_weighting and importance_weighting apply to continuous-time training only; the "
+            f"{parameterization.name!r} network's loss has fixed weights (turn them off)"
         )
-    if isinstance(sde, VESDE):
-        return get_smld_loss_fn(sde, train, reduce_mean=reduce_mean)
-    if isinstance(sde, VPSDE):
-        return get_ddpm_loss_fn(sde, train, reduce_mean=reduce_mean)
-    raise ValueError(
-        f"discrete training (continuous=False) supports VESDE (SMLD) and VPSDE (DDPM), got {type(sde).__name__}; "
-        "use continuous=True"
-    )
+    if parameterization.objective == "edm":
+        return get_edm_loss_fn(sde, train, reduce_mean, parameterization, p_mean, p_std)
+    build = _DISCRETE_LOSSES.get(parameterization.objective)
+    if build is None:
+        raise ValueError(f"no loss for the objective {parameterization.objective!r} of the {parameterization.name!r} parameterization")
+    return build(sde, train, reduce_mean=reduce_mean)
+
+
+_DISCRETE_LOSSES = {"smld": get_smld_loss_fn, "ddpm": get_ddpm_loss_fn}

@@ -20,6 +20,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from models.ema import halflife_decay
+from models.score_model import Parameterization, parameterization_from_config, resolve_parameterization
 from sde_lib import SDE
 from base_lib.config import config_value
 from base_lib.checks import check_bool, check_choice
@@ -78,7 +80,11 @@ def _grad_scaler(state: dict, mixed_precision: str, device: torch.device) -> tor
 
 
 def make_step_fn(
-    loss_fn: BatchLossFn, train: bool, optimize_fn: Callable[..., Any] | None = None, mixed_precision: str = "no"
+    loss_fn: BatchLossFn,
+    train: bool,
+    optimize_fn: Callable[..., Any] | None = None,
+    mixed_precision: str = "no",
+    ema_decay: Callable[[int], float] | None = None,
 ) -> StepFn:
     """``step_fn(state, batch, generator=None) -> loss`` of the objective ``loss_fn(model, batch, generator)``.
 
@@ -86,8 +92,12 @@ def make_step_fn(
     step=state['step'])`` (see :func:`train_lib.optimization_manager`), ``step += 1`` and an EMA update.
     Evaluation: the loss under the EMA weights (``ema.store``, ``copy_to``, then ``restore``) without gradients.
     ``mixed_precision`` (``'no'``, ``'bf16'``, ``'fp16'``) autocasts the forward pass; fp16 (CUDA only) scales the
-    loss with a ``torch.amp.GradScaler`` kept in ``state['grad_scaler']``. Returns the detached loss.
+    loss with a ``torch.amp.GradScaler`` kept in ``state['grad_scaler']``. ``ema_decay(step)``, when given, is the
+    EMA decay of the update after step ``step`` (counted from 0; e.g. EDM's half-life rule,
+    :func:`models.ema.halflife_decay`); else the EMA's own decay. Returns the detached loss.
     """
+    if ema_decay is not None and not callable(ema_decay):
+        raise ValueError(f"ema_decay must be callable as ema_decay(step) -> decay, got {ema_decay!r}")
     check_bool("train", train)
     check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
     if train and not callable(optimize_fn):
@@ -108,8 +118,9 @@ def make_step_fn(
         else:
             scaler.scale(loss).backward()
             optimize_fn(optimizer, model.parameters(), step=state["step"], grad_scaler=scaler)
+        decay = None if ema_decay is None else ema_decay(state["step"])
         state["step"] += 1
-        state["ema"].update(model.parameters())
+        state["ema"].update(model.parameters(), decay=decay)
         return loss.detach()
 
     def eval_step(state: dict, batch: Any, generator: torch.Generator | None) -> Tensor:
@@ -138,33 +149,41 @@ def get_step_fn(
     train: bool,
     optimize_fn: Callable[..., Any] | None = None,
     reduce_mean: bool = False,
-    continuous: bool = True,
+    parameterization: Parameterization | str | None = None,
     likelihood_weighting: bool = False,
     importance_weighting: bool = False,
     eps: float = 1e-5,
     mixed_precision: str = "no",
     label_dropout: float | None = None,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    ema_decay: Callable[[int], float] | None = None,
 ) -> StepFn:
     """The step (:func:`make_step_fn`) of denoising score matching, :func:`train_lib.get_loss_fn` with these options.
 
     ``label_dropout=None``: an unconditional network, batches ``x``. A probability: a label-conditional network
     (``model(x, labels, class_labels)`` with a ``null_label``) trained for classifier-free guidance on batches
     ``(x, y)``, each label replaced by the null label with that probability (:func:`train_lib.get_cfg_loss_fn`).
+    ``p_mean``, ``p_std``: the noise levels of EDM's loss (the ``edm`` parameterization); ``ema_decay``: as
+    :func:`make_step_fn`.
     """
+    parameterization = resolve_parameterization(sde, parameterization)
     options = dict(
-        reduce_mean=reduce_mean, continuous=continuous, likelihood_weighting=likelihood_weighting,
+        reduce_mean=reduce_mean, parameterization=parameterization, likelihood_weighting=likelihood_weighting,
         importance_weighting=importance_weighting, eps=eps,
     )
     if label_dropout is None:
-        score_loss = get_loss_fn(sde, train, **options)
+        score_loss = get_loss_fn(sde, train, p_mean=p_mean, p_std=p_std, **options)
         loss_fn = lambda model, batch, generator: score_loss(model, batch, generator)  # noqa: E731
     else:
-        if not continuous:
-            raise ValueError("label-conditional training (label_dropout set) needs continuous=True")
-        del options["continuous"]
+        if parameterization.objective != "dsm":
+            raise ValueError(
+                f"label-conditional training (label_dropout set) needs a continuous-time network; the "
+                f"{parameterization.name!r} network trains with the {parameterization.objective} loss"
+            )
         cfg_loss = get_cfg_loss_fn(sde, label_dropout, train, **options)
         loss_fn = lambda model, batch, generator: cfg_loss(model, *_labelled(batch), generator)  # noqa: E731
-    return make_step_fn(loss_fn, train, optimize_fn, mixed_precision)
+    return make_step_fn(loss_fn, train, optimize_fn, mixed_precision, ema_decay)
 
 
 def get_classifier_step_fn(
@@ -177,22 +196,24 @@ def get_classifier_step_fn(
     return make_step_fn(loss_fn, train, optimize_fn, mixed_precision)
 
 
-def step_fn_options(config: Any) -> dict[str, Any]:
-    """The keyword arguments of :func:`get_step_fn` read from ``config.training`` (the one place they are read).
+def step_fn_options(config: Any, sde: SDE) -> dict[str, Any]:
+    """The keyword arguments of :func:`get_step_fn` read from ``config`` (the one place they are read).
 
-    ``continuous`` [True], ``reduce_mean`` [False], ``likelihood_weighting`` [False], ``importance_weighting``
+    ``parameterization`` (:func:`models.parameterization_from_config`), ``reduce_mean`` [False], ``likelihood_weighting`` [False], ``importance_weighting``
     [False], ``eps`` [1e-5] (``config.training.eps``; the reference fixes it at 1e-5) and ``mixed_precision``
     [``'no'``]. (``label_dropout``, read by :func:`get_step_fn_from_config`, is :func:`get_step_fn`'s only other
     option.)
     """
     field = lambda name, default: config_value(config, f"training.{name}", default)  # noqa: E731
     return {
-        "continuous": field("continuous", True),
+        "parameterization": parameterization_from_config(config, sde),
         "reduce_mean": field("reduce_mean", False),
         "likelihood_weighting": field("likelihood_weighting", False),
         "importance_weighting": field("importance_weighting", False),
         "eps": field("eps", 1e-5),
         "mixed_precision": field("mixed_precision", "no"),
+        "p_mean": field("p_mean", -1.2),
+        "p_std": field("p_std", 1.2),
     }
 
 
@@ -202,12 +223,24 @@ def get_step_fn_from_config(
     """The step of ``task`` (``'score'``: :func:`get_step_fn`; ``'classifier'``: :func:`get_classifier_step_fn`)
     with the options of ``config.training`` (:func:`step_fn_options`, and ``label_dropout`` [None] for the score);
     a training step defaults to ``optimize_fn = optimization_manager(config)`` (warm-up and clipping from
-    ``config.optim``)."""
+    ``config.optim``). With ``config.model.ema_halflife_images`` set, the score's EMA follows EDM's half-life rule
+    (:func:`models.ema.halflife_decay` with ``model.ema_rampup_ratio`` and the global ``training.batch_size``)
+    instead of the fixed ``model.ema_rate``."""
     check_choice("task", task, TASKS)
     if train and optimize_fn is None:
         optimize_fn = optimization_manager(config)
-    options = step_fn_options(config)
+    options = step_fn_options(config, sde)
     if task == "classifier":
         return get_classifier_step_fn(sde, train, optimize_fn, eps=options["eps"], mixed_precision=options["mixed_precision"])
     label_dropout = config_value(config, "training.label_dropout", None)
-    return get_step_fn(sde, train, optimize_fn=optimize_fn, label_dropout=label_dropout, **options)
+    halflife = config_value(config, "model.ema_halflife_images", None)
+    ema_decay = None
+    if halflife is not None:
+        batch = int(config_value(config, "training.batch_size"))
+        rampup = config_value(config, "model.ema_rampup_ratio", 0.05)
+        halflife_decay(batch, 0, halflife, rampup)  # checks the fields before any step
+
+        def ema_decay(step: int) -> float:
+            return halflife_decay(batch, step * batch, halflife, rampup)
+
+    return get_step_fn(sde, train, optimize_fn=optimize_fn, label_dropout=label_dropout, ema_decay=ema_decay, **options)

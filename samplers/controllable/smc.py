@@ -1,9 +1,9 @@
 """Inpainting by sequential Monte Carlo: asymptotically exact samples of the conditional law, from the joint score.
 
 The replacement method (:func:`samplers.controllable.pc_inpaint`, [SDE] appendix I.2) is not an exact sampler of
-``p(x_unknown | x_known = y)`` even with the exact score (see :mod:`samplers.controllable`). SMCDiff (Trippe et
-al., 2023, "Diffusion probabilistic modeling of protein backbones in 3D for the motif-scaffolding problem",
-algorithm 2) makes it exact in the limit of many particles, with the same unconditional score:
+``p(x_unknown | x_known = y)`` even with the exact score (see :mod:`samplers.controllable.known_values`). SMCDiff
+(Trippe et al., 2023, "Diffusion probabilistic modeling of protein backbones in 3D for the motif-scaffolding
+problem", algorithm 2) makes it exact in the limit of many particles, with the same unconditional score:
 
 1. Draw one forward trajectory of the known values, ``y_{N-1} = y`` at ``t = eps`` and, up the time grid
    ``t_0 = T > t_1 > ... > t_{N-1} = eps`` of :func:`samplers.pc_sample`, ``y_i = y_{i+1} + f(y_{i+1}, t_i) +
@@ -17,7 +17,7 @@ algorithm 2) makes it exact in the limit of many particles, with the same uncond
    unknown coordinates are drawn from the kernel and the known ones set to ``y_{i+1}`` (a fully adapted particle
    filter with adaptive resampling). The result is drawn from the final weights.
 
-:func:`smc_colorize` is the same in the decoupled colour space of :func:`samplers.controllable.decouple_colours`
+:func:`smc_colorize` is the same in the decoupled colour space of :func:`.colorization.colour_decoupling_matrix`
 (an orthogonal map, under which the SDE's isotropic noise is unchanged), with the grey channel known.
 
 When the reverse kernels are the exact reverse of the forward chain, the particles at the end are weighted samples
@@ -32,8 +32,9 @@ from torch import Tensor
 
 from sde_lib import SDE, ScoreFn, batch_broadcast
 
-from .common import CountingScoreFn, check_eps, check_sde, progress_bar, resolve_device
-from .controllable import check_data, check_mask, grey_level_known
+from ..common import CountingScoreFn, check_eps, check_sde, progress_bar, resolve_device
+from .colorization import grey_level_known
+from .known_values import check_data, check_mask
 
 SMC_PARTICLES = 16  # default number of particles per inpainted example
 RESAMPLE_BELOW = 0.5  # resample an example's particles when their effective sample size falls below this fraction
@@ -177,7 +178,7 @@ def smc_colorize(
     progress: bool = False,
 ) -> tuple[Tensor, int]:
     """Colorization by SMCDiff: :func:`smc_inpaint` of the grey channel in the decoupled colour space
-    (:func:`samplers.controllable.colour_decoupling_matrix` ``M``, orthogonal: the score there is ``M s(M^T u)``).
+    (:func:`.colorization.colour_decoupling_matrix` ``M``, orthogonal: the score there is ``M s(M^T u)``).
 
     ``data`` ``(B, 3, ...)``: images whose grey level (the mean of the channels) is kept, as in
     :func:`samplers.pc_colorize`; the colours are drawn from their conditional law given it, exactly as
