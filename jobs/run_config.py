@@ -265,8 +265,9 @@ def resolve_config(
 
     ``train``: the file (or, without ``--config``, the workdir's record) with the overrides; the record is checked
     when training starts (:func:`reconcile_with_record`). Every other mode on a workdir with a record: the fields
-    that define the trained model come from the record, the others (evaluation, sampling, ...) from the file when
-    one is given, then the overrides; an override of a recorded trajectory field is refused.
+    that define the trained model come from the record, the others (evaluation, sampling, ..., and fields the record
+    lacks) from the file when one is given, then the overrides; an override of a recorded trajectory field is
+    refused.
     """
     recorded = read_record(workdir)
     if config_file is None and recorded is None:
@@ -280,7 +281,8 @@ def resolve_config(
                           f"got {type(base).__name__}")
     notes = []
     if mode != "train" and recorded is not None and config_file is not None:
-        taken = trajectory_differences(recorded, base)
+        known = flatten_fields(recorded)
+        taken = {field: values for field, values in trajectory_differences(recorded, base).items() if field in known}
         base = _with_trajectory_of(base, recorded)
         if taken:
             notes.append(f"the run's recorded {RECORD_NAME} defines the model; the config file differs in "
@@ -295,11 +297,14 @@ def resolve_config(
 
 
 def _with_trajectory_of(config: ml_collections.ConfigDict, recorded: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``recorded``, with the free fields (:data:`FREE_FIELDS`) that ``config`` sets taken from ``config``."""
+    """``recorded``, with the free fields (:data:`FREE_FIELDS`) that ``config`` sets taken from ``config``, and the
+    fields the record lacks (they cannot have defined the recorded model: e.g. ``data.num_classes`` of a classifier
+    that guides an unconditional run)."""
     out = copy.deepcopy(recorded)
+    known = flatten_fields(recorded)
     with out.unlocked():
         for field, value in flatten_fields(config).items():
-            if not _is_free(field):
+            if not _is_free(field) and field in known:
                 continue
             parts = field.split(".")
             node = out

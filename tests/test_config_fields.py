@@ -226,6 +226,19 @@ def test_other_modes_start_from_the_record(tmp_path):
     assert trajectory_differences(trained, config) == {}
 
 
+def test_fields_the_record_lacks_come_from_the_file(tmp_path):
+    """The README's classifier guidance of the main job: the unconditional run's record has no ``data.num_classes``;
+    ``train_classifier`` with the guidance config takes it (and the classifier section) from the file, the
+    score model's fields from the record."""
+    trained = apply_overrides(load_config(ROOT / "configs/vp/digits_ddpmpp_continuous.py"), [("model.nf", "16")])
+    assert "num_classes" not in trained.data
+    write_record(trained, tmp_path)
+    file = str(ROOT / "configs/vp/digits_ddpmpp_classifier_guidance.py")
+    config, notes = resolve_config(file, [], tmp_path, "train_classifier")
+    assert config.data.num_classes == 10 and config.model.nf == 16 and config.classifier.model.name == "conv_classifier"
+    assert notes and "num_classes" not in notes[0] and "config.model.nf (16 -> 32)" in notes[0]
+
+
 # ------------------------------------------------------------------ main.py's front door
 BAD_FILES = {
     "syntax.py": ("def get_config(:\n", "has a syntax error at line 1"),
