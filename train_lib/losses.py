@@ -73,15 +73,21 @@ def uniform_times(sde: SDE, x0: Tensor, eps: float, generator: torch.Generator |
     return u * (sde.T - eps) + eps
 
 
+def add_noise(mean: Tensor, std: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mean + std z, z, std)`` with ``z ~ N(0, I)`` shaped like ``mean``, drawn from ``generator``, and the per-sample
+    ``std`` ``(B,)`` broadcast like ``mean``: the Gaussian perturbation every loss draws."""
+    z = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    std = batch_broadcast(std, mean)
+    return mean + std * z, z, std
+
+
 def perturb_data(
     sde: SDE, x0: Tensor, t: Tensor, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(x(t), z, std)``: ``x(t) = mean(x0, t) + std(t) z`` with ``z ~ N(0, I)`` drawn from ``generator`` and ``std``
-    broadcast like ``x0``, the perturbation of [SDE] eq. (7) shared by the score and classifier losses."""
-    z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    """``(x(t), z, std)``: ``x(t) = mean(x0, t) + std(t) z`` (:func:`add_noise`), the perturbation of [SDE] eq. (7)
+    shared by the score and classifier losses."""
     mean, std = sde.marginal_prob(x0, t)
-    std = batch_broadcast(std, x0)
-    return mean + std * z, z, std
+    return add_noise(mean, std, generator)
 
 
 def get_sde_loss_fn(
@@ -172,8 +178,9 @@ def get_edm_loss_fn(
     Per sample: ``ln sigma ~ N(p_mean, p_std^2)``, ``n ~ N(0, I)`` and
     ``lambda(sigma) reduce(||D(x0 + sigma n; sigma) - x0||^2)`` with ``lambda = (sigma^2 + sigma_data^2) /
     (sigma sigma_data)^2``, ``D`` the preconditioned denoiser of :class:`models.score_model.EDMPreconditioning`.
-    The loss lives in the scaled variable ``x / alpha``, where every linear SDE is ``x(0) + sigma z``, so it needs no
-    time: the same network serves any SDE through the score model. ``reduce_mean=False`` gives half EDM's sum.
+    The loss lives in the scaled variable ``x / alpha``, where every linear SDE is ``x(0) + sigma z`` (drawn by
+    :func:`add_noise`, as :func:`perturb_data` draws the SDE's), so it needs no time: the same network serves any
+    SDE through the score model. ``reduce_mean=False`` gives half EDM's sum.
     """
     if not isinstance(sde, SDE):
         raise ValueError(f"sde must be an sde_lib.SDE, got {type(sde).__name__}")
@@ -197,10 +204,10 @@ def get_edm_loss_fn(
         _check_batch(batch)
         normal = torch.randn(batch.shape[0], generator=generator, device=batch.device, dtype=batch.dtype)
         sigma = torch.exp(p_mean + p_std * normal)
-        noise = torch.randn(batch.shape, generator=generator, device=batch.device, dtype=batch.dtype)
+        perturbed, _, _ = add_noise(batch, sigma, generator)  # x0 + sigma n: the scaled marginal of every linear SDE
         score_model = ScoreModel(model, sde, parameterization)  # the labels the network takes
         network = score_model.network_fn(y, train)
-        denoised = score_model.parameterization.denoise(network, batch + batch_broadcast(sigma, batch) * noise, sigma)
+        denoised = score_model.parameterization.denoise(network, perturbed, sigma)
         weight = (sigma.square() + sigma_data**2) / (sigma * sigma_data).square()
         return _finish(weight * reduce(torch.square(denoised.to(batch.dtype) - batch)), per_example)
 
