@@ -53,6 +53,7 @@ from base_lib.checks import check_positive_int
 from train_lib.checkpoints import (
     CheckpointError, checkpoint_payload, load_checkpoint_file, nonfinite_entries, restore_checkpoint, save_checkpoint,
 )
+from train_lib.steps import native_bf16
 from .experiment import ConfigError, Experiment, TrainingExperiment, build_experiment
 from .run_config import reconcile_with_record
 from .images import save_samples
@@ -297,6 +298,12 @@ def train(config: Any, workdir: str | os.PathLike, task: str = "score", allow_co
         writer = None
         try:
             logger.info(_describe(exp, schedule))
+            if config_value(config, "training.mixed_precision", "no") == "bf16" and not native_bf16(exp.device):
+                logger.warning(
+                    "training.mixed_precision='bf16': %s has no bf16 matrix units (CPU capability %s), so bf16 runs "
+                    "many times slower than float32 here (benchmarks/precision.py); 'no' is faster", exp.device,
+                    torch.backends.cpu.get_cpu_capability() if exp.device.type == "cpu" else exp.device.type,
+                )
             step = _resume(exp, logger)
             if step >= schedule.n_iters:
                 logger.info("training already finished: step %d of %d", step, schedule.n_iters)

@@ -322,3 +322,16 @@ def test_image_run_writes_a_grid_of_its_samples(tmp_path):
     for index in range(8):
         row, col = divmod(index, 2)
         assert np.array_equal(grid[2 + 10 * row : 10 + 10 * row, 2 + 10 * col : 10 + 10 * col], samples[index, ..., 0])
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_without_matrix_units_is_flagged_in_the_log(native, tmp_path, monkeypatch):
+    """``training.mixed_precision='bf16'`` on a device without bf16 units (``native_bf16`` false: oneDNN has no bf16
+    convolution there, ``benchmarks/precision.py``) trains, with a warning line in the log saying it is slower."""
+    import jobs.run
+
+    monkeypatch.setattr(jobs.run, "native_bf16", lambda device: native)
+    train(toy_config("vp", training__mixed_precision="bf16", training__n_iters=2, training__snapshot_freq=2,
+                     training__snapshot_freq_for_preemption=2, training__snapshot_sampling=False), tmp_path)
+    log = (tmp_path / "log.txt").read_text()
+    assert ("WARNING training.mixed_precision='bf16'" in log and "no bf16 matrix units" in log) is not native

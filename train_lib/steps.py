@@ -59,6 +59,20 @@ def _labelled(batch: Any) -> tuple[Tensor, Tensor]:
     return batch[0], batch[1]
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` has bf16 matrix units that make bf16 autocast fast: CUDA's ``is_bf16_supported``; on the
+    CPU, oneDNN's bf16 support (AVX512-BF16 or AMX). Without them oneDNN has no bf16 convolution and torch falls back
+    to its reference kernels, many times slower than float32 (``benchmarks/precision.py``)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a build without oneDNN
+            return False
+    return False
+
+
 def _autocast(mixed_precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """Autocast of the forward pass: none for ``'no'``, bf16 on CUDA or the CPU, fp16 on CUDA only."""
     if mixed_precision == "no":

@@ -1,0 +1,83 @@
+"""bf16 against float32 on this machine: does bf16 autocast use fast matrix units here?
+
+Prints the CPU capability torch dispatches to and oneDNN's bf16 support (AVX512-BF16 / AMX), then, side by side in
+one run, the time of float32 and of ``torch.autocast(bfloat16)`` for 3x3 convolutions of a few shapes and for the
+README main job's network (``configs/vp/digits_ddpmpp_continuous.py``: forward, and forward + backward, batch 64),
+with their ratios. Without bf16 units oneDNN has no bf16 convolution and torch uses its reference kernels
+(``aten::_slow_conv2d_forward`` in a profile): bf16 is then many times slower, which is why the toolkit only
+recommends bf16 where :func:`train_lib.steps.native_bf16` is true.
+
+    python benchmarks/precision.py [--threads 2] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: this repository's packages, not benchmarks/models.py as `models`
+
+import configs  # noqa: E402
+import models  # noqa: E402
+import sde_lib  # noqa: E402
+from train_lib.steps import native_bf16  # noqa: E402
+
+CONV_SHAPES = ((64, 32, 8), (8, 128, 32), (8, 256, 16))  # (batch, channels, size)
+
+
+def best_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
+
+
+def both(fn, repeats: int) -> tuple[float, float]:
+    """(float32 ms, bf16 autocast ms) of ``fn``, interleaved."""
+    fp32 = best_ms(fn, repeats)
+    with torch.autocast("cpu", torch.bfloat16):
+        bf16 = best_ms(fn, repeats)
+    return fp32, bf16
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"oneDNN bf16 {native_bf16(torch.device('cpu'))}, load average {os.getloadavg()[0]:.2f}")
+    print(f"{'case':40s} {'float32 ms':>11s} {'bf16 ms':>9s} {'bf16/fp32':>10s}")
+    with torch.no_grad():
+        for batch, channels, size in CONV_SHAPES:
+            conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+            x = torch.randn(batch, channels, size, size)
+            fp32, bf16 = both(lambda: conv(x), args.repeats)
+            print(f"{f'conv3x3 {channels}ch {size}x{size}, batch {batch}':40s} {fp32:11.2f} {bf16:9.2f} {bf16 / fp32:10.2f}")
+    config = configs.load_config("configs/vp/digits_ddpmpp_continuous.py")
+    torch.manual_seed(0)
+    score_model = models.ScoreModel.from_config(config, models.create_model(config), sde_lib.get_sde(config))
+    x, t = torch.randn(64, 1, 8, 8), torch.rand(64) * 0.9 + 0.05
+    with torch.no_grad():
+        fp32, bf16 = both(lambda: score_model.score(x, t), args.repeats)
+    print(f"{'digits DDPM++ forward, batch 64':40s} {fp32:11.2f} {bf16:9.2f} {bf16 / fp32:10.2f}")
+
+    def step() -> None:
+        score_model.score(x, t, train=True).float().square().mean().backward()
+
+    fp32, bf16 = both(step, args.repeats)
+    print(f"{'digits DDPM++ forward+backward, batch 64':40s} {fp32:11.2f} {bf16:9.2f} {bf16 / fp32:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
