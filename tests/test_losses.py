@@ -271,6 +271,7 @@ def _sampler_sdes():
         "subvp-cosine": sde_lib.subVPSDE(schedule="cosine"),
         "ve": sde_lib.VESDE(),
         "ve-exact": sde_lib.VESDE(exact_marginal=True, sigma_min=0.02, sigma_max=30.0),
+        "edm": sde_lib.EDMSDE(),
     }
 
 

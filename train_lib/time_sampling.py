@@ -17,6 +17,8 @@ times a constant: the importance-sampled objective has the same expectation and 
   ``g^2 / sigma^2 = 2 log r`` is constant, so ``p`` is uniform (importance sampling changes nothing).
 * VE, ``exact_marginal=True`` (``sigma^2 = sigma_min^2 (r^{2t} - 1)``): with ``c = 2 log r``,
   ``g^2 / sigma^2 = c e^{ct} / (e^{ct} - 1)``, so ``Phi = log(e^{ct} - 1)``; inverse ``t = log(1 + e^Phi) / c``.
+* EDM (``sigma = t``, ``g^2 = 2 t``): ``g^2 / sigma^2 = 2 / t``, so ``Phi = 2 log t`` (log-uniform times); inverse
+  ``t = e^{Phi / 2}``.
 
 ``B`` is inverted in closed form for the linear schedule (the positive root of ``B = beta_min t + (beta_max -
 beta_min) t^2 / 2``) and for the cosine one (``t = (1 + s) 2 arccos(cos(phi_0) e^{-B/2}) / pi - s``). Everything
@@ -31,7 +33,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from sde_lib import SDE, VESDE, VPSDE, subVPSDE
+from sde_lib import SDE, EDMSDE, VESDE, VPSDE, subVPSDE
 from sde_lib.schedules import CosineSchedule, LinearSchedule, NoiseSchedule
 
 Map = Callable[[Tensor], Tensor]
@@ -78,8 +80,10 @@ def _antiderivative(sde: SDE) -> tuple[Map, Map]:
         if sde.exact_marginal:
             return (lambda t: _log_expm1(c * t)), (lambda phi: _log1p_exp(phi) / c)
         return (lambda t: c * t), (lambda phi: phi / c)
+    if isinstance(sde, EDMSDE):
+        return (lambda t: 2.0 * torch.log(t)), (lambda phi: torch.exp(0.5 * phi))
     raise ValueError(
-        f"importance sampling of t is implemented for VPSDE, subVPSDE and VESDE (closed-form CDFs), "
+        f"importance sampling of t is implemented for VPSDE, subVPSDE, VESDE and EDMSDE (closed-form CDFs), "
         f"got {type(sde).__name__}"
     )
 
