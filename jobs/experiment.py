@@ -28,7 +28,7 @@ from torch import Tensor, nn
 import data_lib
 import models
 from samplers.from_config import check_continuous_time, get_sampling_fn
-from sde_lib import SDE, VESDE, get_sde, subVPSDE, VPSDE
+from sde_lib import SDE, get_sde
 from base_lib.config import config_value
 from base_lib.checks import check_positive_int
 
@@ -41,7 +41,6 @@ MODES = ("train", "eval", "sample")
 
 #: sampling ``eps`` (the smallest time reached by a sampler) per SDE family, the 2021 reference's ``run_lib.py``
 #: values (``train`` and ``evaluate``: 1e-3 for VP and sub-VP, 1e-5 for VE); ``config.sampling.eps`` overrides them
-REFERENCE_SAMPLING_EPS: tuple[tuple[type[SDE], float], ...] = ((VPSDE, 1e-3), (subVPSDE, 1e-3), (VESDE, 1e-5))
 
 Scaler = Callable[[Tensor], Tensor]
 SamplingFn = Callable[..., tuple[Tensor, int]]  # fn(model, generator, progress) -> (inverse-scaled x, nfe)
@@ -174,7 +173,7 @@ class Experiment:
     device: torch.device  # where the model and batches live
     distributed: DistributedContext  # rank layout
     sde: SDE  # the forward SDE of config.training.sde
-    sampling_eps: float  # smallest time of the samplers (REFERENCE_SAMPLING_EPS)
+    sampling_eps: float  # smallest time of the samplers (config.sampling.eps, else sde.sampling_eps)
     model: nn.Module  # the score network (not wrapped in DistributedDataParallel)
     score_model: models.ScoreModel | None  # the network read through its parameterization; None for a classifier
     ema: models.ExponentialMovingAverage  # EMA of the weights, config.model.ema_rate
@@ -231,17 +230,14 @@ class SamplingExperiment(Experiment):
 
 
 def sampling_eps(config: Any, sde: SDE) -> float:
-    """``config.sampling.eps`` if set, else the SDE's own end time (``sde.sampling_eps``: EDM's ``sigma_min``), else the
-    reference's value for the SDE family (:data:`REFERENCE_SAMPLING_EPS`)."""
+    """``config.sampling.eps`` if set, else the SDE's own end time ``sde.sampling_eps`` (the reference's 1e-3 for VP
+    and sub-VP, 1e-5 for VE; EDM's ``sigma_min``)."""
     value = config_value(config, "sampling.eps", None)
     if value is not None:
         return float(value)
-    if getattr(sde, "sampling_eps", None) is not None:
-        return float(sde.sampling_eps)
-    for family, eps in REFERENCE_SAMPLING_EPS:
-        if isinstance(sde, family):
-            return eps
-    raise ConfigError(f"no reference sampling eps for {type(sde).__name__}: set config.sampling.eps")
+    if sde.sampling_eps is None:
+        raise ConfigError(f"no default sampling eps for {type(sde).__name__}: set config.sampling.eps")
+    return float(sde.sampling_eps)
 
 
 def data_shape(config: Any) -> tuple[int, ...]:

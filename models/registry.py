@@ -24,7 +24,7 @@ M = TypeVar("M", bound=type[nn.Module])
 _MODELS: dict[str, tuple[type[nn.Module], ConfigTranslator]] = {}
 
 
-def _same_definition(a: type, b: type) -> bool:
+def same_definition(a: type, b: type) -> bool:
     """True when ``a`` and ``b`` are the same class or the same definition re-executed (module reload, notebook)."""
     return a is b or (a.__module__ == b.__module__ and a.__qualname__ == b.__qualname__)
 
@@ -52,7 +52,7 @@ def register_model(
         key = (name if name is not None else model_cls.__name__).lower()
         if not key:
             raise ValueError("register_model: the model name must be a non-empty string")
-        if key in _MODELS and not _same_definition(_MODELS[key][0], model_cls):
+        if key in _MODELS and not same_definition(_MODELS[key][0], model_cls):
             raise ValueError(f"a model is already registered as {key!r}: {_MODELS[key][0].__qualname__}")
         _MODELS[key] = (model_cls, build)
         return model_cls

@@ -41,6 +41,8 @@ from torch import Tensor, nn
 from base_lib.config import config_value
 from sde_lib import SDE, VESDE, VPSDE, EDMSDE, LinearSDE, ScoreFn, batch_broadcast, subVPSDE
 
+from .registry import same_definition
+
 NetworkFn = Callable[[Tensor, Tensor], Tensor]
 """``network_fn(x, labels)``: the network's raw output, shaped like ``x``."""
 
@@ -65,12 +67,15 @@ def check_model_output(out: Tensor, x: Tensor) -> Tensor:
     return out
 
 
+def _unwrapped(network: nn.Module) -> nn.Module:
+    """The network inside ``DistributedDataParallel``, whose attributes (``null_label``, ``label_kinds``) are read."""
+    return network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+
+
 def null_label(network: nn.Module) -> int | None:
     """The class label standing for "no label" of a label-conditional network (``network(x, labels,
     class_labels)``, also inside ``DistributedDataParallel``), or ``None`` for an unconditional network."""
-    if isinstance(network, nn.parallel.DistributedDataParallel):
-        network = network.module
-    null = getattr(network, "null_label", None)
+    null = getattr(_unwrapped(network), "null_label", None)
     return null if isinstance(null, int) and not isinstance(null, bool) else None
 
 
@@ -127,7 +132,7 @@ def register_parameterization(cls: type[Parameterization]) -> type[Parameterizat
     if not (isinstance(cls, type) and issubclass(cls, Parameterization)) or not getattr(cls, "name", None):
         raise ValueError(f"register_parameterization needs a Parameterization subclass with a name, got {cls!r}")
     known = _PARAMETERIZATIONS.get(cls.name)
-    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+    if known is not None and not same_definition(known, cls):
         raise ValueError(f"a parameterization is already registered as {cls.name!r}: {known.__qualname__}")
     _PARAMETERIZATIONS[cls.name] = cls
     return cls
@@ -271,15 +276,20 @@ REFERENCE_PARAMETERIZATIONS: dict[type[SDE], tuple[str, str | None]] = {
 }
 
 
+def _reference_names(sde: SDE) -> tuple[str, str | None] | None:
+    """The (continuous, discrete) parameterization names of ``sde``'s family, or ``None`` for another SDE."""
+    return next((names for sde_type, names in REFERENCE_PARAMETERIZATIONS.items() if isinstance(sde, sde_type)), None)
+
+
 def default_parameterization(sde: SDE) -> Parameterization:
     """The continuous-time parameterization of ``sde``: the reference's (``noise`` for VP and sub-VP, ``score`` for
     VE), ``edm`` for EDM's SDE."""
-    for sde_type, names in REFERENCE_PARAMETERIZATIONS.items():
-        if isinstance(sde, sde_type):
-            return get_parameterization(names[0])
-    raise ValueError(
-        f"{type(sde).__name__} has no default parameterization; name one of {', '.join(available_parameterizations())}"
-    )
+    names = _reference_names(sde)
+    if names is None:
+        raise ValueError(
+            f"{type(sde).__name__} has no default parameterization; name one of {', '.join(available_parameterizations())}"
+        )
+    return get_parameterization(names[0])
 
 
 def resolve_parameterization(sde: SDE, parameterization: Parameterization | str | None = None) -> Parameterization:
@@ -304,7 +314,7 @@ def parameterization_from_config(config: Any, sde: SDE) -> Parameterization:
     """
     name = config_value(config, "model.parameterization", None)
     if name is None:
-        names = next((n for sde_type, n in REFERENCE_PARAMETERIZATIONS.items() if isinstance(sde, sde_type)), None)
+        names = _reference_names(sde)
         if names is None:
             raise ValueError(
                 f"config.model.parameterization must be set for the SDE {type(sde).__name__}; known: "
@@ -323,15 +333,14 @@ def parameterization_from_config(config: Any, sde: SDE) -> Parameterization:
 
 
 def _label_kinds(network: nn.Module) -> tuple[str, ...] | None:
-    inner = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
-    return getattr(inner, "label_kinds", None)
+    return getattr(_unwrapped(network), "label_kinds", None)
 
 
 def check_labels_accepted(network: nn.Module, parameterization: Parameterization) -> None:
     """``ValueError`` when ``network`` declares the label kinds it takes (``label_kinds``) and the parameterization's
     is not one of them (e.g. a Fourier embedding of ``log sigma`` given integer level indices)."""
-    inner = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
-    kinds = _label_kinds(network)
+    inner = _unwrapped(network)
+    kinds = getattr(inner, "label_kinds", None)
     if kinds is not None and parameterization.label_kind not in kinds:
         raise ValueError(
             f"the network {type(inner).__name__} takes {' or '.join(kinds)} labels, but the {parameterization.name!r} "
@@ -365,7 +374,7 @@ class ScoreModel:
             raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype}")
         self.network = network  # the score network, called network(x, labels[, class_labels])
         self.sde = sde  # the forward diffusion the network was trained on
-        self.parameterization = parameterization  # labels and output -> score; None: the SDE's continuous default
+        self.parameterization = parameterization  # labels and output -> score (given, or the SDE's default)
         self.dtype = dtype  # the network's compute dtype; None: its parameters' (x's for a parameterless network)
         self.null_label = null_label(network)  # the unconditional class label; None: an unconditional network
 
@@ -373,16 +382,6 @@ class ScoreModel:
     def from_config(cls, config: Any, network: nn.Module, sde: SDE) -> "ScoreModel":
         """The score model of ``network`` trained as ``config`` says (:func:`parameterization_from_config`)."""
         return cls(network, sde, parameterization_from_config(config, sde))
-
-    @property
-    def continuous_time(self) -> bool:
-        """Whether the network takes any time (False: only the SDE's ``N`` noise levels)."""
-        return self.parameterization.continuous_time
-
-    @property
-    def conditional(self) -> bool:
-        """Whether the network takes class labels ``y``."""
-        return self.null_label is not None
 
     def network_fn(self, y: Tensor | int | None = None, train: bool = False) -> NetworkFn:
         """``network(x, labels)`` with the class labels ``y`` bound and the network put in train or eval mode."""

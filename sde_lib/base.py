@@ -43,6 +43,9 @@ class SDE(abc.ABC):
     :func:`sde_lib.register_sde` to make it available to :func:`sde_lib.get_sde`.
     """
 
+    #: the samplers' default end time (the reference's ``sampling_eps`` for its SDEs); ``None``: none known
+    sampling_eps: float | None = None
+
     def __init__(self, N: int, T: float = 1.0):
         self.N = check_positive_int("N", N)  # number of discretization steps
         self._T = check_finite_positive("T", T)  # end time of the diffusion

@@ -85,6 +85,8 @@ def _vp_end_time(schedule: NoiseSchedule, T: float | None) -> float:
 class _VPFamily(_DiscreteTables, LinearSDE):
     """Shared part of VP and sub-VP: drift ``-beta(t) x / 2``, mean coefficient ``exp(-B(t) / 2)``, prior ``N(0, I)``."""
 
+    sampling_eps = 1e-3  # the reference's end time of the samplers for VP and sub-VP
+
     def __init__(
         self,
         beta_min: float = 0.1,
@@ -208,6 +210,8 @@ class VESDE(_DiscreteTables, LinearSDE):
     :meth:`discretize` is the SMLD discretization ``x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z_i``,
     [SDE] eq. (9), with ``sigma_{-1} = 0``.
     """
+
+    sampling_eps = 1e-5  # the reference's end time of the samplers for VE
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000, exact_marginal: bool = False):
         super().__init__(N=N, T=1.0)

@@ -369,7 +369,7 @@ def test_from_config_reads_every_field():
     fourier = create_model(config)  # the Fourier embedding of log sigma cannot take the level indices of 'smld'
     with pytest.raises(ValueError, match="NCSNpp takes sigma labels, but the 'smld' parameterization gives index labels"):
         ScoreModel(fourier, VESDE(N=7), "smld")
-    assert ScoreModel(fourier, VESDE(N=7), "score").continuous_time
+    assert ScoreModel(fourier, VESDE(N=7), "score").parameterization.continuous_time
     del config.model["nf"]
     with pytest.raises(ValueError, match="model.nf"):
         create_model(config)

@@ -14,37 +14,24 @@ gradient clipping is off in EDM (``grad_clip = -1`` here) and its loss sums over
 half that sum: the same minimizer, the learning rate absorbs the factor).
 """
 
+from configs.default_edm_configs import with_edm_formulation
 from configs.vp.cifar10_ddpmpp_continuous import get_config as get_vp_ddpmpp_config
 
 IMAGES_PER_STEP = 512
 
 
 def get_config():
-    config = get_vp_ddpmpp_config()  # the DDPM++ network; EDM's changes below
+    # the DDPM++ network, EDM's formulation (sigma_data 0.5 for images in [-1, 1], EMA half-life 0.5M images)
+    config = with_edm_formulation(get_vp_ddpmpp_config(), sigma_data=0.5, ema_halflife_images=500_000.0)
 
     training = config.training
-    training.sde = "edm"
     training.batch_size = IMAGES_PER_STEP
     training.n_iters = 200_000_000 // IMAGES_PER_STEP  # 200M images
     training.reduce_mean = False
-    training.p_mean = -1.2
-    training.p_std = 1.2
-
-    sampling = config.sampling
-    sampling.method = "edm"
-    sampling.nfe = 35  # 18 noise levels, Heun steps, the last one Euler
-    sampling.rho = 7.0
-    sampling.s_churn = 0.0
 
     config.data.random_flip = False  # EDM's flips come from its augmentation pipeline, which is not reproduced
 
     model = config.model
-    model.parameterization = "edm"
-    model.sigma_data = 0.5
-    model.sigma_min = 0.002
-    model.sigma_max = 80  # an int, as the default it overrides
-    model.ema_halflife_images = 500_000.0
-    model.ema_rampup_ratio = 0.05
     model.ch_mult = (2, 2, 2)
     model.dropout = 0.13  # 128 channels, 4 blocks, attention at 16x16, positional embedding (of c_noise): as DDPM++
 
