@@ -5,6 +5,11 @@ so the error is the solver's alone. The error is measured against the exact log 
 the exact log p_T(z). The prior mismatch is the same for both paths and is not a solver error.
 
     python benchmarks/likelihood.py [--batches 64 512] [--threads 1] [--rtol 1e-5] [--repeats 7]
+                                    [--networks ddpmpp_vp ncsnpp_ve digits_ddpmpp] [--batch 64] [--device auto|cpu|cuda]
+                                    [--compile [MODE]] [--skip-exact]
+
+``--networks`` adds the cost of one likelihood of a batch under a score network on ``--device`` (:func:`network_rows`);
+``--skip-exact`` runs only those.
 
 For each (data, SDE, batch) it prints three rows: scipy RK45 at ``--rtol`` (the 2021 reference's path), the torch dopri5
 solver at the same tolerance, and dopri5 at matched accuracy (``*``): the loosest tolerance of a grid whose mean AND max
@@ -25,9 +30,14 @@ import argparse
 import math
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 from unittest import mock
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: this repository's packages, not benchmarks/models.py as `models`
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +46,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rtol", type=float, default=1e-5)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where --networks run (auto: CUDA when present); the exact-score rows run on the CPU")
+    parser.add_argument("--skip-exact", action="store_true", help="leave out the exact-score rows")
+    parser.add_argument("--networks", nargs="+", choices=["ddpmpp_vp", "ncsnpp_ve", "digits_ddpmpp"], default=[],
+                        help="also time the likelihood of these score networks (network_rows)")
+    parser.add_argument("--batch", type=int, default=64, help="--networks: images per batch")
+    parser.add_argument("--compile", nargs="?", const="default", default="none",
+                        choices=["none", "default", "reduce-overhead", "max-autotune"],
+                        help="--networks: torch.compile the network (mode; 'default' when given bare)")
     return parser.parse_args(argv)
 
 
@@ -180,8 +199,65 @@ def hutchinson_spread(sde, copies: int = 200) -> None:
               f"(max SE {float(stderr):.4f}); NFE {nfe}")
 
 
+def network_rows(key: str, args: argparse.Namespace) -> None:
+    """Wall time, NFE and images/s of one probability-flow log-likelihood (dopri5, Rademacher divergence, ``--rtol``)
+    of a batch of ``--batch`` random images under the network ``key`` (random weights of unit scale: the cost does
+    not depend on the weights) on ``--device``, float32; on CUDA the peak memory. With ``--compile`` the first
+    (compiling) evaluation of the score and its divergence is timed apart."""
+    import models
+    from configs import load_config
+    from models.compiled import compile_network
+
+    name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    device = torch.device(name)
+    path = {"ddpmpp_vp": "vp/cifar10_ddpmpp_continuous.py", "ncsnpp_ve": "ve/cifar10_ncsnpp_continuous.py",
+            "digits_ddpmpp": "vp/digits_ddpmpp_continuous.py"}[key]
+    config = load_config(ROOT / "configs" / path)
+    config.device = str(device)
+    sde = sde_lib.get_sde(config)
+    torch.manual_seed(0)
+    network = models.create_model(config)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    network = compile_network(network, args.compile)
+    score_fn = models.ScoreModel(network, sde, models.parameterization_from_config(config, sde)).score_fn()
+    shape = (args.batch, config.data.num_channels, config.data.image_size, config.data.image_size)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
+
+    def solve() -> tuple[int, float]:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        _, _, nfe = log_likelihood(sde, score_fn, x, rtol=args.rtol, atol=args.rtol,
+                                   generator=torch.Generator(device).manual_seed(1))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return nfe, time.perf_counter() - start
+
+    compiled = ""
+    if args.compile != "none":  # one divergence evaluation compiles the score with autograd, as the solve calls it
+        start = time.perf_counter()
+        probe = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            torch.autograd.grad(score_fn(probe, torch.full((args.batch,), 0.5, device=device)).sum(), probe)
+        compiled = f", torch.compile {args.compile!r}, compilation {time.perf_counter() - start:.1f} s"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    nfe, wall = solve()
+    peak = f", peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB" if device.type == "cuda" else ""
+    print(f"\n{key} ({path}), batch {args.batch}, {device}, float32{compiled}: dopri5 rtol=atol={args.rtol:g}, "
+          f"Rademacher divergence: NFE {nfe}, wall {wall:.2f} s, {args.batch / wall:.2f} images/s{peak}")
+
+
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
+    if args.skip_exact:
+        for key in args.networks:
+            network_rows(key, args)
+        return
     sdes = {"vp": sde_lib.VPSDE(), "subvp": sde_lib.subVPSDE(), "ve": sde_lib.VESDE(sigma_max=10.0)}
     print(f"torch {torch.__version__}, {args.threads} torch thread(s) and numpy BLAS thread(s), rtol=atol={args.rtol}, float64")
     print(f"wall = median of {args.repeats} runs, scipy and torch runs interleaved (load from other jobs hits both alike)")
@@ -209,6 +285,8 @@ def main(args: argparse.Namespace) -> None:
                 print(f"  {data_name:15s} {batch:5d} {method:7s} total {total * 1e3:7.1f} = score {score * 1e3:6.1f} "
                       f"+ divergence {div * 1e3:6.1f} + solver {rest * 1e3:6.1f} ({100 * rest / total:4.1f}% solver)")
     hutchinson_spread(sdes["vp"])
+    for key in args.networks:
+        network_rows(key, args)
 
 
 if __name__ == "__main__":

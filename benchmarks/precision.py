@@ -7,7 +7,12 @@ with their ratios. Without bf16 units oneDNN has no bf16 convolution and torch u
 (``aten::_slow_conv2d_forward`` in a profile): bf16 is then many times slower, which is why the toolkit only
 recommends bf16 where :func:`train_lib.steps.native_bf16` is true.
 
-    python benchmarks/precision.py [--threads 2] [--repeats 5]
+With ``--workdir`` of a trained digits run (the README's main job writes ``runs/digits``), it also samples that run's
+last checkpoint (EMA weights) with the run's sampler in float32 and in bf16 from the same prior noise, side by side:
+wall time and digits FID / class coverage of ``--samples`` samples each, and the FID of float32 sampling with other
+noise (another seed), the noise level of the FID at this number of samples.
+
+    python benchmarks/precision.py [--threads 2] [--repeats 5] [--workdir runs/digits --samples 640]
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: this repository's packages, no
 import configs  # noqa: E402
 import models  # noqa: E402
 import sde_lib  # noqa: E402
-from train_lib.steps import native_bf16  # noqa: E402
+from models.precision import native_bf16  # noqa: E402
 
 CONV_SHAPES = ((64, 32, 8), (8, 128, 32), (8, 256, 16))  # (batch, channels, size)
 
@@ -53,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, help="a trained digits run: compare float32 and bf16 sampling")
+    parser.add_argument("--samples", type=int, default=640, help="samples per precision (batches of eval.batch_size)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU capability {torch.backends.cpu.get_cpu_capability()}, "
@@ -77,6 +84,51 @@ def main(argv: list[str] | None = None) -> None:
 
     fp32, bf16 = both(step, args.repeats)
     print(f"{'digits DDPM++ forward+backward, batch 64':40s} {fp32:11.2f} {bf16:9.2f} {bf16 / fp32:10.2f}")
+    if args.workdir is not None:
+        compare_sampling(args.workdir, args.samples)
+
+
+def sample_run(workdir: Path, mixed_precision: str, count: int, seed: int) -> tuple[torch.Tensor, float, int]:
+    """``count`` samples of the run's last checkpoint (EMA weights) by its sampler in ``mixed_precision``, batch
+    ``b`` drawn with seed ``seed * 1000 + b``; and the sampling wall time (s) and score evaluations per batch."""
+    from jobs.experiment import build_experiment
+    from jobs.run_config import read_record
+    from train_lib import restore_checkpoint
+
+    config = read_record(workdir)
+    if config is None:
+        raise SystemExit(f"--workdir {workdir}: no config.json; train a run first (README main job)")
+    config.sampling.mixed_precision = mixed_precision
+    checkpoints = sorted((workdir / "checkpoints").glob("checkpoint_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+    if not checkpoints:
+        raise SystemExit(f"--workdir {workdir}: no checkpoints/checkpoint_*.pth")
+    exp = build_experiment(config, workdir / "precision_benchmark", "sample")
+    restore_checkpoint(checkpoints[-1], exp.state)
+    exp.ema.copy_to(exp.model.parameters())
+    batches, seconds, nfe = [], 0.0, 0
+    for b in range(-(-count // int(config.eval.batch_size))):
+        start = time.perf_counter()
+        x, nfe = exp.sampling_fn(exp.model, generator=torch.Generator().manual_seed(seed * 1000 + b))
+        seconds += time.perf_counter() - start
+        batches.append(x)
+    return torch.cat(batches)[:count], seconds, nfe
+
+
+def compare_sampling(workdir: Path, count: int) -> None:
+    from sample_quality import digits_metrics
+
+    print(f"\nsampling {workdir}: {count} samples per row, the run's sampler, EMA weights; load average "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"{'sampling':28s} {'wall s':>7s} {'NFE':>4s} {'FID':>7s} {'coverage':>9s} {'max |x - x_fp32|':>17s}")
+    rows = (("float32, seed 0", "no", 0), ("bf16, seed 0 (same noise)", "bf16", 0), ("float32, seed 1", "no", 1))
+    reference = None
+    for label, mode, seed in rows:
+        x, seconds, nfe = sample_run(workdir, mode, count, seed)
+        metrics = digits_metrics(x.clamp(0, 1))
+        diff = "" if reference is None or seed != 0 else f"{float((x - reference).abs().max()):17.4f}"
+        reference = x if reference is None else reference
+        print(f"{label:28s} {seconds:7.2f} {nfe:4d} {metrics['digits_fid']:7.2f} {metrics['digits_class_coverage']:9.2f} {diff}")
+    print(f"FID floor (train digits, same number): {metrics['digits_fid_train_floor']:.2f}")
 
 
 if __name__ == "__main__":

@@ -21,12 +21,15 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
     "training": {
         "eps": (1e-5, float, "smallest time of the continuous-time loss"),
         "importance_weighting": (False, bool, "likelihood weighting by importance-sampled time"),
-        "mixed_precision": ("no", str, "'no' or 'bf16': autocast of the training step"),
+        "mixed_precision": ("auto", str, "autocast of the training step: 'no', 'bf16', 'fp16' (CUDA) or 'auto' (bf16 "
+                            "where the device has bf16 matrix units: CUDA, AMX)"),
         "label_dropout": (None, float, "classifier-free guidance: probability of the null label; unset: unconditional"),
         "p_mean": (-1.2, float, "the 'edm' parameterization's loss: mean of ln(sigma)"),
         "p_std": (1.2, float, "the 'edm' parameterization's loss: standard deviation of ln(sigma)"),
     },
     "sampling": {
+        "mixed_precision": ("auto", str, "autocast of the network when sampling: 'no', 'bf16', 'fp16' (CUDA) or 'auto' "
+                            "(bf16 where the device has bf16 matrix units: CUDA, AMX)"),
         "predictor": ("reverse_diffusion", str, "method 'pc' and --mode inpaint / colorize: the predictor"),
         "corrector": ("langevin", str, "method 'pc' and --mode inpaint / colorize: the corrector"),
         "eps": (None, float, "smallest time reached by the samplers; unset: 1e-3 for VP / sub-VP, 1e-5 for VE"),
@@ -59,6 +62,13 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
         "likelihood_rtol": (1e-5, float, "its relative tolerance"),
         "likelihood_atol": (1e-5, float, "its absolute tolerance"),
         "likelihood_eps": (1e-5, float, "its smallest time"),
+        "likelihood_product": ("vjp", str, "Hutchinson product v^T J v: 'vjp' (reverse mode) or 'jvp' (forward mode)"),
+        "likelihood_accuracy": (None, float, "solver error asked for, in the likelihood's unit (bits/dim or nats per "
+                                "example): the tolerance is chosen from it; unset: likelihood_rtol / likelihood_atol"),
+        "likelihood_error_samples": (4, int, "test examples also solved at a 10x tighter tolerance to estimate the "
+                                     "solver's error (0: no estimate)"),
+        "likelihood_mixed_precision": ("no", str, "autocast of the network in the likelihood: 'no' (full "
+                                       "precision), 'bf16', 'fp16' (CUDA) or 'auto'"),
         "stats_path": (None, str, "Inception statistics (.npz) of the data for FID / KID; unset: no Inception metrics"),
         "inception_weights": (None, str, "local Inception weights for those metrics"),
     },
@@ -72,6 +82,8 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
         "sigma_data": (0.5, float, "the 'edm' parameterization: the data's standard deviation"),
         "parameterization": (None, str, "how the network's labels and output read as a score (models.ScoreModel); "
                              "None: the reference's reading of training.continuous"),
+        "compile": ("none", str, "torch.compile of the network's forward (models.compiled): 'none', or the mode "
+                    "'default', 'reduce-overhead' or 'max-autotune'"),
     },
     "data": {
         "skip_bad_images": (False, bool, "image folders: skip unreadable images, logging their count, instead of stopping"),

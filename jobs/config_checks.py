@@ -14,7 +14,9 @@ import numbers
 from typing import Any, Callable
 
 from base_lib.config import config_value
+from models.compiled import COMPILE_MODES
 from models.score_model import available_parameterizations
+from models.precision import PRECISION_SETTINGS
 from samplers.dpm_solver import MAX_ORDER
 from samplers.from_config import SAMPLING_METHODS
 from samplers.odeint import ODE_METHODS
@@ -92,7 +94,9 @@ CHECKS: dict[str, Check] = {
     "training.importance_weighting": _boolean,
     "training.eps": _number(0.0, 1.0, low_open=True, high_open=True),
     "training.label_dropout": _number(0.0, 1.0, high_open=True),
-    "training.mixed_precision": _choice("no", "bf16", "fp16"),
+    "training.mixed_precision": _choice(*PRECISION_SETTINGS),
+    "sampling.mixed_precision": _choice(*PRECISION_SETTINGS),
+    "eval.likelihood_mixed_precision": _choice(*PRECISION_SETTINGS),
     "sampling.method": _choice(*SAMPLING_METHODS, case=False),
     "sampling.predictor": _registered(available_predictors),
     "sampling.corrector": _registered(available_correctors),
@@ -134,6 +138,9 @@ CHECKS: dict[str, Check] = {
     "eval.likelihood_rtol": _number(0.0, low_open=True),
     "eval.likelihood_atol": _number(0.0, low_open=True),
     "eval.likelihood_eps": _number(0.0, 1.0, low_open=True, high_open=True),
+    "eval.likelihood_product": _choice("vjp", "jvp", case=False),
+    "eval.likelihood_accuracy": _number(0.0, low_open=True),
+    "eval.likelihood_error_samples": _integer(0),
     "model.ema_rate": _number(0.0, 1.0, high_open=True),
     "model.noise_schedule": _choice(*VP_SCHEDULES),
     "model.ema_halflife_images": _number(0.0, low_open=True),
@@ -141,6 +148,7 @@ CHECKS: dict[str, Check] = {
     "model.sigma_data": _number(0.0, low_open=True),
     "training.p_std": _number(0.0, low_open=True),
     "model.parameterization": _registered(available_parameterizations),
+    "model.compile": _choice(*COMPILE_MODES),
     "model.num_scales": _integer(1),
     "model.dropout": _number(0.0, 1.0, high_open=True),
     "optim.lr": _number(0.0, low_open=True),

@@ -10,7 +10,10 @@ weights of each, computes what ``config.eval`` enables:
   ([SDE] Sec. 4.3 and Table 2; :func:`samplers.dequantized_bits_per_dim`), averaged over ``bpd_num_repeats``
   dequantizations, with its standard error over test examples; for continuous data (the 2-D toy densities) the
   exact log-likelihood in nats per example (no quantization; the exact divergence for low dimensions), beside the
-  true log-density of the same points where :func:`data_lib.toy_log_prob` has one.
+  true log-density of the same points where :func:`data_lib.toy_log_prob` has one. Beside the standard error it
+  reports the solver's error estimate (:func:`likelihood_error_check`: ``eval.likelihood_error_samples`` examples
+  solved again at a 10x tighter tolerance); with ``eval.likelihood_accuracy`` the tolerance is chosen from the
+  accuracy asked for (:func:`samplers.likelihood.choose_tolerance`) instead of ``likelihood_rtol`` / ``_atol``.
 * ``enable_sampling``: ``num_samples`` samples of the configured sampler in rounds of ``eval.batch_size`` (the
   last round draws only what is left), round ``r`` saved as ``ckpt_{k}/samples_{r}.npz`` (written atomically: a
   temporary file renamed over the target) and drawn from a generator seeded by ``(config.seed, k, r)``. Each
@@ -68,10 +71,11 @@ from sample_quality import (
     load_statistics,
     toy_metrics,
 )
+from models.precision import resolve_mixed_precision
 from samplers import dequantized_bits_per_dim, log_likelihood
 from samplers.from_config import get_sampling_fn
 from base_lib.checks import check_choice, check_positive_int
-from samplers.likelihood import DIVERGENCES
+from samplers.likelihood import DIVERGENCE_PRODUCTS, DIVERGENCES, choose_tolerance, hutchinson_probe, solver_error
 from base_lib.config import config_value, flatten_fields
 
 from train_lib.checkpoints import CheckpointError, restore_checkpoint
@@ -381,16 +385,57 @@ def likelihood_options(config: Any) -> dict[str, Any]:
         "divergence": check_choice("config.eval.hutchinson_type", str(get("hutchinson_type")).lower(), DIVERGENCES),
         "rtol": float(get("likelihood_rtol")), "atol": float(get("likelihood_atol")),
         "method": str(get("likelihood_method")), "eps": float(get("likelihood_eps")),
+        "product": check_choice("config.eval.likelihood_product", str(get("likelihood_product")).lower(), DIVERGENCE_PRODUCTS),
     }
+
+
+def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The solver's error estimate, in the likelihood's unit, and with ``eval.likelihood_accuracy`` the tolerance
+    chosen from it (:func:`samplers.likelihood.choose_tolerance`; ``options`` gets ``rtol = atol``).
+
+    It is taken on the first ``eval.likelihood_error_samples`` problems of the test split's first batch, with the
+    dequantization and probes that batch gets (its seed, drawn in the order of ``dequantized_bits_per_dim``), so on the
+    torch solvers it is the error of values in the reported mean. Every rank computes the same (unsharded) check, so all
+    ranks solve at one tolerance. An error of ``e`` nats per example is ``e / (D ln 2)`` bits/dim.
+    """
+    accuracy = config_value(exp.config, "eval.likelihood_accuracy", None)
+    samples = int(config_value(exp.config, "eval.likelihood_error_samples", TOOLKIT_FIELDS["eval"]["likelihood_error_samples"][0]))
+    if accuracy is not None:
+        check_positive_int("config.eval.likelihood_error_samples (with config.eval.likelihood_accuracy)", samples)
+    if samples < 1:
+        return {"accuracy": None, "solver_error": None, "solver_error_samples": 0, "solver_error_nfe": 0}
+    batch = next(iter(data_lib.iterate_batches(
+        exp.test_ds, int(exp.config.eval.batch_size), shuffle=False, rank=0, world_size=1, uniform_dequantization=False,
+        dtype=exp.batch_dtype,
+    ))).to(exp.device)
+    generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, Stream.LIKELIHOOD, ckpt, 0, 0))
+    quantized = exp.test_ds.num_levels is not None
+    x = exp.scaler(data_lib.dequantize.uniform_dequantize(batch, exp.test_ds.num_levels, generator) if quantized else batch)
+    probe = None if options["divergence"] == "exact" else hutchinson_probe(x, options["divergence"], generator)[:samples]
+    x = x[:samples]
+    nats_per_unit = math.prod(exp.data_shape) * math.log(2.0) if quantized else 1.0
+    solve = {"divergence": options["divergence"], "method": options["method"], "eps": options["eps"], "product": options["product"]}
+    if accuracy is None:
+        estimate = solver_error(exp.sde, score_fn, x, options["rtol"], options["atol"], probe=probe, **solve)
+    else:
+        estimate = choose_tolerance(exp.sde, score_fn, x, float(accuracy) * nats_per_unit, probe=probe, **solve)
+        options["rtol"] = options["atol"] = estimate.rtol
+    return {"accuracy": accuracy, "solver_error": estimate.error / nats_per_unit, "solver_error_samples": estimate.samples,
+            "solver_error_nfe": estimate.nfe}
 
 
 def test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
     """Bits/dim of the dequantized test split (quantized data) or its log-likelihood in nats (continuous data)."""
-    score_fn = exp.score_model.score_fn()
+    precision = resolve_mixed_precision(
+        config_value(exp.config, "eval.likelihood_mixed_precision", "no"), exp.device,
+        name="config.eval.likelihood_mixed_precision",
+    )
+    score_fn = exp.score_model.in_precision(precision).score_fn()  # full precision unless the config asks
     options = likelihood_options(exp.config)
     quantized = exp.test_ds.num_levels is not None
     if not quantized and math.prod(exp.data_shape) <= EXACT_DIVERGENCE_MAX_DIM:
         options["divergence"] = "exact"
+    error_check = likelihood_error_check(exp, ckpt, score_fn, options)  # may set options' rtol and atol
     repeats = check_positive_int("config.eval.bpd_num_repeats", int(config_value(exp.config, "eval.bpd_num_repeats", 1)))
     total = total_sq = count = nfe = true_total = 0.0
     true_log_prob = None if quantized else data_lib.toy_log_prob(exp.test_ds.name)
@@ -413,9 +458,10 @@ def test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
         total, total_sq = total + float(values.sum()), total_sq + float((values**2).sum())
         count, nfe = count + values.numel(), nfe + batch_nfe
         progress.tick(index + 1)
+    nfe += error_check["solver_error_nfe"]  # the check's solves are part of the cost
     total, total_sq, count, nfe, true_total = _all_reduce_sums([total, total_sq, count, nfe, true_total], exp)
     mean, stderr = _mean_and_stderr(total, total_sq, count)
-    report = {"mean": mean, "stderr": stderr, "count": int(count), "nfe": int(nfe), **options}
+    report = {"mean": mean, "stderr": stderr, "count": int(count), "nfe": int(nfe), **error_check, **options}
     if quantized:
         return {"unit": "bits/dim", "n_bins": exp.test_ds.num_levels, "num_repeats": repeats, **report}
     report = {"unit": "nats", **report}
@@ -578,6 +624,9 @@ def _describe(ckpt: int, step: int, report: dict[str, Any]) -> list[str]:
             line += f" ({lik['num_repeats']} dequantization(s), {lik['n_bins']} levels)"
         if "true_log_density_mean" in lik:
             line += f"; true log-density of the same points {lik['true_log_density_mean']:.4f}"
+        if lik.get("solver_error") is not None:
+            line += (f"; solver error ~{lik['solver_error']:.2g} (rtol {lik['rtol']:.2g}, estimated on "
+                     f"{lik['solver_error_samples']} examples at rtol / 10)")
         lines.append(f"{line}; {lik['nfe']} score evaluations")
     if "samples" in report:
         samples = report["samples"]

@@ -4,7 +4,8 @@
 SDE or sampler; a resolution or channel count the model or the data cannot take; a missing data path; a batch
 that does not split over the ranks; a bad mode) and returns what the mode uses: every mode gets an
 :class:`Experiment` (the SDE, the sampling ``eps``, the model with its EMA, the state checkpoints are restored
-into, the data scalers, the sampler, the device, the rank layout and the workdir layout, :class:`WorkdirLayout`),
+into, the data scalers, the sampler, the device, the rank layout and the workdir layout, :class:`WorkdirLayout`;
+with ``config.model.compile`` the network's forward is ``torch.compile``'d in place, :func:`_compile_model`),
 and ``train`` adds the optimizer, the step functions and both splits (:class:`TrainingExperiment`), ``eval`` the
 evaluation loss and the test split (:class:`EvaluationExperiment`); ``sample`` needs nothing more
 (:class:`SamplingExperiment`).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +33,7 @@ from samplers.from_config import check_continuous_time, get_sampling_fn
 from sde_lib import SDE, get_sde
 from base_lib.config import config_value
 from base_lib.checks import check_positive_int
+from models.compiled import compile_network
 
 from .config_checks import check_config_values
 from .conditional import ConditioningError, SamplingConditioning, check_label_dropout, num_classes, sampling_conditioning
@@ -174,7 +177,7 @@ class Experiment:
     distributed: DistributedContext  # rank layout
     sde: SDE  # the forward SDE of config.training.sde
     sampling_eps: float  # smallest time of the samplers (config.sampling.eps, else sde.sampling_eps)
-    model: nn.Module  # the score network (not wrapped in DistributedDataParallel)
+    model: nn.Module  # the score network (not wrapped in DistributedDataParallel; compiled in place: model.compile)
     score_model: models.ScoreModel | None  # the network read through its parameterization; None for a classifier
     ema: models.ExponentialMovingAverage  # EMA of the weights, config.model.ema_rate
     state: dict[str, Any]  # what checkpoints are restored into: {'model', 'ema', 'step'} (+ 'optimizer' to train)
@@ -285,6 +288,24 @@ def _create_model(config: Any) -> nn.Module:
             return models.create_model(config)
         except ValueError as error:  # a setting the network cannot take, named by the network
             raise ConfigError(f"config.model.name={config.model.name!r} cannot be built from this config: {error}") from None
+
+
+def _compile_model(config: Any, model: nn.Module) -> nn.Module:
+    """``config.model.compile``: ``'none'`` leaves ``model`` as it is; a ``torch.compile`` mode compiles its forward
+    in place (:func:`models.compiled.compile_network`: parameters, state dict, EMA, checkpoints and DDP see the same
+    module). Each compilation's cost (the first call of each kind: train or eval, a new shape) goes to the run's log."""
+    mode = str(config_value(config, "model.compile", "none"))
+    name = str(config_value(config, "model.name"))
+
+    def report(seconds: float, count: int, autograd: bool) -> None:
+        from .run import LOGGER_NAME  # imported when called: jobs.run imports this module
+
+        again = "" if count == 1 else f" (compilation {count}: a new input shape, train/eval mode or autograd)"
+        backward = "; its backward pass compiles at the first backward" if autograd else ""
+        logging.getLogger(LOGGER_NAME).info("compiled %s (torch.compile mode %r) in %.1f s%s%s", name, mode, seconds,
+                                            again, backward)
+
+    return compile_network(model, mode, on_compile=report)
 
 
 def check_model_input(score_model: models.ScoreModel, shape: tuple[int, ...], device: torch.device) -> None:
@@ -399,6 +420,7 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
             conditioning = sampling_conditioning(config, model, sample_batch, workdir, device, load=mode != "train")
     except ConditioningError as error:
         raise ConfigError(str(error)) from error
+    model = _compile_model(config, model)  # after the one-example checks, so that building compiles nothing
     sampling_fn = None
     if task == "score":
         factory = None if conditioning is None else conditioning.score_factory

@@ -26,7 +26,9 @@ meta checkpoint, and only rank 0 writes checkpoints, logs, TensorBoard events an
 
 A non-finite loss (or non-finite weights at a checkpoint) stops training with :class:`TrainingDivergedError`
 before anything of the bad state is saved. The step losses stay on the device until a step that logs, evaluates
-or saves, where they are read and checked together, so the device is not waited for at every step.
+or saves, where they are read and checked together, so the device is not waited for at every step; nor at the
+batch: batch ``s + 1`` is built and sent once step ``s`` is queued, from page-locked memory on CUDA (a copy from
+pageable memory would wait for the queued step).
 """
 
 from __future__ import annotations
@@ -49,11 +51,11 @@ import data_lib
 from data_lib import mix_seeds
 from base_lib.config import config_value
 from base_lib.checks import check_positive_int
+from models.precision import native_bf16, resolve_mixed_precision
 
 from train_lib.checkpoints import (
     CheckpointError, checkpoint_payload, load_checkpoint_file, nonfinite_entries, restore_checkpoint, save_checkpoint,
 )
-from train_lib.steps import native_bf16
 from .experiment import ConfigError, Experiment, TrainingExperiment, build_experiment
 from .run_config import reconcile_with_record
 from .images import save_samples
@@ -197,12 +199,20 @@ def _save(path: Path, exp: TrainingExperiment, step: int) -> None:
 Batch = Tensor | tuple[Tensor, Tensor]  # x, or (x, y) with class labels (Experiment.labelled)
 
 
+def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device`` without waiting for it: to CUDA from page-locked memory, since a copy from pageable
+    memory first waits for the device to finish all its queued work (CUDA's rule for pageable transfers)."""
+    if device.type == "cuda" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def model_batch(exp: Experiment, batch: Batch) -> Batch:
     """A batch from :func:`data_lib.training_batches` on the experiment's device, the data scaler applied to ``x``."""
     if isinstance(batch, tuple):
         x, y = batch
-        return exp.scaler(x.to(exp.device, non_blocking=True)), y.to(exp.device, non_blocking=True)
-    return exp.scaler(batch.to(exp.device, non_blocking=True))
+        return exp.scaler(_to_device(x, exp.device)), _to_device(y, exp.device)
+    return exp.scaler(_to_device(batch, exp.device))
 
 
 def _eval_batches(exp: TrainingExperiment, start_step: int, eval_freq: int) -> Iterator[Batch]:
@@ -298,7 +308,12 @@ def train(config: Any, workdir: str | os.PathLike, task: str = "score", allow_co
         writer = None
         try:
             logger.info(_describe(exp, schedule))
-            if config_value(config, "training.mixed_precision", "no") == "bf16" and not native_bf16(exp.device):
+            setting = config_value(config, "training.mixed_precision", "auto")
+            logger.info(
+                "mixed precision of the training step: %s (training.mixed_precision=%r on %s)",
+                resolve_mixed_precision(setting, exp.device), setting, exp.device,
+            )
+            if setting == "bf16" and not native_bf16(exp.device):
                 logger.warning(
                     "training.mixed_precision='bf16': %s has no bf16 matrix units (CPU capability %s), so bf16 runs "
                     "many times slower than float32 here (benchmarks/precision.py); 'no' is faster", exp.device,
@@ -353,12 +368,14 @@ def _train_loop(exp: TrainingExperiment, schedule: Schedule, step: int, logger: 
     with tqdm(total=schedule.n_iters, initial=step, desc="train", dynamic_ncols=True, disable=not show_bar) as bar, (
         logging_redirect_tqdm([logger]) if show_bar else contextlib.nullcontext()
     ):
+        batch = model_batch(exp, next(batches))
         while step < schedule.n_iters:
-            batch = model_batch(exp, next(batches))
             generator.manual_seed(step_seed(config, Stream.LOSS_NOISE, step, context.rank))
             _reseed_global_rng(exp.device, step_seed(config, Stream.GLOBAL_RNG, step, context.rank))
             losses.append(exp.train_step_fn(state, batch, generator).detach())
             step = exp.state["step"] = int(state["step"])
+            if step < schedule.n_iters:  # the next batch, built and sent while an accelerator still runs this step
+                batch = model_batch(exp, next(batches))
             bar.update(1)
             loss = None
             if _losses_due(schedule, step, len(losses)):

@@ -16,6 +16,8 @@
 * :class:`ScoreModel`: a network, its SDE and its :class:`Parameterization` (how labels and output relate to the
   time and the score: the reference's ``noise``, ``ddpm``, ``score``, ``smld``, registered by name), built once from
   the config (:meth:`ScoreModel.from_config`); gives the score, the denoiser and ``score_fn(x, t)`` for samplers.
+* :func:`resolve_mixed_precision`, :func:`native_bf16`: the network's mixed precision (``'no'``, ``'bf16'``,
+  ``'fp16'``, ``'auto'``) and the rule behind ``'auto'`` (:mod:`models.precision`).
 * :class:`ExponentialMovingAverage`: weight averaging in the reference's format.
 * :func:`load_reference_weights` (a reference ``state_dict``, strictly, through the model's
   ``reference_key_map``) and :func:`load_reference_training_state` (a reference training checkpoint: model,
@@ -44,6 +46,7 @@ from .ncsn import NCSN
 from .ncsnpp import NCSNpp
 from .ncsnv2 import NCSNv2, NCSNv2Deeper, NCSNv2Deepest
 from .normalization import ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus, get_normalization
+from .precision import MIXED_PRECISION, bf16_matrix_units, native_bf16, resolve_mixed_precision
 from .registry import available_models, create_model, get_model, register_model
 from .winograd import WinogradConv2d, set_winograd_enabled, winograd_disabled
 from .upfirdn2d import conv_downsample_2d, downsample_2d, fir_kernel_2d, upfirdn2d, upsample_2d, upsample_conv_2d
@@ -94,6 +97,10 @@ __all__ = [
     "GaussianFourierProjection",
     "sinusoidal_embedding",
     "ScoreModel",
+    "MIXED_PRECISION",
+    "native_bf16",
+    "bf16_matrix_units",
+    "resolve_mixed_precision",
     "Parameterization",
     "register_parameterization",
     "get_parameterization",

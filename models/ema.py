@@ -10,6 +10,11 @@ EDM (Karras et al., "Elucidating the Design Space of Diffusion-Based Generative 
 F.1) sets the decay of each step from a half-life measured in training images instead: :func:`halflife_decay`
 gives it, and ``update(parameters, decay=...)`` uses it for that step (the stored ``decay`` and the state's format
 are unchanged).
+
+:meth:`~ExponentialMovingAverage.update` moves all shadow tensors with one ``torch._foreach_lerp_`` call,
+``s <- s + (1 - d_k)(theta_k - s)``, the rule above up to float rounding; :meth:`~ExponentialMovingAverage.copy_to`
+and :meth:`~ExponentialMovingAverage.restore` copy with one ``torch._foreach_copy_``. On CUDA these are single
+kernels over all tensors; on the CPU one call still replaces a Python loop over the parameters.
 """
 
 from __future__ import annotations
@@ -96,14 +101,16 @@ class ExponentialMovingAverage:
         params = self._matching(parameters)
         if self.num_updates is not None:
             self.num_updates += 1
-        with torch.no_grad():
-            torch._foreach_lerp_(self.shadow_params, [p.detach() for p in params], 1.0 - decay)
+        if params:  # a model without trainable parameters has nothing to average
+            with torch.no_grad():  # no_grad: the parameters are read without detached copies
+                torch._foreach_lerp_(self.shadow_params, params, 1.0 - decay)
 
     def copy_to(self, parameters: Iterable[Tensor]) -> None:
         """Overwrite the trainable ``parameters`` with the averaged weights (non-trainable ones are left alone)."""
-        with torch.no_grad():
-            for shadow, param in zip(self.shadow_params, self._matching(parameters)):
-                param.copy_(shadow)
+        params = self._matching(parameters)
+        if params:
+            with torch.no_grad():
+                torch._foreach_copy_(params, self.shadow_params)
 
     def store(self, parameters: Iterable[Tensor]) -> None:
         """Save a copy of all ``parameters``, e.g. before :meth:`copy_to` for an evaluation with the average."""
@@ -114,9 +121,9 @@ class ExponentialMovingAverage:
         parameters = list(parameters)
         if len(parameters) != len(self._stored):
             raise ValueError(f"store() saved {len(self._stored)} parameters, got {len(parameters)} to restore")
-        with torch.no_grad():
-            for saved, param in zip(self._stored, parameters):
-                param.copy_(saved)
+        if parameters:
+            with torch.no_grad():
+                torch._foreach_copy_(parameters, self._stored)
 
     def state_dict(self) -> dict[str, Any]:
         """``{'decay', 'num_updates', 'shadow_params'}``, the reference's format (the shadow tensors, not copies)."""

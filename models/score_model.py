@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from base_lib.config import config_value
 from sde_lib import SDE, VESDE, VPSDE, EDMSDE, LinearSDE, ScoreFn, batch_broadcast, subVPSDE
 
+from .precision import MIXED_PRECISION, autocast, check_mixed_precision, resolve_mixed_precision
 from .registry import same_definition
 
 NetworkFn = Callable[[Tensor, Tensor], Tensor]
@@ -363,6 +364,7 @@ class ScoreModel:
         sde: SDE,
         parameterization: Parameterization | str | None = None,
         dtype: torch.dtype | None = None,
+        mixed_precision: str = "no",
     ):
         if not isinstance(network, nn.Module):
             raise ValueError(f"network must be a torch.nn.Module, got {type(network).__name__}")
@@ -372,33 +374,46 @@ class ScoreModel:
         check_labels_accepted(network, parameterization)
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype}")
+        check_mixed_precision("mixed_precision", mixed_precision, MIXED_PRECISION)
         self.network = network  # the score network, called network(x, labels[, class_labels])
         self.sde = sde  # the forward diffusion the network was trained on
         self.parameterization = parameterization  # labels and output -> score (given, or the SDE's default)
         self.dtype = dtype  # the network's compute dtype; None: its parameters' (x's for a parameterless network)
         self.null_label = null_label(network)  # the unconditional class label; None: an unconditional network
+        self.mixed_precision = mixed_precision  # autocast of the network call: 'no', 'bf16' or 'fp16' (CUDA)
 
     @classmethod
     def from_config(cls, config: Any, network: nn.Module, sde: SDE) -> "ScoreModel":
-        """The score model of ``network`` trained as ``config`` says (:func:`parameterization_from_config`)."""
-        return cls(network, sde, parameterization_from_config(config, sde))
+        """The score model of ``network`` trained as ``config`` says (:func:`parameterization_from_config`), sampled
+        in the mixed precision of ``config.sampling.mixed_precision`` [``'auto'``] on the network's device
+        (:func:`models.precision.resolve_mixed_precision`)."""
+        device = next((p.device for p in (*network.parameters(), *network.buffers())), torch.device("cpu"))
+        mixed_precision = resolve_mixed_precision(
+            config_value(config, "sampling.mixed_precision", "auto"), device,
+            name="config.sampling.mixed_precision",
+        )
+        return cls(network, sde, parameterization_from_config(config, sde), mixed_precision=mixed_precision)
+
+    def in_precision(self, mixed_precision: str) -> "ScoreModel":
+        """This score model (same network, SDE, parameterization and dtype) with the network called in
+        ``mixed_precision`` (``'no'``: full precision, e.g. for a likelihood)."""
+        return ScoreModel(self.network, self.sde, self.parameterization, self.dtype, mixed_precision)
 
     def network_fn(self, y: Tensor | int | None = None, train: bool = False) -> NetworkFn:
-        """``network(x, labels)`` with the class labels ``y`` bound and the network put in train or eval mode."""
-        network = self.network
-        if self.null_label is None:
-            if y is not None:
-                raise ValueError(f"class labels y were given to the unconditional network {type(network).__name__}")
+        """``network(x, labels)`` with the class labels ``y`` bound and the network put in train or eval mode; in
+        :attr:`mixed_precision` the call runs under autocast and its output is cast back to the dtype of ``x``."""
+        network, mixed_precision = self.network, self.mixed_precision
+        if self.null_label is None and y is not None:
+            raise ValueError(f"class labels y were given to the unconditional network {type(network).__name__}")
+        class_labels = () if self.null_label is None else (y,)
 
-            def call(x: Tensor, labels: Tensor) -> Tensor:
-                network.train(train)
-                return network(x, labels)
-
-        else:
-
-            def call(x: Tensor, labels: Tensor) -> Tensor:
-                network.train(train)
-                return network(x, labels, y)
+        def call(x: Tensor, labels: Tensor) -> Tensor:
+            network.train(train)
+            if mixed_precision == "no":
+                return network(x, labels, *class_labels)
+            with autocast(mixed_precision, x.device):
+                out = network(x, labels, *class_labels)
+            return out.to(x.dtype)  # the parameterization's arithmetic stays in the compute dtype
 
         return call
 

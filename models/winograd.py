@@ -18,7 +18,8 @@ float32 the error is several times that of a direct convolution (relative ``~5e-
 measured in ``tests/test_winograd.py``), far below the parity tolerance with the reference (``1e-4``). It is used only where it
 pays and changes nothing else (:func:`winograd_applies`): float32 CPU tensors, no autograd (training and gradients
 use the direct convolution), height and width multiples of 4 and at least :data:`MIN_SIZE`, at least
-:data:`MIN_CHANNELS` input and output channels. :func:`set_winograd_enabled` switches it off globally (e.g. for bit-wise
+:data:`MIN_CHANNELS` input and output channels, and by default not on AVX-512 CPUs, whose direct convolutions are
+fast enough (:func:`_direct_convolution_at_peak`). :func:`set_winograd_enabled` switches it on or off globally (e.g. for bit-wise
 comparisons with ``F.conv2d``).
 """
 
@@ -69,7 +70,14 @@ _AT = torch.tensor(
 )
 _N = TILE + 2  # input tile size
 
-_enabled = True
+def _direct_convolution_at_peak() -> bool:
+    """Whether this CPU runs oneDNN's AVX-512 convolutions: they reach about twice the AVX2 rate, and there F(4x4, 3x3)
+    no longer pays (``benchmarks/models.py --no-winograd``: the digits network 2x slower with it, the CIFAR-10 U-Nets
+    no faster on an AVX-512 EPYC); on AVX2 CPUs it makes the U-Nets 1.7x faster."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+
+
+_enabled = not _direct_convolution_at_peak()  # the process-wide default; set_winograd_enabled overrides it
 
 
 def set_winograd_enabled(enabled: bool) -> None:
@@ -152,10 +160,12 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None) -> Tensor
 
 
 def winograd_applies(x: Tensor, weight: Tensor) -> bool:
-    """Whether :class:`WinogradConv2d` takes the Winograd path for this input: enabled, float32 on the CPU, no
-    autograd, height and width multiples of 4 and ``>= MIN_SIZE``, ``>= MIN_CHANNELS`` input and output channels."""
+    """Whether :class:`WinogradConv2d` takes the Winograd path for this input: enabled, not traced by
+    ``torch.compile`` (the compiled graph convolves directly), float32 on the CPU, no autograd, height and width
+    multiples of 4 and ``>= MIN_SIZE``, ``>= MIN_CHANNELS`` input and output channels."""
     return (
         _enabled
+        and not torch.compiler.is_compiling()  # Inductor mis-lowers the preallocated tiled output (a bad view)
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32

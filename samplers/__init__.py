@@ -39,7 +39,10 @@ from .controllable import (
 from .edm import edm_sample
 from .fast import fast_sample
 from .from_config import get_likelihood_fn, get_sampling_fn
-from .likelihood import BitsPerDim, bits_per_dim, dequantized_bits_per_dim, hutchinson_probe, log_likelihood
+from .likelihood import (
+    BitsPerDim, SolverError, bits_per_dim, choose_tolerance, dequantized_bits_per_dim, hutchinson_probe, log_likelihood,
+    solver_error,
+)
 from .ode import denoise_step, ode_encode, ode_sample, probability_flow_drift
 from .odeint import ODE_METHODS, SCIPY_METHODS, TORCH_METHODS, ODESolution, odeint
 from .pc import (
@@ -79,6 +82,9 @@ __all__ = [
     "get_sampling_fn",
     "get_likelihood_fn",
     "log_likelihood",
+    "solver_error",
+    "choose_tolerance",
+    "SolverError",
     "bits_per_dim",
     "dequantized_bits_per_dim",
     "hutchinson_probe",

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from models.precision import check_mixed_precision
 from models.score_model import Parameterization, ScoreModel, parameterization_from_config, resolve_parameterization
 from sde_lib import SDE, ScoreFn
 from base_lib.config import config_value
@@ -72,7 +73,9 @@ def get_sampling_fn(
     * ``edm``: ``nfe`` [35] (``N = (nfe + 1) // 2`` Heun steps, ``2N - 1`` evaluations), ``rho`` [7], ``s_churn`` [0],
       ``s_min`` [0], ``s_max`` [no bound], ``s_noise`` [1]: :func:`samplers.edm_sample`.
 
-    ``model`` is the network; it is read through :class:`models.ScoreModel` with the config's parameterization.
+    ``model`` is the network; it is read through :class:`models.ScoreModel` with the config's parameterization,
+    in the mixed precision ``mixed_precision`` [``'auto'``] resolves to on the model's device (``'auto'``: bf16 where
+    the device has bf16 matrix units; :func:`models.precision.resolve_mixed_precision`). The sampler's state stays in float32.
     All arguments are checked here, before any sampling. ``score_fn_factory(score_model) -> score_fn`` replaces
     ``score_model.score_fn()`` as the score the sampler follows (e.g. a guided score, :mod:`jobs.conditional`).
     """
@@ -81,6 +84,7 @@ def get_sampling_fn(
     get = lambda field, default=...: config_value(config, f"sampling.{field}", default)  # noqa: E731
     denoise = bool(get("noise_removal", method != "fast"))
     parameterization = parameterization_from_config(config, sde)
+    check_mixed_precision("config.sampling.mixed_precision", get("mixed_precision", "auto"))
     if method in CONTINUOUS_TIME_METHODS:
         check_continuous_time(parameterization, f"config.sampling.method={method!r}", sde)
     device = config_value(config, "device", None)
@@ -120,7 +124,7 @@ def get_sampling_fn(
         sampler = edm_sample
 
     def sampling_fn(model: torch.nn.Module, generator: torch.Generator | None = None, progress: bool = False):
-        score_fn = make_score_fn(ScoreModel(model, sde, parameterization))
+        score_fn = make_score_fn(ScoreModel.from_config(config, model, sde))
         with torch.no_grad():
             x, nfe = sampler(sde, score_fn, shape, generator=generator, device=device, progress=progress, **options)
         return scale(x), nfe

@@ -9,18 +9,38 @@ continuous normalizing flow, so by the instantaneous change of variables [SDE, e
 solve. The divergence is exact (the Jacobian trace, one vector-Jacobian product per dimension) or the
 Hutchinson--Skilling estimate ``v^T (d f~ / d x) v`` with one probe ``v`` per sample held fixed along the
 whole trajectory [SDE, eq. (40)], which keeps the ODE deterministic so adaptive solvers work.
+
+Divergence products. ``v^T J v`` needs one Jacobian-vector product: reverse mode (``"vjp"``: ``(v^T J) v`` by
+``torch.autograd.grad``, one forward and one backward pass) or forward mode (``"jvp"``: ``v^T (J v)`` by
+``torch.func.jvp``, one forward pass carrying tangents). Both give the same number for the same probe up to
+rounding; which is cheaper depends on the network and the backend (``benchmarks/likelihood_digits.py``).
+
+Tolerance from accuracy. The solver's global error is estimated by Richardson's comparison with a tighter solve:
+if the error of a solve at tolerance ``tol`` is ``e(tol) ~ c tol`` (tolerance proportionality [HNW] II.4), then
+``l(tol) - l(tol / q) = e(tol) (1 - 1 / q)``, so
+
+    e(tol) ~ q / (q - 1) |l(tol) - l(tol / q)|.
+
+:func:`solver_error` evaluates it on a few samples (same probes, so the difference is the solver's alone) and
+:func:`choose_tolerance` walks a ladder ``tol_0, tol_0 / q, ...`` until the estimate is within the accuracy asked.
+[HNW] E. Hairer, S. P. Norsett, G. Wanner, "Solving Ordinary Differential Equations I" (2nd ed., 1993).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 
 from data_lib.dequantize import check_n_bins, uniform_dequantize
+from models.winograd import winograd_disabled
 from sde_lib import SDE, ScoreFn
 
 from .common import CountingScoreFn, check_choice, check_eps, check_positive, check_positive_int
@@ -28,6 +48,10 @@ from .ode import probability_flow_drift
 from .odeint import ODE_METHODS, odeint
 
 DIVERGENCES = ("rademacher", "gaussian", "exact")
+#: how the Hutchinson product ``v^T J v`` is formed: reverse mode (``(v^T J) v``) or forward mode (``v^T (J v)``)
+DIVERGENCE_PRODUCTS = ("vjp", "jvp")
+#: tolerance ratio ``q`` of the tighter solve that estimates the solver's error (module docstring)
+ERROR_CHECK_RATIO = 10.0
 InverseScaler = Callable[[Tensor], Tensor]
 
 
@@ -43,12 +67,40 @@ def hutchinson_probe(x: Tensor, kind: str, generator: torch.Generator | None = N
 EXACT_DIVERGENCE_CHUNK = 64
 
 
-def _drift_and_divergence(drift_fn: Callable[[Tensor, Tensor], Tensor], t: Tensor, x: Tensor, probe: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``(f~(x, t), div f~(x, t))``: the Hutchinson estimate ``v^T J v`` for a probe ``v``, else the exact trace of ``J``.
+class _ContiguousGroupNorm(TorchFunctionMode):
+    """Hands ``group_norm`` a contiguous input: torch's forward-mode derivative of ``group_norm`` views its input and
+    fails on the channels-last activations of the U-Nets (the value is the same in either layout)."""
 
-    The exact trace takes the Jacobian's rows ``e_i^T J`` by batched vector-Jacobian products
-    (``EXACT_DIVERGENCE_CHUNK`` rows per backward pass) and sums their diagonal entries.
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.group_norm or func is torch.group_norm:
+            args = (args[0].contiguous(), *args[1:])
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _forward_mode() -> Iterator[None]:
+    """What a network needs to run under forward-mode AD: attention by the composite ("math") kernel, since the fused
+    ones have no forward-mode derivative; direct convolutions, since the Winograd path writes into ``out=`` tensors,
+    which forward AD refuses; contiguous ``group_norm`` inputs (:class:`_ContiguousGroupNorm`). No backward graph is
+    built (``no_grad``)."""
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), winograd_disabled(), _ContiguousGroupNorm():
+        yield
+
+
+def _drift_and_divergence(
+    drift_fn: Callable[[Tensor, Tensor], Tensor], t: Tensor, x: Tensor, probe: Tensor | None, product: str = "vjp"
+) -> tuple[Tensor, Tensor]:
+    """``(f~(x, t), div f~(x, t))``: the Hutchinson estimate ``v^T J v`` for a probe ``v`` [SDE, eq. (40)], else the
+    exact trace of ``J``.
+
+    ``product`` ``"vjp"`` forms ``(v^T J) v`` in reverse mode, ``"jvp"`` forms ``v^T (J v)`` in forward mode. The exact
+    trace takes the Jacobian's rows ``e_i^T J`` by batched vector-Jacobian products (``EXACT_DIVERGENCE_CHUNK`` rows
+    per backward pass) and sums their diagonal entries.
     """
+    if probe is not None and product == "jvp":
+        with _forward_mode():
+            drift, jvp = torch.func.jvp(lambda y: drift_fn(t, y), (x.detach(),), (probe,))
+        return drift, (jvp * probe).flatten(1).sum(1)
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         drift = drift_fn(t, x)
@@ -77,6 +129,8 @@ def log_likelihood(
     method: str = "dopri5",
     generator: torch.Generator | None = None,
     progress: bool = False,
+    product: str = "vjp",
+    probe: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """Log-likelihood of ``x`` (taken as a sample at time ``eps``) under the probability-flow ODE of ``sde`` and ``score_fn``.
 
@@ -91,6 +145,10 @@ def log_likelihood(
         method: a torch-native solver (``"dopri5"``, ``"bosh3"``: on the data's device, per-sample steps) or a
             scipy one (``"RK45"``, ... as in the 2021 reference).
         generator: draws the Hutchinson probes.
+        product: the Hutchinson product ``v^T J v``: ``"vjp"`` (reverse mode) or ``"jvp"`` (forward mode; the
+            network must support forward-mode AD). The same number up to rounding (module docstring).
+        probe: the Hutchinson probes ``(B, ...)`` shaped like ``x``, instead of drawing them from ``generator``
+            (e.g. to solve the same problems at two tolerances).
 
     Returns:
         ``(logp, z, nfe)``: ``logp`` ``(B,)`` in nats per sample, ``z = x(T)`` the latent, ``nfe`` the number of
@@ -98,18 +156,22 @@ def log_likelihood(
     """
     check_choice("divergence", divergence, DIVERGENCES)
     check_choice("method", method, ODE_METHODS)
+    check_choice("product", product, DIVERGENCE_PRODUCTS)
     check_positive("rtol", rtol)
     check_positive("atol", atol)
     eps = check_eps(eps, sde)
     if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
         raise ValueError("x must be a floating-point tensor of shape (B, ...) with at least one data dimension")
+    exact = divergence == "exact"
+    if probe is not None and (exact or not isinstance(probe, Tensor) or probe.shape != x.shape):
+        raise ValueError(f"probe must be a tensor shaped like x {tuple(x.shape)}, and only with a Hutchinson divergence")
     counter = CountingScoreFn(score_fn)
     drift_fn = probability_flow_drift(sde, counter)
-    exact = divergence == "exact"
-    probe = None if exact else hutchinson_probe(x, divergence, generator)
+    if not exact:
+        probe = hutchinson_probe(x, divergence, generator) if probe is None else probe.to(device=x.device, dtype=x.dtype)
 
     def augmented(t: Tensor, state: tuple[Tensor, Tensor], *args: Tensor) -> tuple[Tensor, Tensor]:
-        return _drift_and_divergence(drift_fn, t, state[0], args[0] if args else None)
+        return _drift_and_divergence(drift_fn, t, state[0], args[0] if args else None, product)
 
     state0 = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     solution = odeint(
@@ -118,6 +180,110 @@ def log_likelihood(
     )
     z, delta_logp = solution.y
     return sde.prior_logp(z) + delta_logp, z, counter.nfe
+
+
+@dataclass
+class SolverError:
+    """The probability-flow solve's error on a few samples, estimated against a solve at ``tolerance / ratio``."""
+
+    rtol: float  # tolerances of the solve whose error is estimated
+    atol: float
+    error: float  # q / (q - 1) * mean_i |l_i(tol) - l_i(tol / q)|, nats per sample (module docstring)
+    bound: float  # ``error`` plus two standard errors of that mean over the samples (``inf`` for one sample)
+    samples: int  # samples the estimate is taken over
+    nfe: int  # score evaluations spent on it (every solve of those samples)
+
+
+def _error_ladder(
+    sde: SDE, score_fn: ScoreFn, x: Tensor, rtol: float, atol: float, ratio: float, divergence: str,
+    generator: torch.Generator | None, probe: Tensor | None, kwargs: dict,
+) -> Iterator[SolverError]:
+    """Estimates at ``(rtol, atol) / ratio^k``, k = 0, 1, ...; each rung costs one more solve of ``x``."""
+    for name in ("rtol", "atol", "probe"):
+        if name in kwargs:
+            raise ValueError(f"{name} is set by the error estimate itself; pass it as its own argument")
+    if not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 1:
+        raise ValueError(f"ratio must be a finite number > 1, got {ratio!r}")
+    if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
+        raise ValueError("x must be a floating-point tensor of shape (B, ...) with at least one data dimension")
+    if probe is None and divergence != "exact":
+        probe = hutchinson_probe(x, check_choice("divergence", divergence, DIVERGENCES), generator)
+    nfe = 0
+
+    def solve(scale: float) -> Tensor:
+        nonlocal nfe
+        logp, _, n = log_likelihood(
+            sde, score_fn, x, divergence=divergence, rtol=rtol * scale, atol=atol * scale, probe=probe, **kwargs
+        )
+        nfe += n
+        return logp.detach().to(torch.float64)
+
+    scale, loose = 1.0, solve(1.0)
+    while True:
+        tight = solve(scale / ratio)
+        per_sample = ratio / (ratio - 1) * (loose - tight).abs()
+        error = float(per_sample.mean())
+        # the samples checked are a few of many: their mean error is itself uncertain
+        spread = float(per_sample.std() / math.sqrt(per_sample.numel())) if per_sample.numel() > 1 else math.inf
+        yield SolverError(rtol * scale, atol * scale, error, error + 2 * spread, x.shape[0], nfe)
+        scale, loose = scale / ratio, tight
+
+
+def solver_error(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    ratio: float = ERROR_CHECK_RATIO,
+    divergence: str = "rademacher",
+    generator: torch.Generator | None = None,
+    probe: Tensor | None = None,
+    **kwargs,
+) -> SolverError:
+    """The error of :func:`log_likelihood` at ``(rtol, atol)`` on ``x``, estimated from a second solve at
+    ``(rtol, atol) / ratio`` with the same probes: ``e ~ q / (q - 1) mean |l(tol) - l(tol / q)|`` (module docstring).
+
+    ``kwargs`` are :func:`log_likelihood`'s other options (``method``, ``eps``, ``product``). On the torch solvers every
+    sample has its own steps, so the estimate for a subset of a batch is that of the same samples solved in the batch.
+    """
+    return next(_error_ladder(sde, score_fn, x, rtol, atol, ratio, divergence, generator, probe, kwargs))
+
+
+def choose_tolerance(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    accuracy: float,
+    rtol_start: float = 1e-2,
+    rtol_min: float = 1e-8,
+    ratio: float = ERROR_CHECK_RATIO,
+    divergence: str = "rademacher",
+    generator: torch.Generator | None = None,
+    probe: Tensor | None = None,
+    **kwargs,
+) -> SolverError:
+    """The loosest ``rtol = atol`` of the ladder ``rtol_start / ratio^k`` whose estimated error on ``x``
+    (:func:`solver_error`) is at most ``accuracy`` nats per sample with two standard errors to spare (its ``bound``:
+    the samples of ``x`` stand for many), with that estimate and every evaluation spent.
+
+    ``x``: a few samples like those to be solved (the same preprocessing and probes' law). A rung costs one solve of
+    ``x``; the last solve (at the chosen tolerance over ``ratio``) is the check of the one chosen. ``ValueError`` if
+    no tolerance down to ``rtol_min`` reaches ``accuracy``.
+    """
+    accuracy = check_positive("accuracy", accuracy)
+    rtol_start, rtol_min = check_positive("rtol_start", rtol_start), check_positive("rtol_min", rtol_min)
+    if rtol_min > rtol_start:
+        raise ValueError(f"rtol_min must be <= rtol_start, got {rtol_min} > {rtol_start}")
+    for estimate in _error_ladder(sde, score_fn, x, rtol_start, rtol_start, ratio, divergence, generator, probe, kwargs):
+        if estimate.bound <= accuracy:
+            return estimate
+        if estimate.rtol / ratio < rtol_min:
+            raise ValueError(
+                f"accuracy={accuracy:.3g} nats is not reached by any rtol down to rtol_min={rtol_min:.3g} "
+                f"(estimated error {estimate.error:.3g}, bound {estimate.bound:.3g}, at rtol {estimate.rtol:.3g})"
+            )
+    raise AssertionError("unreachable")  # the ladder is endless
 
 
 def _affine_slope(inverse_scaler: InverseScaler | None, like: Tensor) -> float:

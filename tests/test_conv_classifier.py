@@ -131,6 +131,7 @@ def test_float32_gradient_matches_float64_and_ignores_the_winograd_path(monkeypa
     y = torch.randint(0, 3, (16,), generator=seeded(5))
     calls = []
     direct = winograd.winograd_conv3x3
+    monkeypatch.setattr(winograd, "_enabled", True)  # off by default on AVX-512 CPUs
     monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *a, **k: calls.append(1) or direct(*a, **k))
 
     with torch.no_grad():

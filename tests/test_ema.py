@@ -85,3 +85,64 @@ def test_bad_arguments_are_one_line_value_errors(args, match):
     with pytest.raises(ValueError, match=match) as info:
         halflife_decay(*args)
     assert "\n" not in str(info.value)
+
+
+def per_parameter_rule(shadows: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> list[torch.Tensor]:
+    """The reference's update, one parameter at a time: ``s - (1 - d)(s - theta)``."""
+    return [s - (1.0 - decay) * (s - p.detach()) for s, p in zip(shadows, params)]
+
+
+@pytest.mark.parametrize("use_num_updates", [True, False])
+@pytest.mark.parametrize("halflife", [None, 2_000.0])
+def test_one_foreach_update_is_the_per_parameter_rule(use_num_updates, halflife):
+    """Ten updates of parameters of two dtypes (float32, float64) and shapes, one of them frozen (not averaged),
+    with the warm-up decay ``min(decay, (1 + k) / (10 + k))``, the fixed decay, or EDM's half-life decay per step:
+    the shadow weights equal the per-parameter rule to float rounding, and the state keeps its format."""
+    generator = torch.Generator().manual_seed(0)
+    params = [
+        torch.nn.Parameter(torch.randn(4, 3, generator=generator)),
+        torch.nn.Parameter(torch.randn(5, generator=generator, dtype=torch.float64)),
+        torch.nn.Parameter(torch.randn(2, generator=generator), requires_grad=False),
+        torch.nn.Parameter(torch.randn(2, 2, 3, generator=generator)),
+    ]
+    ema = ExponentialMovingAverage(params, decay=0.9, use_num_updates=use_num_updates)
+    trainable = [p for p in params if p.requires_grad]
+    expected = [p.detach().clone() for p in trainable]
+    for k in range(1, 11):
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype))
+        if halflife is not None:
+            decay = halflife_decay(64, 64 * (k - 1), halflife)
+            ema.update(params, decay=decay)
+        else:
+            decay = min(0.9, (1 + k) / (10 + k)) if use_num_updates else 0.9
+            ema.update(params)
+        expected = per_parameter_rule(expected, trainable, decay)
+        for shadow, want in zip(ema.shadow_params, expected):
+            assert shadow.dtype == want.dtype
+            torch.testing.assert_close(shadow, want, rtol=1e-6 if want.dtype == torch.float32 else 1e-14, atol=1e-7)
+    state = ema.state_dict()
+    assert set(state) == {"decay", "num_updates", "shadow_params"} and len(state["shadow_params"]) == 3
+    assert state["num_updates"] == (10 if use_num_updates else None)
+
+
+def test_copy_to_store_restore_round_trip():
+    """``store``, ``copy_to`` (the averaged weights into the trainable parameters only), ``restore`` (all back)."""
+    generator = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(3, generator=generator)),
+              torch.nn.Parameter(torch.randn(2, generator=generator), requires_grad=False)]
+    ema = ExponentialMovingAverage(params, decay=0.5, use_num_updates=False)
+    with torch.no_grad():
+        params[0].add_(1.0)
+    ema.update(params)
+    before = [p.detach().clone() for p in params]
+    ema.store(params)
+    ema.copy_to(params)
+    torch.testing.assert_close(params[0].detach(), before[0] - 0.5)
+    assert torch.equal(params[1], before[1])
+    ema.restore(params)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    empty = ExponentialMovingAverage([params[1]], decay=0.5)  # nothing trainable: nothing to average or copy
+    empty.update([params[1]])
+    empty.copy_to([params[1]])

@@ -139,7 +139,7 @@ def test_toy_log_likelihood_matches_a_direct_computation_and_gibbs(toy_run):
     config, workdir, reports = toy_run
     exp = ema_experiment(config, workdir, workdir / "checkpoints" / "checkpoint_1.pth")
     test = exp.test_ds.gather(torch.arange(len(exp.test_ds))).float()
-    score_fn = exp.score_model.score_fn()
+    score_fn = exp.score_model.in_precision("no").score_fn()  # the likelihood runs in full precision
     logp = torch.cat([
         log_likelihood(exp.sde, score_fn, batch, divergence="exact", rtol=1e-4, atol=1e-4, eps=1e-5, method="dopri5")[0]
         for batch in test.split(125)
@@ -197,10 +197,11 @@ def test_digits_bits_per_dim_matches_an_independent_computation(tmp_path):
     assert calls == [(100, 1, 8, 8)] and 0 < report["samples"]["metrics"]["ink"] < 1
     likelihood = report["likelihood"]
     assert likelihood["unit"] == "bits/dim" and likelihood["n_bins"] == 17 and likelihood["count"] == 297
-    assert likelihood["num_repeats"] == 2 and likelihood["nfe"] > 0
+    assert likelihood["num_repeats"] == 2 and likelihood["nfe"] > likelihood["solver_error_nfe"] > 0
+    assert likelihood["solver_error"] > 0 and likelihood["solver_error_samples"] == 4 and likelihood["rtol"] == 1e-2
 
     exp = ema_experiment(config, tmp_path, tmp_path / "checkpoints" / "checkpoint_1.pth")
-    score_fn = exp.score_model.score_fn()
+    score_fn = exp.score_model.in_precision("no").score_fn()  # the likelihood runs in full precision
     levels = data_lib.digits("test").gather(torch.arange(297)).float() / 16.0  # k / 16, k = 0..16
     per_example = []
     for index, x in enumerate(levels.split(100)):

@@ -577,7 +577,7 @@ def test_bad_arguments_raise_clear_errors():
         train_lib.get_sde_loss_fn(ve, True, eps=0.0)
     with pytest.raises(ValueError, match="reduce_mean must be True or False"):
         train_lib.get_sde_loss_fn(ve, True, reduce_mean="yes")
-    with pytest.raises(ValueError, match="mixed_precision must be one of 'no', 'bf16', 'fp16'"):
+    with pytest.raises(ValueError, match="mixed_precision must be one of 'auto', 'no', 'bf16', 'fp16'"):
         train_lib.get_step_fn(vp, False, mixed_precision="fp8")
     with pytest.raises(ValueError, match="needs optimize_fn"):
         train_lib.get_step_fn(vp, True)

@@ -74,6 +74,15 @@ def make_conv(in_ch: int = MIN_CHANNELS, out_ch: int = MIN_CHANNELS) -> Winograd
     return WinogradConv2d(in_ch, out_ch)
 
 
+@pytest.fixture(autouse=True)
+def winograd_on():
+    """The Winograd path switched on for each test (off by default on AVX-512 CPUs), then the default restored."""
+    previous = winograd_enabled()
+    set_winograd_enabled(True)
+    yield
+    set_winograd_enabled(previous)
+
+
 def test_winograd_conv2d_is_a_drop_in_conv2d():
     conv = make_conv()
     assert isinstance(conv, torch.nn.Conv2d)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from models.ema import halflife_decay
+from models.precision import MIXED_PRECISION, PRECISION_SETTINGS, autocast, check_mixed_precision, resolve_mixed_precision
 from models.score_model import Parameterization, parameterization_from_config, resolve_parameterization
 from sde_lib import SDE
 from base_lib.config import config_value
@@ -37,9 +38,7 @@ StepFn = Callable[..., Tensor]
 BatchLossFn = Callable[[nn.Module, Any, "torch.Generator | None"], Tensor]
 """``loss_fn(model, batch, generator)``: the scalar loss of a batch (a tensor, or a pair ``(x, y)``)."""
 
-MIXED_PRECISION = ("no", "bf16", "fp16")
 TASKS = ("score", "classifier")  # what a training run fits: the score network, or the classifier of guidance
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _batch_device(batch: Any) -> torch.device:
@@ -59,34 +58,15 @@ def _labelled(batch: Any) -> tuple[Tensor, Tensor]:
     return batch[0], batch[1]
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` has bf16 matrix units that make bf16 autocast fast: CUDA's ``is_bf16_supported``; on the
-    CPU, oneDNN's bf16 support (AVX512-BF16 or AMX). Without them oneDNN has no bf16 convolution and torch falls back
-    to its reference kernels, many times slower than float32 (``benchmarks/precision.py``)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):  # a build without oneDNN
-            return False
-    return False
-
-
 def _autocast(mixed_precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast of the forward pass: none for ``'no'``, bf16 on CUDA or the CPU, fp16 on CUDA only."""
-    if mixed_precision == "no":
-        return contextlib.nullcontext()
-    if mixed_precision == "fp16" and device.type != "cuda":
-        raise ValueError(f"mixed_precision='fp16' needs a CUDA device, the batch is on {device}; use 'bf16' or 'no'")
-    if device.type not in ("cuda", "cpu"):
-        raise ValueError(f"mixed_precision={mixed_precision!r} is supported on CUDA and the CPU, not on {device}")
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[mixed_precision])
+    """Autocast of the forward pass on the batch's ``device``, ``'auto'`` resolved for training there
+    (:func:`models.precision.resolve_mixed_precision`)."""
+    return autocast(resolve_mixed_precision(mixed_precision, device), device)
 
 
 def _grad_scaler(state: dict, mixed_precision: str, device: torch.device) -> torch.amp.GradScaler | None:
     """The fp16 loss scaler, kept in ``state['grad_scaler']`` (created on the first fp16 step); ``None`` otherwise."""
-    if mixed_precision != "fp16":
+    if resolve_mixed_precision(mixed_precision, device) != "fp16":
         return None
     if state.get("grad_scaler") is None:
         state["grad_scaler"] = torch.amp.GradScaler(device.type)
@@ -105,7 +85,8 @@ def make_step_fn(
     Training (``train=True``): ``zero_grad``, the loss and its gradient, ``optimize_fn(optimizer, params,
     step=state['step'])`` (see :func:`train_lib.optimization_manager`), ``step += 1`` and an EMA update.
     Evaluation: the loss under the EMA weights (``ema.store``, ``copy_to``, then ``restore``) without gradients.
-    ``mixed_precision`` (``'no'``, ``'bf16'``, ``'fp16'``) autocasts the forward pass; fp16 (CUDA only) scales the
+    ``mixed_precision`` (``'no'``, ``'bf16'``, ``'fp16'``, or ``'auto'``: bf16 where the batch's device has bf16 matrix
+    units, :func:`models.precision.resolve_mixed_precision`) autocasts the forward pass; fp16 (CUDA only) scales the
     loss with a ``torch.amp.GradScaler`` kept in ``state['grad_scaler']``. ``ema_decay(step)``, when given, is the
     EMA decay of the update after step ``step`` (counted from 0; e.g. EDM's half-life rule,
     :func:`models.ema.halflife_decay`); else the EMA's own decay. Returns the detached loss.
@@ -113,7 +94,7 @@ def make_step_fn(
     if ema_decay is not None and not callable(ema_decay):
         raise ValueError(f"ema_decay must be callable as ema_decay(step) -> decay, got {ema_decay!r}")
     check_bool("train", train)
-    check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
+    check_mixed_precision("mixed_precision", mixed_precision, PRECISION_SETTINGS)
     if train and not callable(optimize_fn):
         raise ValueError(
             "a training step_fn needs optimize_fn(optimizer, params, step), e.g. optimization_manager(config)"
@@ -126,15 +107,16 @@ def make_step_fn(
         with _autocast(mixed_precision, device):
             loss = loss_fn(model, batch, generator)
         scaler = _grad_scaler(state, mixed_precision, device)
+        params = list(model.parameters())  # listed once: each model.parameters() walks every submodule
         if scaler is None:
             loss.backward()
-            optimize_fn(optimizer, model.parameters(), step=state["step"])
+            optimize_fn(optimizer, params, step=state["step"])
         else:
             scaler.scale(loss).backward()
-            optimize_fn(optimizer, model.parameters(), step=state["step"], grad_scaler=scaler)
+            optimize_fn(optimizer, params, step=state["step"], grad_scaler=scaler)
         decay = None if ema_decay is None else ema_decay(state["step"])
         state["step"] += 1
-        state["ema"].update(model.parameters(), decay=decay)
+        state["ema"].update(params, decay=decay)
         return loss.detach()
 
     def eval_step(state: dict, batch: Any, generator: torch.Generator | None) -> Tensor:
@@ -215,7 +197,7 @@ def step_fn_options(config: Any, sde: SDE) -> dict[str, Any]:
 
     ``parameterization`` (:func:`models.parameterization_from_config`), ``reduce_mean`` [False], ``likelihood_weighting`` [False], ``importance_weighting``
     [False], ``eps`` [1e-5] (``config.training.eps``; the reference fixes it at 1e-5) and ``mixed_precision``
-    [``'no'``]. (``label_dropout``, read by :func:`get_step_fn_from_config`, is :func:`get_step_fn`'s only other
+    [``'auto'``]. (``label_dropout``, read by :func:`get_step_fn_from_config`, is :func:`get_step_fn`'s only other
     option.)
     """
     field = lambda name, default: config_value(config, f"training.{name}", default)  # noqa: E731
@@ -225,7 +207,7 @@ def step_fn_options(config: Any, sde: SDE) -> dict[str, Any]:
         "likelihood_weighting": field("likelihood_weighting", False),
         "importance_weighting": field("importance_weighting", False),
         "eps": field("eps", 1e-5),
-        "mixed_precision": field("mixed_precision", "no"),
+        "mixed_precision": field("mixed_precision", "auto"),
         "p_mean": field("p_mean", -1.2),
         "p_std": field("p_std", 1.2),
     }

@@ -1,0 +1,163 @@
+"""The divergence products and the accuracy-aware tolerance of the probability-flow likelihood, against exact answers.
+
+* Forward mode (``jvp``) and reverse mode (``vjp``) give the same ``v^T J v`` for the same probe, and averaged over
+  every sign vector of a 2-D problem, Rademacher probes give the exact Jacobian trace of a Gaussian mixture's
+  probability-flow drift (``sum_v v^T J v / 2^d = tr J``: the cross terms cancel).
+* :func:`samplers.likelihood.choose_tolerance` meets the accuracy asked for on Gaussian data, whose log-density is
+  known in closed form (the solver's error alone: the prior is swapped for the exact ``log p_T``, and Rademacher
+  probes are exact for the Gaussian's diagonal Jacobian), and :func:`solver_error` estimates that error.
+* The config fields and the one-line ``ValueError`` of bad input.
+"""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import sde_lib
+from configs import load_config
+from configs.toolkit_fields import TOOLKIT_FIELDS
+from jobs.config_checks import field_error
+from jobs.evaluation import likelihood_options
+from samplers.likelihood import _drift_and_divergence, choose_tolerance, hutchinson_probe, log_likelihood, solver_error
+from samplers.ode import probability_flow_drift
+
+from test_likelihood import anisotropic_gaussian as gaussian
+
+EPS = 1e-5
+
+
+def true_error(sde, data, x, logp, z) -> torch.Tensor:
+    """Signed solver error per sample: logp with the prior replaced by the exact log p_T(z), minus the exact log p_eps(x)."""
+    exact = data.log_prob_fn(sde)
+    batch = x.shape[0]
+    corrected = logp - sde.prior_logp(z) + exact(z, torch.full((batch,), sde.T, dtype=x.dtype))
+    return corrected - exact(x, torch.full((batch,), EPS, dtype=x.dtype))
+
+
+# ---------------------------------------------------------------------------------------------- products
+@pytest.mark.parametrize("sde", [sde_lib.VPSDE(), sde_lib.VESDE(sigma_max=10.0)], ids=["vp", "ve"])
+def test_products_agree_and_average_to_the_exact_trace(sde):
+    data = sde_lib.GaussianMixture.ring()
+    drift_fn = probability_flow_drift(sde, data.score_fn(sde))
+    x = data.sample(6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.linspace(0.05, 0.9, 6, dtype=torch.float64)
+    _, exact = _drift_and_divergence(drift_fn, t, x, None)
+    # an independent oracle for the trace: the full Jacobian of each sample's drift
+    jac_trace = torch.stack([
+        torch.autograd.functional.jacobian(lambda y: drift_fn(t[i : i + 1], y[None])[0], x[i]).trace() for i in range(6)
+    ])
+    torch.testing.assert_close(exact, jac_trace, rtol=1e-10, atol=1e-10)
+    estimates = {"vjp": [], "jvp": []}
+    for signs in itertools.product((-1.0, 1.0), repeat=2):
+        probe = torch.tensor(signs, dtype=torch.float64).expand(6, 2).contiguous()
+        for product in estimates:
+            drift, div = _drift_and_divergence(drift_fn, t, x, probe, product)
+            torch.testing.assert_close(drift, drift_fn(t, x), rtol=1e-12, atol=1e-12)
+            estimates[product].append(div)
+    torch.testing.assert_close(torch.stack(estimates["jvp"]), torch.stack(estimates["vjp"]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.stack(estimates["jvp"]).mean(0), exact, rtol=1e-10, atol=1e-10)
+
+
+def test_log_likelihood_is_the_same_with_either_product():
+    sde, data = sde_lib.VPSDE(), sde_lib.GaussianMixture.ring()
+    x = data.sample(8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    runs = [log_likelihood(sde, data.score_fn(sde), x, product=product, rtol=1e-6, atol=1e-6,
+                           generator=torch.Generator().manual_seed(2)) for product in ("vjp", "jvp")]
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=1e-6)
+
+
+def test_explicit_probes_are_those_the_generator_would_draw():
+    sde, data = sde_lib.VPSDE(), gaussian((4,))
+    x = data.sample(5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    probe = hutchinson_probe(x, "gaussian", torch.Generator().manual_seed(4))
+    drawn = log_likelihood(sde, data.score_fn(sde), x, divergence="gaussian", generator=torch.Generator().manual_seed(4))
+    given = log_likelihood(sde, data.score_fn(sde), x, divergence="gaussian", probe=probe)
+    assert torch.equal(drawn[0], given[0])
+
+
+# ---------------------------------------------------------------------------------------------- tolerance from accuracy
+@pytest.mark.parametrize("accuracy", [3e-2, 3e-3])
+def test_chosen_tolerance_meets_the_accuracy_on_a_gaussian(accuracy):
+    """192-D Gaussian, VP: the tolerance chosen on 4 samples gives 32 other samples a mean |error| within the accuracy,
+    the estimate is within a factor 3 of the check samples' true error, and a looser rung would not have met it."""
+    sde, data = sde_lib.VPSDE(), gaussian((3, 8, 8))
+    score = data.score_fn(sde)
+    check = data.sample(4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    choice = choose_tolerance(sde, score, check, accuracy, generator=torch.Generator().manual_seed(6))
+    assert choice.error <= choice.bound <= accuracy and choice.samples == 4 and choice.nfe > 0 and choice.rtol == choice.atol
+
+    logp, z, _ = log_likelihood(sde, score, check, rtol=choice.rtol, atol=choice.rtol)  # Rademacher: exact here
+    check_error = float(true_error(sde, data, check, logp, z).abs().mean())
+    assert choice.error / 3 <= check_error <= 3 * choice.error
+
+    x = data.sample(32, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    logp, z, _ = log_likelihood(sde, score, x, rtol=choice.rtol, atol=choice.rtol)
+    assert float(true_error(sde, data, x, logp, z).abs().mean()) <= accuracy
+    if choice.rtol < 1e-2:  # the ladder starts at 1e-2: the rung above the choice failed the accuracy
+        logp, z, _ = log_likelihood(sde, score, check, rtol=choice.rtol * 10, atol=choice.rtol * 10)
+        looser = float(true_error(sde, data, check, logp, z).abs().mean())
+        assert looser > accuracy / 3
+
+
+def test_solver_error_tracks_the_true_error_across_tolerances():
+    sde, data = sde_lib.subVPSDE(), gaussian((64,))
+    score = data.score_fn(sde)
+    x = data.sample(4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    for tol in (1e-2, 1e-3, 1e-4):
+        estimate = solver_error(sde, score, x, rtol=tol, atol=tol, generator=torch.Generator().manual_seed(9))
+        logp, z, _ = log_likelihood(sde, score, x, rtol=tol, atol=tol)
+        true = float(true_error(sde, data, x, logp, z).abs().mean())
+        assert true / 3 <= estimate.error <= 3 * true, (tol, estimate.error, true)
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_config_fields_and_defaults():
+    fields = TOOLKIT_FIELDS["eval"]
+    assert fields["likelihood_product"][0] == "vjp" and fields["likelihood_accuracy"][0] is None
+    assert fields["likelihood_error_samples"][0] >= 1
+    digits = load_config("configs/vp/digits_ddpmpp_continuous.py")
+    assert digits.eval.likelihood_accuracy is None and digits.eval.likelihood_method == "dopri5"
+    assert digits.eval.likelihood_error_samples >= 1 and likelihood_options(digits)["product"] == "vjp"
+    cifar = load_config("configs/vp/cifar10_ddpmpp_continuous.py")  # the reference's path unless the user asks
+    assert cifar.eval.likelihood_accuracy is None and cifar.eval.likelihood_method == "RK45"
+    assert cifar.eval.likelihood_rtol == cifar.eval.likelihood_atol == 1e-5
+    assert likelihood_options(cifar)["product"] == "vjp"
+    cifar.eval.likelihood_product = "JVP"
+    assert likelihood_options(cifar)["product"] == "jvp"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("likelihood_product", "forward"), ("likelihood_accuracy", 0.0), ("likelihood_accuracy", -1e-3),
+    ("likelihood_error_samples", -1),
+])
+def test_config_checks_name_the_field(field, value):
+    config = load_config("configs/vp/digits_ddpmpp_continuous.py")
+    assert field_error(config, f"eval.{field}") is None
+    config.eval[field] = value
+    message = field_error(config, f"eval.{field}")
+    assert message.startswith(f"config.eval.{field} must be") and "\n" not in message
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_bad_arguments_raise_one_line_errors_naming_the_parameter():
+    sde, data = sde_lib.VPSDE(), gaussian((2,))
+    score = data.score_fn(sde)
+    x = data.sample(3, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    cases = [
+        ("product", lambda: log_likelihood(sde, score, x, product="forward")),
+        ("probe", lambda: log_likelihood(sde, score, x, probe=torch.ones(2, 2, dtype=torch.float64))),
+        ("probe", lambda: log_likelihood(sde, score, x, divergence="exact", probe=torch.ones_like(x))),
+        ("accuracy", lambda: choose_tolerance(sde, score, x, 0.0)),
+        ("accuracy", lambda: choose_tolerance(sde, score, x, float("nan"))),
+        ("rtol_min", lambda: choose_tolerance(sde, score, x, 1e-3, rtol_start=1e-4, rtol_min=1e-3)),
+        ("ratio", lambda: solver_error(sde, score, x, ratio=1.0)),
+        ("rtol", lambda: choose_tolerance(sde, score, x, 1e-3, rtol=1e-3)),
+        ("x", lambda: solver_error(sde, score, torch.ones(3))),
+        ("accuracy", lambda: choose_tolerance(sde, score, x, 1e-14, rtol_start=1e-3, rtol_min=1e-5)),
+    ]
+    for name, call in cases:
+        with pytest.raises(ValueError) as error:
+            call()
+        assert name in str(error.value) and "\n" not in str(error.value), (name, str(error.value))
