@@ -51,6 +51,7 @@ RUN = {
     "optim.grad_clip": -1.0,  # no clipping, which would also hide the gradient's scale
     "sampling.corrector": "none",
     "model.num_scales": 50,
+    "training.mixed_precision": "no",  # the oracle computes in float32; 'auto' is bf16 on AMX CPUs
 }
 
 

@@ -444,6 +444,7 @@ def test_ema_after_k_steps_is_the_closed_form_recursion():
 def test_eval_step_uses_the_ema_weights_and_restores_the_model():
     """The evaluation loss equals the loss of a copy carrying the EMA weights (same seed); the model is unchanged."""
     config, sde, state = _toy_state(decay=0.9)
+    config.training.mixed_precision = "no"  # compared exactly with float32 losses; 'auto' is bf16 on AMX CPUs
     train_step = train_lib.get_step_fn_from_config(config, sde, train=True)
     eval_step = train_lib.get_step_fn_from_config(config, sde, train=False)
     x = sample_data(256, seed=1, dtype=torch.float32)[:, :2]
