@@ -27,19 +27,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from base_lib.checks import check_choice
+
 #: the values of ``config.model.compile``: no compilation, or a ``torch.compile`` mode
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 CompileReport = Callable[[float, int, bool], None]
 """``on_compile(seconds, compiled_calls, autograd)``: a call that compiled took ``seconds`` (compilation and the call);
 ``autograd``: the call was recorded for a backward pass, whose graph compiles at the first backward."""
-
-
-def check_compile_mode(mode: Any, name: str = "mode") -> str:
-    """``mode`` if it is one of :data:`COMPILE_MODES`, else a one-line ``ValueError`` naming ``name``."""
-    if not isinstance(mode, str) or mode not in COMPILE_MODES:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, COMPILE_MODES))}, got {mode!r}")
-    return mode
 
 
 def _graphs_compiled() -> int:
@@ -64,7 +59,7 @@ def compile_network(network: nn.Module, mode: str = "default", on_compile: Compi
     uncompiled module (module docstring). ``on_compile`` is called after each call during which a graph was
     compiled (see :data:`CompileReport`).
     """
-    check_compile_mode(mode)
+    check_choice("mode", mode, COMPILE_MODES)
     if mode == "none":
         return network
     if not isinstance(network, nn.Module):

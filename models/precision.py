@@ -21,6 +21,8 @@ import functools
 
 import torch
 
+from base_lib.checks import check_choice
+
 MIXED_PRECISION = ("no", "bf16", "fp16")
 """The mixed-precision modes of a network's forward pass."""
 
@@ -62,13 +64,6 @@ def bf16_matrix_units(device: torch.device | str) -> bool:
     return device.type == "cpu" and all(_cpu_bf16_units())
 
 
-def check_mixed_precision(name: str, value: object, allowed: tuple[str, ...] = PRECISION_SETTINGS) -> str:
-    """``value`` if it is one of ``allowed``, else a one-line ``ValueError`` naming the parameter ``name``."""
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-    return str(value)
-
-
 def resolve_mixed_precision(setting: str, device: torch.device | str, name: str = "mixed_precision") -> str:
     """The mode (``'no'``, ``'bf16'``, ``'fp16'``) that ``setting`` means on ``device``.
 
@@ -76,7 +71,7 @@ def resolve_mixed_precision(setting: str, device: torch.device | str, name: str 
     after checking that the device runs it (``'fp16'`` needs CUDA; autocast runs on CUDA and the CPU only); ``name``
     is the parameter the errors name.
     """
-    check_mixed_precision(name, setting)
+    check_choice(name, setting, PRECISION_SETTINGS)
     device = torch.device(device)
     if setting == "auto":
         return "bf16" if bf16_matrix_units(device) else "no"
@@ -94,7 +89,7 @@ def _check_device(mode: str, device: torch.device, name: str) -> None:
 def autocast(mode: str, device: torch.device | str, name: str = "mixed_precision") -> contextlib.AbstractContextManager:
     """The autocast context of a mode (``'no'``, ``'bf16'``, ``'fp16'``; not ``'auto'``) on ``device``: none for
     ``'no'``."""
-    check_mixed_precision(name, mode, MIXED_PRECISION)
+    check_choice(name, mode, MIXED_PRECISION)
     if mode == "no":
         return contextlib.nullcontext()
     device = torch.device(device)

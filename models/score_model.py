@@ -41,7 +41,9 @@ from torch import Tensor, nn
 from base_lib.config import config_value
 from sde_lib import SDE, VESDE, VPSDE, EDMSDE, LinearSDE, ScoreFn, batch_broadcast, subVPSDE
 
-from .precision import MIXED_PRECISION, autocast, check_mixed_precision, resolve_mixed_precision
+from base_lib.checks import check_choice
+
+from .precision import MIXED_PRECISION, autocast, resolve_mixed_precision
 from .registry import same_definition
 
 NetworkFn = Callable[[Tensor, Tensor], Tensor]
@@ -374,7 +376,7 @@ class ScoreModel:
         check_labels_accepted(network, parameterization)
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype}")
-        check_mixed_precision("mixed_precision", mixed_precision, MIXED_PRECISION)
+        check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
         self.network = network  # the score network, called network(x, labels[, class_labels])
         self.sde = sde  # the forward diffusion the network was trained on
         self.parameterization = parameterization  # labels and output -> score (given, or the SDE's default)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from models.precision import check_mixed_precision
+from models.precision import PRECISION_SETTINGS
 from models.score_model import Parameterization, ScoreModel, parameterization_from_config, resolve_parameterization
 from sde_lib import SDE, ScoreFn
 from base_lib.config import config_value
@@ -84,7 +84,7 @@ def get_sampling_fn(
     get = lambda field, default=...: config_value(config, f"sampling.{field}", default)  # noqa: E731
     denoise = bool(get("noise_removal", method != "fast"))
     parameterization = parameterization_from_config(config, sde)
-    check_mixed_precision("config.sampling.mixed_precision", get("mixed_precision", "auto"))
+    check_choice("config.sampling.mixed_precision", get("mixed_precision", "auto"), PRECISION_SETTINGS)
     if method in CONTINUOUS_TIME_METHODS:
         check_continuous_time(parameterization, f"config.sampling.method={method!r}", sde)
     device = config_value(config, "device", None)

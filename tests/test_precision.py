@@ -45,7 +45,7 @@ def test_auto_is_bf16_where_the_cpu_has_matrix_tiles(units, expected, monkeypatc
 
 
 def test_bad_settings_are_one_line_errors_naming_the_field():
-    with pytest.raises(ValueError, match=r"^config.sampling.mixed_precision must be one of 'auto', 'no', 'bf16', 'fp16', got 'fp8'$"):
+    with pytest.raises(ValueError, match=r"^config.sampling.mixed_precision must be one of 'auto', 'no', 'bf16', 'fp16'; got 'fp8'$"):
         resolve_mixed_precision("fp8", "cpu", name="config.sampling.mixed_precision")
     with pytest.raises(ValueError, match=r"^mixed_precision='fp16' needs a CUDA device, not cpu"):
         resolve_mixed_precision("fp16", "cpu")

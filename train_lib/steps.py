@@ -14,14 +14,13 @@ EMA update; or, for evaluation, the loss under the EMA weights without gradients
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from models.ema import halflife_decay
-from models.precision import MIXED_PRECISION, PRECISION_SETTINGS, autocast, check_mixed_precision, resolve_mixed_precision
+from models.precision import MIXED_PRECISION, PRECISION_SETTINGS, autocast, resolve_mixed_precision
 from models.score_model import Parameterization, parameterization_from_config, resolve_parameterization
 from sde_lib import SDE
 from base_lib.config import config_value
@@ -58,15 +57,10 @@ def _labelled(batch: Any) -> tuple[Tensor, Tensor]:
     return batch[0], batch[1]
 
 
-def _autocast(mixed_precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast of the forward pass on the batch's ``device``, ``'auto'`` resolved for training there
-    (:func:`models.precision.resolve_mixed_precision`)."""
-    return autocast(resolve_mixed_precision(mixed_precision, device), device)
-
-
-def _grad_scaler(state: dict, mixed_precision: str, device: torch.device) -> torch.amp.GradScaler | None:
-    """The fp16 loss scaler, kept in ``state['grad_scaler']`` (created on the first fp16 step); ``None`` otherwise."""
-    if resolve_mixed_precision(mixed_precision, device) != "fp16":
+def _grad_scaler(state: dict, mode: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """The fp16 loss scaler of a resolved ``mode``, kept in ``state['grad_scaler']`` (created on the first fp16
+    step); ``None`` otherwise."""
+    if mode != "fp16":
         return None
     if state.get("grad_scaler") is None:
         state["grad_scaler"] = torch.amp.GradScaler(device.type)
@@ -94,7 +88,7 @@ def make_step_fn(
     if ema_decay is not None and not callable(ema_decay):
         raise ValueError(f"ema_decay must be callable as ema_decay(step) -> decay, got {ema_decay!r}")
     check_bool("train", train)
-    check_mixed_precision("mixed_precision", mixed_precision, PRECISION_SETTINGS)
+    check_choice("mixed_precision", mixed_precision, PRECISION_SETTINGS)
     if train and not callable(optimize_fn):
         raise ValueError(
             "a training step_fn needs optimize_fn(optimizer, params, step), e.g. optimization_manager(config)"
@@ -103,10 +97,11 @@ def make_step_fn(
     def train_step(state: dict, batch: Any, generator: torch.Generator | None) -> Tensor:
         model, optimizer = state["model"], state["optimizer"]
         device = _batch_device(batch)
+        mode = resolve_mixed_precision(mixed_precision, device)
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(mixed_precision, device):
+        with autocast(mode, device):
             loss = loss_fn(model, batch, generator)
-        scaler = _grad_scaler(state, mixed_precision, device)
+        scaler = _grad_scaler(state, mode, device)
         params = list(model.parameters())  # listed once: each model.parameters() walks every submodule
         if scaler is None:
             loss.backward()
@@ -125,7 +120,8 @@ def make_step_fn(
             ema.store(model.parameters())
             ema.copy_to(model.parameters())
             try:
-                with _autocast(mixed_precision, _batch_device(batch)):
+                device = _batch_device(batch)
+                with autocast(resolve_mixed_precision(mixed_precision, device), device):
                     loss = loss_fn(model, batch, generator)
             finally:
                 ema.restore(model.parameters())
