@@ -28,7 +28,7 @@ from absl import app, flags  # noqa: E402
 from base_lib.files import WriteError  # noqa: E402
 from jobs.classifier_training import train_classifier  # noqa: E402
 from jobs.config_checks import check_config_values  # noqa: E402
-from jobs.controllable import MASKS, colorize, inpaint, interpolate  # noqa: E402
+from jobs.controllable import MASKS, colorize, inpaint, interpolate, superresolve  # noqa: E402
 from jobs.evaluation import evaluate, sample, train_and_evaluate  # noqa: E402
 from jobs.experiment import ConfigError, shutdown_distributed  # noqa: E402
 from jobs.run import TrainingDivergedError  # noqa: E402
@@ -47,6 +47,7 @@ JOBS = {
     "sample": sample,
     "inpaint": inpaint,  # the first test images with the --mask region generated (PC sampler of config.sampling)
     "colorize": colorize,  # the first test images of an RGB dataset colorized from their grey level
+    "superresolve": superresolve,  # the first test images upsampled from their block means (sampling.superresolution_factor)
     "interpolate": interpolate,  # pairs of test images interpolated in the latent space of the probability-flow ODE
 }
 USAGE_ERROR = 2  # the command line or the config is wrong; nothing was run
@@ -57,7 +58,7 @@ flags.DEFINE_string("config", None, "Experiment config file (ml-collections, def
 flags.DEFINE_string("workdir", None, "Folder of the run: checkpoints, samples, TensorBoard events, log.txt, config.json.")
 flags.DEFINE_enum("mode", "train", list(JOBS), "What to run.")
 flags.DEFINE_string("eval_folder", None, "Subfolder of the workdir for the results: default 'eval' (train, eval), "
-                    "'samples' (sample), 'controllable' (inpaint, colorize, interpolate).")
+                    "'samples' (sample), 'controllable' (inpaint, colorize, superresolve, interpolate).")
 flags.DEFINE_enum("mask", "right_half", list(MASKS), "--mode inpaint: the region of the test images to generate.")
 flags.DEFINE_list("allow_config_change", [], "--mode train on a workdir that records a run: config fields or "
                   "sections (e.g. optim.lr,training.batch_size) allowed to differ from the recorded config.")

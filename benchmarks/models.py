@@ -1,7 +1,9 @@
 """Score-network benchmark: full-size CIFAR-10 NCSN++ (VE) and DDPM++ (VP), forward and training step, CPU or CUDA.
 
 The networks are those of ``configs/ve/cifar10_ncsnpp_continuous`` and ``configs/vp/cifar10_ddpmpp_continuous``, and
-``digits_ddpmpp`` (``configs/vp/digits_ddpmpp_continuous``, the small DDPM++ of the README's job, 1x8x8 images).
+``digits_ddpmpp`` (``configs/vp/digits_ddpmpp_continuous``, the small DDPM++ of the README's job, 1x8x8 images),
+``digits_dit`` (``configs/vp/digits_dit_continuous``, the DiT of the same size) and ``faces_ddpmpp`` / ``faces_dit``
+(``configs/vp/faces_*_continuous``, 1x25x25 images).
 
 For each model it prints the parameter count, the forward time per image (inference: ``torch.inference_mode``,
 eval mode), the forward + backward time per image (training: train mode, loss ``mean(out^2)``), the peak memory of
@@ -50,11 +52,13 @@ sys.path.insert(0, str(ROOT))
 import models  # noqa: E402
 from configs.ve import cifar10_ncsnpp_continuous  # noqa: E402
 from configs.vp import cifar10_ddpmpp_continuous, digits_ddpmpp_continuous  # noqa: E402
+from configs.vp import digits_dit_continuous, faces_ddpmpp_continuous, faces_dit_continuous  # noqa: E402
 from models import winograd  # noqa: E402
 from models.compiled import COMPILE_MODES, compile_network  # noqa: E402
 
 CONFIGS = {"ncsnpp_ve": cifar10_ncsnpp_continuous, "ddpmpp_vp": cifar10_ddpmpp_continuous,
-           "digits_ddpmpp": digits_ddpmpp_continuous}
+           "digits_ddpmpp": digits_ddpmpp_continuous, "digits_dit": digits_dit_continuous,
+           "faces_ddpmpp": faces_ddpmpp_continuous, "faces_dit": faces_dit_continuous}
 DEFAULT_MODELS = ["ncsnpp_ve", "ddpmpp_vp"]
 RECORDED_REFERENCE_MS = 170.0  # the reference's forward pass measured before, batch 4, 2 CPU threads, ms per image
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -255,7 +259,7 @@ def run_model(key: str, args, device: torch.device, reference) -> None:
             print(f"  torch.compile ({args.compile_mode}) {mode}: compilation {compile_s:.1f} s (first call "
                   f"{first['compiled']:.1f} s); eager / compiled time {ratio:.2f}x")
     if key not in ("ncsnpp_ve", "ddpmpp_vp"):
-        return  # no reference figure for the digits network
+        return  # no reference figure for the small networks
     reference_ms, label = (
         (results["reference"]["forward"], "measured here")
         if "reference" in results

@@ -48,6 +48,8 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
         "schedule": (None, str, "method 'fast': time steps; unset: the sampler's default"),
         "inpainting": ("replacement", str, "--mode inpaint / colorize: 'replacement' or 'smc'"),
         "smc_particles": (16, int, "inpainting 'smc': particles per image"),
+        "superresolution_factor": (None, int, "--mode superresolve: side of the averaged pixel blocks; unset: "
+                                   "model.low_resolution_factor for a 'low_resolution'-conditioned model, else 2"),
         "classifier": (None, str, "classifier guidance: the classifier's run folder; unset: no classifier"),
         "classifier_scale": (1.0, float, "classifier guidance: the scale"),
         "guidance_scale": (0.0, float, "classifier-free guidance: w"),
@@ -84,9 +86,15 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
                              "None: the reference's reading of training.continuous"),
         "compile": ("none", str, "torch.compile of the network's forward (models.compiled): 'none', or the mode "
                     "'default', 'reduce-overhead' or 'max-autotune'"),
+        "conditioning": (None, str, "signal conditioning of the network (models.conditioning): 'low_resolution' (SR3) "
+                         "or another registered condition map; unset: unconditional"),
+        "low_resolution_factor": (2, int, "conditioning 'low_resolution': the side of the averaged pixel blocks"),
     },
     "data": {
         "skip_bad_images": (False, bool, "image folders: skip unreadable images, logging their count, instead of stopping"),
+        "sample_rate": (8000, int, "waveforms (tones, wav_folder): samples per second"),
+        "audio_length": (2048, int, "waveforms: samples per example"),
+        "center_crop": (None, int, "faces: a centred crop of this side (<= 25; image_size must equal it); unset: none"),
     },
     "optim": {
         "beta2": (0.999, float, "Adam's second-moment decay"),

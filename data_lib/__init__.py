@@ -1,11 +1,13 @@
 """Data for score-based models: 2-D toy densities, datasets bundled with scikit-learn / scikit-image, real
-datasets from a local folder (CIFAR-10, MNIST, CelebA, LSUN, image folders), the reference's data scalers,
+datasets from a local folder (CIFAR-10, MNIST, CelebA, LSUN, image folders), waveforms (procedural notes,
+.wav folders; :mod:`data_lib.audio`), the reference's data scalers,
 uniform dequantization with the dataset's own number of levels, and seeded batches sharded across ranks.
 
 Nothing is downloaded. torchvision is not used (its PyPI wheels are CUDA builds that do not import beside the
 CPU torch this project pins); the file formats are read with numpy and Pillow (:mod:`data_lib.files`).
 """
 
+from .audio import AUDIO_DATASETS, AudioDataset, audio_shape, read_wav, tones, wav_folder
 from .base import Dataset, ImageFileDataset, InMemoryDataset
 from .embedded import digits, faces, photo_patches
 from .loader import (
@@ -49,4 +51,10 @@ __all__ = [
     "digits",
     "faces",
     "photo_patches",
+    "AUDIO_DATASETS",
+    "AudioDataset",
+    "audio_shape",
+    "read_wav",
+    "tones",
+    "wav_folder",
 ]

@@ -4,7 +4,8 @@ Config fields (``config.data``, the 2021 reference's names): ``dataset``, ``imag
 ``random_flip``, ``uniform_dequantization``, ``centered`` (see :mod:`data_lib.scalers`), plus ``root`` (the local
 folder of a real dataset), ``skip_bad_images`` (image files that do not decode are left out, with a warning, instead
 of stopping the run), ``category`` (LSUN), ``seed`` (toy points, photo patches), ``num_train`` / ``num_test`` (toy
-points), ``patches_per_image`` and ``photo_downscale`` (photo patches).
+points), ``patches_per_image`` and ``photo_downscale`` (photo patches), ``center_crop`` (faces: a centred crop of that
+side, e.g. 24 for an even size; ``image_size`` must then equal it).
 
 Batches are float images in ``[0, 1]`` (the levels ``k / (L - 1)``; the model's scaler is applied by the
 caller) or float toy points, built on the CPU. Uniform dequantization maps level ``k`` to ``(k + u) / L`` with
@@ -28,6 +29,7 @@ from base_lib.checks import check_bool, check_positive_int
 from base_lib.config import config_value
 
 from . import embedded, files
+from .audio import AUDIO_DATASETS, audio_from_config
 from .base import Dataset, InMemoryDataset, check_split
 from .toy import TOY_DATASETS, sample_toy_with_labels
 
@@ -95,8 +97,16 @@ def _digits(config: Any, split: str) -> Dataset:
 
 
 def _faces(config: Any, split: str) -> Dataset:
-    _fixed_shape(config, (1, 25, 25))
-    return embedded.faces(split)
+    crop = _data_field(config, "center_crop", None)
+    if crop is None:
+        _fixed_shape(config, (1, 25, 25))
+        return embedded.faces(split)
+    crop = _int_field(config, "center_crop")
+    if crop > 25:
+        raise ValueError(f"config.data.center_crop must be <= 25 for faces (images are 25x25), got {crop}")
+    _fixed_shape(config, (1, crop, crop))
+    faces, start = embedded.faces(split), (25 - crop) // 2  # 25 -> 24 drops the last row and column
+    return InMemoryDataset(faces.name, split, faces.data[:, :, start : start + crop, start : start + crop].contiguous(), faces.num_levels)
 
 
 def _photo_patches(config: Any, split: str) -> Dataset:
@@ -158,6 +168,7 @@ _BUILDERS: dict[str, Callable[[Any, str], Dataset]] = {
     "faces": _faces,
     "photo_patches": _photo_patches,
     **{name: _toy for name in TOY_DATASETS},
+    **{name: audio_from_config for name in AUDIO_DATASETS},  # waveforms (1, L): data_lib.audio
 }
 
 #: the ``config.data.dataset`` values understood (matched case-insensitively)

@@ -8,7 +8,7 @@
   exact log-likelihood, resumable sampling rounds, per-dataset sample metrics (:func:`register_sample_metric`).
 * :func:`train_classifier` (:mod:`jobs.classifier_training`), :mod:`jobs.conditional`: class-conditional
   generation from a config, with classifier guidance or classifier-free guidance.
-* :func:`inpaint`, :func:`colorize`, :func:`interpolate` (:mod:`jobs.controllable`).
+* :func:`inpaint`, :func:`colorize`, :func:`superresolve`, :func:`interpolate` (:mod:`jobs.controllable`).
 * :func:`save_samples`, :func:`save_image_grid`, :func:`save_scatter_plot` (:mod:`jobs.images`): PNG grids,
   scatter plots and ``.npz`` files.
 """
@@ -26,7 +26,7 @@ from .experiment import (
 from .images import image_grid, save_image_grid, save_samples, save_scatter_plot
 from .run import TrainingDivergedError, train
 from .evaluation import evaluate, register_sample_metric, sample, train_and_evaluate
-from .controllable import MASKS, colorize, inpaint, interpolate, region_mask
+from .controllable import MASKS, colorize, inpaint, interpolate, region_mask, superresolve
 from .classifier_training import classifier_accuracy, train_classifier
 from .conditional import classifier_config, sample_class_labels, sampling_conditioning
 
@@ -38,6 +38,7 @@ __all__ = [
     "sample_class_labels",
     "sampling_conditioning",
     "colorize",
+    "superresolve",
     "interpolate",
     "region_mask",
     "MASKS",

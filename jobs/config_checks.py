@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from base_lib.config import config_value
 from models.compiled import COMPILE_MODES
+from models.conditioning import available_conditions
 from models.score_model import available_parameterizations
 from models.precision import PRECISION_SETTINGS
 from samplers.dpm_solver import MAX_ORDER
@@ -120,6 +121,7 @@ CHECKS: dict[str, Check] = {
     "sampling.schedule": _choice(*SCHEDULES),
     "sampling.inpainting": _choice("replacement", "smc"),
     "sampling.smc_particles": _integer(1),
+    "sampling.superresolution_factor": _integer(1),
     "sampling.classifier_scale": _number(),
     "sampling.guidance_scale": _number(),
     "sampling.class_label": _integer(-1),
@@ -149,6 +151,9 @@ CHECKS: dict[str, Check] = {
     "training.p_std": _number(0.0, low_open=True),
     "model.parameterization": _registered(available_parameterizations),
     "model.compile": _choice(*COMPILE_MODES),
+    "model.conditioning": _registered(available_conditions),
+    "model.low_resolution_factor": _integer(1),
+    "data.center_crop": _integer(1, 25, note="faces are 25x25"),
     "model.num_scales": _integer(1),
     "model.dropout": _number(0.0, 1.0, high_open=True),
     "optim.lr": _number(0.0, low_open=True),
@@ -160,6 +165,8 @@ CHECKS: dict[str, Check] = {
     "data.random_flip": _boolean,
     "data.centered": _boolean,
     "data.uniform_dequantization": _boolean,
+    "data.sample_rate": _integer(1),
+    "data.audio_length": _integer(16),
 }
 
 
@@ -173,9 +180,23 @@ def field_error(config: Any, field: str) -> str | None:
     return None if accepted is None else f"config.{field} must be {accepted}, got {value!r}"
 
 
+def conditioning_error(config: Any) -> str | None:
+    """What is wrong with ``config.model.conditioning`` beside the other fields, else ``None``: the low-resolution
+    factor must divide ``data.image_size``. (A signal and class labels together are refused by the network.)"""
+    name = config_value(config, "model.conditioning", None)
+    if name in (None, "") or field_error(config, "model.conditioning") is not None:
+        return None
+    factor = config_value(config, "model.low_resolution_factor", 2)
+    size = config_value(config, "data.image_size", None)
+    if str(name).lower() == "low_resolution" and _integer(1)(factor) is None and isinstance(size, int) and size % factor:
+        return (f"config.model.low_resolution_factor={factor} must divide config.data.image_size={size} (the "
+                "low-resolution image has image_size / factor pixels a side)")
+    return None
+
+
 def config_errors(config: Any) -> list[str]:
-    """One message per field of :data:`CHECKS` whose value is out of range."""
-    errors = [field_error(config, field) for field in CHECKS]
+    """One message per field of :data:`CHECKS` whose value is out of range, then any :func:`conditioning_error`."""
+    errors = [field_error(config, field) for field in CHECKS] + [conditioning_error(config)]
     return [error for error in errors if error is not None]
 
 

@@ -1,4 +1,5 @@
-"""The ``inpaint``, ``colorize`` and ``interpolate`` jobs of ``main.py``: controllable generation with a trained model.
+"""The ``inpaint``, ``colorize``, ``superresolve`` and ``interpolate`` jobs of ``main.py``: controllable generation with
+a trained model.
 
 Each job builds the experiment of ``config`` (:func:`jobs.build_experiment`), loads the latest checkpoint of
 ``workdir`` under its EMA weights (:func:`jobs.evaluation.latest_checkpoint`, as ``--mode sample`` does),
@@ -16,6 +17,19 @@ takes the first test images and writes a PNG and an ``.npz`` into ``workdir/eval
   (:func:`samplers.smc_colorize`).
 * :func:`colorize`: the same for RGB data with the grey level known (:func:`samplers.controllable.pc_colorize`).
   ``colorize.png``: rows original | grey | colorized.
+* :func:`superresolve`: the first ``NUM_IMAGES`` test images reduced to the means of their ``f x f`` blocks
+  (``f = config.sampling.superresolution_factor``; unset: ``config.model.low_resolution_factor`` for a model trained
+  with ``config.model.conditioning = 'low_resolution'``, else 2) and upsampled back by
+  :func:`samplers.controllable.pc_superresolve` (or :func:`samplers.controllable.smc_superresolve` with
+  ``config.sampling.inpainting = 'smc'``), with the unconditional score and the settings of the inpainting job. A
+  model trained on the low-resolution signal (SR3, :mod:`models.conditioning`) instead samples its own conditional
+  with the configured sampler (:func:`_sample_low_resolution_conditional`, the one call site, through
+  :func:`jobs.signal_conditioned.sample_given_conditions`).
+  ``superresolve.png``: rows original | low resolution (each pixel repeated over its block) | super-resolved;
+  ``superresolve.json``: PSNR against the originals (``[0, 1]`` range, the outputs clipped to it; mean and standard
+  error over the images), the largest deviation of the outputs' block means from the input (unclipped; float
+  rounding for the replacement and SMC methods) and, for the digits, the toolkit's digits classifier's accuracy on
+  the outputs and on the originals.
 * :func:`interpolate`: ``NUM_PAIRS`` pairs of test images encoded by the probability-flow ODE, their latents
   interpolated spherically at ``NUM_STEPS`` points and decoded (:func:`samplers.controllable.ode_interpolate`,
   ODE options ``config.sampling.ode_method`` / ``rtol`` / ``atol``). ``interpolate.png``: one row per pair,
@@ -29,6 +43,7 @@ evaluations made. The PC jobs draw their noise from the stream :attr:`jobs.strea
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -38,10 +53,13 @@ import torch
 from torch import Tensor
 
 import data_lib
+import models
+from base_lib.files import atomic_write
 from samplers.common import check_choice
-from samplers.controllable import pc_colorize, pc_inpaint, ode_interpolate
+from samplers.controllable import BlockAverage, pc_colorize, pc_inpaint, pc_superresolve, ode_interpolate, smc_superresolve
 from samplers.controllable.smc import SMC_PARTICLES, smc_colorize, smc_inpaint
 from samplers.from_config import check_continuous_time
+from sample_quality.digits import digits_predictions
 from samplers.ode import DEFAULT_METHOD
 from samplers.pc import available_correctors, available_predictors
 from base_lib.config import config_value
@@ -50,6 +68,7 @@ from .evaluation import latest_checkpoint, load_ema_weights
 from .experiment import ConfigError, EvaluationExperiment, build_experiment
 from .images import save_image_grid
 from .run import close_log, open_log, step_seed
+from .signal_conditioned import check_unconditioned_job, mean_and_stderr, psnr, sample_given_conditions
 from .streams import Stream
 from .workdir import workdir_lock
 
@@ -135,6 +154,7 @@ def _run(config: Any, workdir: str | os.PathLike, eval_folder: str | None, mode:
     checkpoint's EMA weights, run ``body(exp, folder)``."""
     with workdir_lock(workdir, mode):
         exp = build_experiment(config, workdir, "eval")  # the eval mode opens the test split
+        check_unconditioned_job(exp, mode, allowed=("superresolve",))
         _check_test_images(exp, images)
         if check is not None:
             check(exp)
@@ -189,6 +209,47 @@ def _known_value_job(
     return _save(folder, name, [images, given, result], nfe, **arrays)
 
 
+def superresolution_factor(config: Any) -> int:
+    """``config.sampling.superresolution_factor``; unset: ``config.model.low_resolution_factor`` [2] for a model
+    conditioned on ``'low_resolution'``, else 2. :class:`ConfigError` unless an integer >= 1, and for a conditioned
+    model unless it is the factor the model was trained for."""
+    conditioned = config_value(config, "model.conditioning", None) == "low_resolution"
+    trained = config_value(config, "model.low_resolution_factor", 2) if conditioned else None
+    factor = config_value(config, "sampling.superresolution_factor", None)
+    factor = (trained if conditioned else 2) if factor is None else factor
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ConfigError(f"config.sampling.superresolution_factor must be an integer >= 1, got {factor!r}")
+    if conditioned and factor != trained:
+        raise ConfigError(f"config.sampling.superresolution_factor={factor}: the model is trained on blocks of "
+                          f"config.model.low_resolution_factor={trained}; leave it unset or set it to {trained}")
+    return factor
+
+
+def _sample_low_resolution_conditional(exp: EvaluationExperiment, images: Tensor, generator: torch.Generator) -> tuple[Tensor, int]:
+    """THE SR3 CALL SITE: a network trained with ``config.model.conditioning = 'low_resolution'`` samples the images
+    given ``c = condition_map(x0)`` of the test images ``images`` (``[0, 1]``; :mod:`models.conditioning`, its
+    factor ``config.model.low_resolution_factor``) by the configured sampler (``config.sampling.method``) on
+    ``ScoreModel.score_fn(y=c)`` (:func:`jobs.signal_conditioned.sample_given_conditions`). Returns the images in
+    ``[0, 1]`` and the NFE."""
+    x, nfe = sample_given_conditions(exp, exp.scaler(images), generator)
+    return exp.inverse_scaler(x), nfe
+
+
+def _superresolution_figures(exp: EvaluationExperiment, images: Tensor, low: Tensor, result: Tensor,
+                             operator: BlockAverage) -> dict[str, Any]:
+    """PSNR (``[0, 1]`` data range, outputs clipped to it) mean and standard error over the images, the largest
+    deviation of the (unclipped) outputs' block means from ``low``, and for the digits the classifier's accuracy on
+    the outputs and on the originals."""
+    mean, stderr = mean_and_stderr(psnr(result.clamp(0, 1), images))
+    figures = {"psnr": mean, "psnr_stderr": stderr,
+               "block_mean_max_deviation": float((operator.block_means(result) - low).abs().max())}
+    if exp.test_ds.name == "digits":
+        labels = exp.test_ds.labels[: len(images)].cpu()
+        figures["digits_accuracy"] = float((digits_predictions(result.clamp(0, 1).cpu()) == labels).double().mean())
+        figures["digits_accuracy_originals"] = float((digits_predictions(images.cpu()) == labels).double().mean())
+    return figures
+
+
 # ------------------------------------------------------------------ the jobs
 def inpaint(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None, mask: str = "right_half") -> dict[str, Any]:
     """Inpaint the ``mask`` region (:data:`MASKS`) of the first :data:`NUM_IMAGES` test images (module docstring)."""
@@ -217,6 +278,48 @@ def colorize(config: Any, workdir: str | os.PathLike, eval_folder: str | None = 
         return _known_value_job(exp, folder, "colorize", _test_images(exp, NUM_IMAGES), None, True, particles)
 
     return _run(config, workdir, eval_folder, "colorize", "colorization", body, NUM_IMAGES, check)
+
+
+def superresolve(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None) -> dict[str, Any]:
+    """Super-resolve the block means of the first :data:`NUM_IMAGES` test images (module docstring)."""
+    particles = _smc_particles(config)
+    factor = superresolution_factor(config)
+    conditioned = config_value(config, "model.conditioning", None) == "low_resolution"
+    operator = BlockAverage(factor)
+
+    def check(exp: EvaluationExperiment) -> None:
+        _, height, width = exp.data_shape
+        if height % factor or width % factor:
+            raise ConfigError(f"config.sampling.superresolution_factor={factor} must divide the image size "
+                              f"{height}x{width} of config.data")
+        if conditioned and models.conditioning.condition_map_of(exp.model) is None:
+            raise ConfigError("config.model.conditioning='low_resolution' but the network takes no condition signal")
+
+    def body(exp: EvaluationExperiment, folder: Path) -> dict[str, Any]:
+        images = _test_images(exp, NUM_IMAGES)
+        low = operator.block_means(images)
+        generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, Stream.CONTROLLABLE))
+        if conditioned:
+            method, (result, nfe) = "sr3", _sample_low_resolution_conditional(exp, images, generator)
+        else:
+            options = _pc_options(exp.config)
+            common = dict(eps=exp.sampling_eps, generator=generator)
+            score_fn = exp.score_model.score_fn()
+            if particles is None:
+                method, (x, nfe) = "replacement", pc_superresolve(exp.sde, score_fn, exp.scaler(low), factor, **options, **common)
+            else:
+                method, (x, nfe) = "smc", smc_superresolve(exp.sde, score_fn, exp.scaler(low), factor, num_particles=particles,
+                                                           denoise=options["denoise"], **common)
+            result = exp.inverse_scaler(x)
+        shown = operator.upsample(low)
+        report = {"method": method, "factor": factor, **_save(folder, "superresolve", [images, shown, result], nfe,
+                                                             original=images, low_res=low, result=result)}
+        report.update(_superresolution_figures(exp, images, low, result, operator))
+        json_path = folder / "superresolve.json"
+        atomic_write(json_path, lambda file: file.write(json.dumps(report, indent=2).encode()))
+        return {**report, "json": str(json_path)}
+
+    return _run(config, workdir, eval_folder, "superresolve", f"super-resolution (x{factor})", body, NUM_IMAGES, check)
 
 
 def interpolate(config: Any, workdir: str | os.PathLike, eval_folder: str | None = None) -> dict[str, Any]:

@@ -34,6 +34,10 @@ of the test split and the sums are all-reduced; only rank 0 writes the report.
 checkpoint (``config.eval.ckpt`` if set, else the pre-emption checkpoint or the highest numbered one) in the same
 resumable, recorded rounds and saves them with a PNG grid (a scatter plot for 2-D points).
 
+A signal-conditioned network (``config.model.conditioning``, e.g. SR3) draws sample ``i`` for test example
+``i mod N`` (its signal ``condition_map(x0)``; :mod:`jobs.signal_conditioned`); ``eval`` and ``sample`` save the
+originals and the conditions beside the samples and report the PSNR of the samples against the originals.
+
 :func:`train_and_evaluate` is the ``train`` job of ``main.py``: :func:`jobs.train`, then, when
 ``config.eval.after_training`` is set, :func:`evaluate` of the final checkpoint.
 
@@ -63,6 +67,7 @@ from base_lib.files import atomic_write
 from configs.toolkit_fields import TOOLKIT_FIELDS
 from sample_quality import (
     MetricSetupError,
+    audio_metrics,
     class_agreement,
     digits_predictions,
     digits_metrics,
@@ -81,8 +86,10 @@ from base_lib.config import config_value, flatten_fields
 from train_lib.checkpoints import CheckpointError, restore_checkpoint
 from .conditional import CLASSIFIER_CHECKPOINT, classifier_folder
 from .experiment import ConfigError, EvaluationExperiment, Experiment, build_experiment
+from .audio import DEFAULT_SAMPLE_RATE, sample_rate_of, save_waveforms
 from .images import class_grid_columns, save_image_grid, save_scatter_plot, to_uint8
 from .progress import ProgressLog
+from . import signal_conditioned
 from .run import LOGGER_NAME, close_log, model_batch, open_log, step_seed, train
 from .streams import Stream
 from .workdir import workdir_lock
@@ -132,6 +139,8 @@ def metric_kinds(config: Any) -> tuple[str, ...]:
     """The kinds whose metrics apply to ``config.data.dataset``: ``('toy',)`` for the 2-D densities, ``('image',
     name)`` for an image dataset (``'image'`` metrics such as FID apply to all images, ``name`` ones to that one)."""
     name = str(config.data.dataset).lower()
+    if name in data_lib.AUDIO_DATASETS:
+        return ("audio", name)  # waveforms (1, L): jobs.evaluation.audio_sample_metrics
     return ("toy",) if name in data_lib.TOY_DATASETS else ("image", name)
 
 
@@ -178,6 +187,29 @@ def digits_sample_metrics(samples: Tensor, context: MetricContext) -> dict[str, 
     """:func:`sample_quality.digits_metrics`: digits FID / KID / Inception score in the features of a classifier the
     toolkit trains on the digits training split (once, cached), against the test split; class coverage."""
     return digits_metrics(samples.cpu(), seed=_metric_seed(context))
+
+
+@register_sample_metric("audio")
+def audio_sample_metrics(samples: Tensor, context: MetricContext) -> dict[str, float]:
+    """:func:`sample_quality.audio_metrics`: the distance of the samples' mean log-power spectrum to the test
+    split's and the distances of their pitch distributions, beside the same figures of as many training waveforms
+    (the noise floor of finite samples)."""
+    exp = context.experiment
+    count = min(len(samples), len(exp.test_ds))
+    train = data_lib.get_dataset(exp.config, "train")
+    reference = exp.test_ds.gather(torch.arange(count))
+    floor = train.gather(torch.arange(min(count, len(train))))
+    return audio_metrics(samples.cpu(), reference, floor, sample_rate_of(exp.config))
+
+
+def waveform_signal_report(exp: Experiment, samples: Tensor) -> dict[str, Any]:
+    """Waveforms drawn for the spectrograms of test examples (``exp.signal_examples``, sample ``i`` for example
+    ``i``): the spectral convergence ``||S(x) - S(x_i)||_F / ||S(x_i)||_F`` of STFT magnitudes (mean, standard error,
+    count; :func:`models.spectral_convergence`)."""
+    originals = exp.signal_examples[: samples.shape[0]].to("cpu", torch.float64)
+    values = models.spectral_convergence(samples.to("cpu", torch.float64), originals)
+    mean, stderr = _mean_and_stderr(float(values.sum()), float(values.square().sum()), values.numel())
+    return {"spectral_convergence_mean": mean, "spectral_convergence_stderr": stderr, "count": int(values.numel())}
 
 
 def _inception_setup(config: Any, device: torch.device) -> tuple[Any, Any] | None:
@@ -413,6 +445,8 @@ def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, 
     x = exp.scaler(data_lib.dequantize.uniform_dequantize(batch, exp.test_ds.num_levels, generator) if quantized else batch)
     probe = None if options["divergence"] == "exact" else hutchinson_probe(x, options["divergence"], generator)[:samples]
     x = x[:samples]
+    if isinstance(score_fn, models.ScoreModel):  # a signal-conditioned network: given these examples' signals
+        score_fn = signal_conditioned.score_fn_for(score_fn, exp.scaler, batch[:samples])
     nats_per_unit = math.prod(exp.data_shape) * math.log(2.0) if quantized else 1.0
     solve = {"divergence": options["divergence"], "method": options["method"], "eps": options["eps"], "product": options["product"]}
     if accuracy is None:
@@ -425,12 +459,16 @@ def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, 
 
 
 def test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
-    """Bits/dim of the dequantized test split (quantized data) or its log-likelihood in nats (continuous data)."""
+    """Bits/dim of the dequantized test split (quantized data) or its log-likelihood in nats (continuous data); for a
+    signal-conditioned network, that of each example given its own signal ``condition_map(x0)``."""
     precision = resolve_mixed_precision(
         config_value(exp.config, "eval.likelihood_mixed_precision", "no"), exp.device,
         name="config.eval.likelihood_mixed_precision",
     )
-    score_fn = exp.score_model.in_precision(precision).score_fn()  # full precision unless the config asks
+    score_model = exp.score_model.in_precision(precision)  # full precision unless the config asks
+    # a signal-conditioned network: the likelihood of each test example given its own signal (bits/dim of x | c)
+    conditioned = score_model.condition_map is not None
+    score_fn = score_model if conditioned else score_model.score_fn()
     options = likelihood_options(exp.config)
     quantized = exp.test_ds.num_levels is not None
     if not quantized and math.prod(exp.data_shape) <= EXACT_DIVERGENCE_MAX_DIM:
@@ -438,20 +476,22 @@ def test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
     error_check = likelihood_error_check(exp, ckpt, score_fn, options)  # may set options' rtol and atol
     repeats = check_positive_int("config.eval.bpd_num_repeats", int(config_value(exp.config, "eval.bpd_num_repeats", 1)))
     total = total_sq = count = nfe = true_total = 0.0
-    true_log_prob = None if quantized else data_lib.toy_log_prob(exp.test_ds.name)
+    toy = exp.test_ds.name.lower() in data_lib.TOY_DATASETS
+    true_log_prob = data_lib.toy_log_prob(exp.test_ds.name) if toy and not quantized else None
     generator = torch.Generator(exp.device)
     progress = ProgressLog(logging.getLogger(LOGGER_NAME), None, label="likelihood batch", unit="batches")
     for index, batch in enumerate(_test_batches(exp, dequantize=False)):
         generator.manual_seed(step_seed(exp.config, Stream.LIKELIHOOD, ckpt, exp.distributed.rank, index))
         batch = batch.to(exp.device)
+        batch_score_fn = signal_conditioned.score_fn_for(score_model, exp.scaler, batch) if conditioned else score_fn
         if quantized:
             result = dequantized_bits_per_dim(
-                exp.sde, score_fn, batch, n_bins=exp.test_ds.num_levels, scaler=exp.scaler,
+                exp.sde, batch_score_fn, batch, n_bins=exp.test_ds.num_levels, scaler=exp.scaler,
                 inverse_scaler=exp.inverse_scaler, num_repeats=repeats, generator=generator, **options,
             )
             values, batch_nfe = result.per_sample, result.nfe
         else:
-            values, _, batch_nfe = log_likelihood(exp.sde, score_fn, exp.scaler(batch), generator=generator, **options)
+            values, _, batch_nfe = log_likelihood(exp.sde, batch_score_fn, exp.scaler(batch), generator=generator, **options)
             if true_log_prob is not None:
                 true_total += float(true_log_prob(batch.to(torch.float64)).sum())
         values = values.detach().to(torch.float64)
@@ -527,9 +567,16 @@ def record_changes(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> str
     return f"it was drawn with other settings: {shown}{more}"
 
 
-def _round_sampler(exp: Experiment, size: int) -> Callable[..., tuple[Tensor, int]]:
+def _round_sampler(exp: Experiment, size: int, start: int = 0) -> Callable[..., tuple[Tensor, int]]:
     """The sampling function of a round of ``size`` samples: the experiment's for a full round (``eval.batch_size``),
-    built the same way for a smaller last round, so that no more samples are drawn than asked for."""
+    built the same way for a smaller last round, so that no more samples are drawn than asked for. A
+    signal-conditioned network's round starting at sample ``start`` is conditioned on the test examples
+    ``start .. start + size - 1`` (:mod:`jobs.signal_conditioned`)."""
+    if exp.signal_examples is not None:
+        x0 = exp.scaler(exp.signal_examples[start : start + size].to(exp.device))
+        return signal_conditioned.conditioned_sampling_fn(
+            exp.config, exp.sde, exp.model, x0, exp.inverse_scaler, exp.sampling_eps
+        )
     if size == exp.sampling_shape[0]:
         return exp.sampling_fn
     factory = None if exp.conditioning is None else exp.conditioning.for_batch(size).score_factory
@@ -566,7 +613,7 @@ def sampling_rounds(
             logger.info("sampling round %d/%d: %s is stale, %s; drawing it again", r + 1, rounds, paths[r],
                         record_changes(stored, wanted))
         generator.manual_seed(step_seed(config, *seed_key, r))
-        samples, nfe = _round_sampler(exp, sizes[r])(exp.model, generator=generator)
+        samples, nfe = _round_sampler(exp, sizes[r], r * batch)(exp.model, generator=generator)
         _save_round(paths[r], samples, nfe, labels, wanted)
         logger.info("sampling round %d/%d: %d samples, %d score evaluations -> %s", r + 1, rounds, samples.shape[0], nfe, paths[r])
     _barrier(exp)
@@ -576,9 +623,13 @@ def sampling_rounds(
     return samples, [round_.nfe for round_ in loaded], labels
 
 
-def save_sample_picture(samples: Tensor, path: Path, title: str, labels: Tensor | None = None) -> Path:
+def save_sample_picture(samples: Tensor, path: Path, title: str, labels: Tensor | None = None,
+                        sample_rate: int | None = None) -> Path:
     """A PNG of the samples: a grid of the first :data:`MAX_GRID_IMAGES` images (one class per column for
-    class-conditional samples of cycling classes), or a scatter plot of all points (coloured by class)."""
+    class-conditional samples of cycling classes), a scatter plot of all points (coloured by class), or for
+    waveforms ``(N, 1, L)`` their spectrograms, with ``.wav`` files beside it (:func:`jobs.audio.save_waveforms`)."""
+    if samples.ndim == 3:
+        return save_waveforms(samples, path, sample_rate or DEFAULT_SAMPLE_RATE, title)
     labels = None if labels is None else labels[: len(samples)]
     if samples.ndim == 4:
         labels = None if labels is None else labels[:MAX_GRID_IMAGES]
@@ -602,8 +653,12 @@ def _sampling_report(
         title = f"{samples.shape[0]} samples, {nfes[0]} score evaluations"
         if exp.conditioning is not None:
             title += f"\n{exp.conditioning.describe()}"
-        png = save_sample_picture(first_round, folder / "samples.png", title, labels)
+        png = save_sample_picture(first_round, folder / "samples.png", title, labels, sample_rate_of(exp.config))
         report["png"] = str(png)
+    if exp.signal_examples is not None and samples.ndim == 3:  # waveforms given spectrograms: vs their originals
+        report["signal"] = waveform_signal_report(exp, samples)
+    elif exp.signal_examples is not None:  # samples with originals: PSNR, and the originals and conditions beside them
+        report["signal"] = signal_conditioned.signal_report(exp, samples, folder if exp.distributed.is_main else None)
     if with_metrics:
         generator = torch.Generator().manual_seed(step_seed(exp.config, Stream.SAMPLE_METRICS, *seed_key[1:]))
         report["metrics"] = sample_metrics(samples, MetricContext(exp, generator, labels))
@@ -636,6 +691,14 @@ def _describe(ckpt: int, step: int, report: dict[str, Any]) -> list[str]:
         )
         for name, value in samples.get("metrics", {}).items():
             lines.append(f"{head} {name} {value:.6g}")
+        if "signal" in samples and "spectral_convergence_mean" in samples["signal"]:
+            signal = samples["signal"]
+            lines.append(f"{head} spectral convergence vs the originals {signal['spectral_convergence_mean']:.4f} +- "
+                         f"{signal['spectral_convergence_stderr']:.4f} over {signal['count']} samples")
+        elif "signal" in samples:
+            signal = samples["signal"]
+            lines.append(f"{head} PSNR vs the originals {signal['psnr_mean']:.3f} +- {signal['psnr_stderr']:.3f} dB "
+                         f"over {signal['count']} samples")
     return lines
 
 

@@ -8,7 +8,8 @@ into, the data scalers, the sampler, the device, the rank layout and the workdir
 with ``config.model.compile`` the network's forward is ``torch.compile``'d in place, :func:`_compile_model`),
 and ``train`` adds the optimizer, the step functions and both splits (:class:`TrainingExperiment`), ``eval`` the
 evaluation loss and the test split (:class:`EvaluationExperiment`); ``sample`` needs nothing more
-(:class:`SamplingExperiment`).
+(:class:`SamplingExperiment`). A signal-conditioned network (``config.model.conditioning``) also gets the test
+examples its samples are drawn for (:mod:`jobs.signal_conditioned`), and its sampler is conditioned on them.
 
 Multi-process runs are launched by ``torchrun``, which sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
 :func:`distributed_context` reads them and :func:`init_distributed` starts the process group (NCCL on CUDA, gloo
@@ -35,6 +36,7 @@ from base_lib.config import config_value
 from base_lib.checks import check_positive_int
 from models.compiled import compile_network
 
+from . import signal_conditioned
 from .config_checks import check_config_values
 from .conditional import ConditioningError, SamplingConditioning, check_label_dropout, num_classes, sampling_conditioning
 from train_lib.optim import get_optimizer
@@ -189,6 +191,7 @@ class Experiment:
     conditioning: SamplingConditioning | None = None  # class labels and guidance of the samples; None: unconditional
     sampling_shape: tuple[int, ...] = ()  # (batch, *data_shape) of the sampling function
     sampling_fn: SamplingFn | None = None  # the configured sampler; None for a classifier, which draws no samples
+    signal_examples: Tensor | None = None  # signal-conditioned network: test examples ([0, 1]) sample i is drawn for
 
     @property
     def sample_labels(self) -> Tensor | None:
@@ -244,14 +247,16 @@ def sampling_eps(config: Any, sde: SDE) -> float:
 
 
 def data_shape(config: Any) -> tuple[int, ...]:
-    """One example's shape from ``config.data``: ``(dim,)`` for the toy densities, ``(num_channels, image_size,
-    image_size)`` for images."""
+    """One example's shape from ``config.data``: ``(dim,)`` for the toy densities, ``(1, audio_length)`` for
+    waveforms, ``(num_channels, image_size, image_size)`` for images."""
     name = config_value(config, "data.dataset")
     known = {known.lower() for known in data_lib.DATASETS}
     if not isinstance(name, str) or name.lower() not in known:
         raise ConfigError(f"unknown config.data.dataset {name!r}; known: {', '.join(data_lib.DATASETS)}")
     if name.lower() in data_lib.TOY_DATASETS:
         return (check_positive_int("config.data.dim", config_value(config, "data.dim", 2)),)
+    if name.lower() in data_lib.AUDIO_DATASETS:
+        return data_lib.audio_shape(config)  # waveforms: (1, config.data.audio_length)
     channels = check_positive_int("config.data.num_channels", config_value(config, "data.num_channels"))
     size = check_positive_int("config.data.image_size", config_value(config, "data.image_size"))
     return (channels, size, size)
@@ -314,7 +319,8 @@ def check_model_input(score_model: models.ScoreModel, shape: tuple[int, ...], de
     x = torch.zeros((1, *shape), device=device, dtype=models.model_dtype(score_model.network))
     try:
         with torch.no_grad():
-            out = score_model.score(x, score_model.sde.T / 2)
+            signal = None if score_model.condition_map is None else score_model.condition_map(x)
+            out = score_model.score(x, score_model.sde.T / 2, signal)
     except (ValueError, RuntimeError, IndexError) as error:
         raise ConfigError(
             f"the model {type(score_model.network).__name__} cannot take data of shape {shape} (config.data): {error}"
@@ -408,7 +414,7 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
     sample_batch = check_positive_int(f"config.{batch_field}", config_value(config, batch_field))
     sampling_shape = (sample_batch, *shape)
     model = _create_model(config)
-    conditioning = score_model = None
+    conditioning = score_model = examples = None
     try:
         if task == "classifier":
             check_classifier_input(model, sde, shape, num_classes(config), device)
@@ -418,6 +424,10 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
             check_model_input(score_model, shape, device)
             check_label_dropout(config, model)
             conditioning = sampling_conditioning(config, model, sample_batch, workdir, device, load=mode != "train")
+            signal_conditioned.check_signal_conditioning(config, model)
+            examples = signal_conditioned.signal_examples(
+                config, model, signal_conditioned.sampling_count(config, mode, sample_batch)
+            )
     except ConditioningError as error:
         raise ConfigError(str(error)) from error
     model = _compile_model(config, model)  # after the one-example checks, so that building compiles nothing
@@ -425,12 +435,17 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
     if task == "score":
         factory = None if conditioning is None else conditioning.score_factory
         sampling_fn = get_sampling_fn(config, sde, sampling_shape, inverse_scaler, eps, factory)
+        if examples is not None:  # samples of a signal-conditioned network: for the first test examples
+            sampling_fn = signal_conditioned.conditioned_sampling_fn(
+                config, sde, model, scaler(examples[:sample_batch].to(device)), inverse_scaler, eps
+            )
     ema = models.ExponentialMovingAverage(model.parameters(), decay=config_value(config, "model.ema_rate"))
     state: dict[str, Any] = {"model": model, "ema": ema, "step": 0}
     common = dict(
         config=config, mode=mode, layout=WorkdirLayout(workdir), device=device, distributed=context, sde=sde,
         sampling_eps=eps, model=model, score_model=score_model, ema=ema, state=state, scaler=scaler, inverse_scaler=inverse_scaler,
         data_shape=shape, task=task, conditioning=conditioning, sampling_shape=sampling_shape, sampling_fn=sampling_fn,
+        signal_examples=examples,
         labelled=task == "classifier" or config_value(config, "training.label_dropout", None) is not None,
     )
     if mode == "sample":

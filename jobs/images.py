@@ -117,7 +117,8 @@ def class_grid_columns(labels: Tensor | None) -> int | None:
     return k if cycling and k > 1 else None
 
 
-def save_samples(samples: Tensor, folder: str | os.PathLike, title: str | None = None, labels: Tensor | None = None) -> dict[str, Path]:
+def save_samples(samples: Tensor, folder: str | os.PathLike, title: str | None = None, labels: Tensor | None = None,
+                 sample_rate: int | None = None) -> dict[str, Path]:
     """Write ``folder/sample.npz`` and ``folder/sample.png`` for samples in data space (after the inverse scaler).
 
     Images ``(N, C, H, W)``: ``samples`` in the npz is uint8 ``(N, H, W, C)`` (the reference's ``sample.np``
@@ -135,6 +136,11 @@ def save_samples(samples: Tensor, folder: str | os.PathLike, title: str | None =
     elif samples.ndim == 2:
         np.savez_compressed(npz, samples=samples.detach().to("cpu", torch.float32).numpy(), **extra)
         save_scatter_plot(samples, png, title=title, labels=labels)
+    elif samples.ndim == 3:  # waveforms (N, 1, L): float32 in the npz, .wav files and spectrograms (jobs.audio)
+        from .audio import DEFAULT_SAMPLE_RATE, save_waveforms
+
+        np.savez_compressed(npz, samples=samples.detach().to("cpu", torch.float32).numpy(), **extra)
+        save_waveforms(samples, png, sample_rate or DEFAULT_SAMPLE_RATE, title)
     else:
-        raise ValueError(f"samples must be images (N, C, H, W) or points (N, D), got shape {tuple(samples.shape)}")
+        raise ValueError(f"samples must be images (N, C, H, W), waveforms (N, 1, L) or points (N, D), got shape {tuple(samples.shape)}")
     return {"png": png, "npz": npz}

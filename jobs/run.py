@@ -58,6 +58,7 @@ from train_lib.checkpoints import (
 )
 from .experiment import ConfigError, Experiment, TrainingExperiment, build_experiment
 from .run_config import reconcile_with_record
+from .audio import sample_rate_of
 from .images import save_samples
 from .progress import ProgressLog, output_is_terminal
 from .runtime import thread_line
@@ -245,7 +246,8 @@ def _snapshot_samples(exp: TrainingExperiment, step: int) -> dict[str, Path]:
     title = f"step {step}, {nfe} score evaluations"
     if exp.conditioning is not None:
         title += f", {exp.conditioning.describe()}"
-    return save_samples(samples, exp.layout.sample_folder(step), title=title, labels=exp.sample_labels)
+    return save_samples(samples, exp.layout.sample_folder(step), title=title, labels=exp.sample_labels,
+                        sample_rate=sample_rate_of(exp.config))
 
 
 def _resume(exp: TrainingExperiment, logger: logging.Logger) -> int:

@@ -11,8 +11,15 @@
   Winograd's F(4x4, 3x3) (:class:`WinogradConv2d`; :func:`set_winograd_enabled` switches it off). ``NCSNpp(...,
   num_classes=K)`` (``config.model.class_conditional``) adds a class embedding with a null label, for classifier-free
   guidance.
+* :class:`DiT` (``"dit"``): the diffusion transformer of Peebles & Xie (2023), patches of the image as tokens with
+  adaLN-Zero blocks conditioned on the noise level (and a class label with a null label).
+* :class:`WaveGradNet` (``"wavegrad"``): a 1-D score network for waveforms of any length (DiffWave's dilated
+  residual stack, WaveGrad's FiLM noise conditioning, an optional spectrogram signal).
 * :class:`NCSNv2` / :class:`NCSNv2Deeper` / :class:`NCSNv2Deepest` (``"ncsnv2_64"``, ``"ncsnv2_128"``,
   ``"ncsnv2_256"``) and :class:`NCSN` (``"ncsn"``): the RefineNet-based SMLD networks.
+* :class:`ConditionMap` (:mod:`models.conditioning`): a fixed map from clean data to the signal a conditioned
+  network takes (``config.model.conditioning``; :class:`LowResolution`, ``"low_resolution"``: SR3), read by
+  :func:`condition_map_of`; :func:`register_condition` adds one.
 * :class:`ScoreModel`: a network, its SDE and its :class:`Parameterization` (how labels and output relate to the
   time and the score: the reference's ``noise``, ``ddpm``, ``score``, ``smld``, registered by name), built once from
   the config (:meth:`ScoreModel.from_config`); gives the score, the denoiser and ``score_fn(x, t)`` for samplers.
@@ -41,6 +48,7 @@ from .classifier_mlp import MLPClassifier
 from .conditional_mlp import ConditionalMLPScoreNet, check_class_labels
 from .conv_classifier import ConvClassifier
 from .ddpm import DDPM
+from .dit import DiT
 from .mlp import EMBEDDING_TYPES, MLPScoreNet
 from .ncsn import NCSN
 from .ncsnpp import NCSNpp
@@ -48,6 +56,18 @@ from .ncsnv2 import NCSNv2, NCSNv2Deeper, NCSNv2Deepest
 from .normalization import ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus, get_normalization
 from .precision import MIXED_PRECISION, bf16_matrix_units, native_bf16, resolve_mixed_precision
 from .registry import available_models, create_model, get_model, register_model
+from .wavegrad import WaveGradNet
+from .mel import LogMel, mel_filterbank, spectral_convergence
+from .conditioning import (
+    ConditionMap,
+    LowResolution,
+    available_conditions,
+    check_signal,
+    condition_map_from_config,
+    condition_map_of,
+    get_condition,
+    register_condition,
+)
 from .winograd import WinogradConv2d, set_winograd_enabled, winograd_disabled
 from .upfirdn2d import conv_downsample_2d, downsample_2d, fir_kernel_2d, upfirdn2d, upsample_2d, upsample_conv_2d
 from .score_model import (
@@ -70,7 +90,19 @@ __all__ = [
     "get_model",
     "create_model",
     "available_models",
+    "ConditionMap",
+    "LowResolution",
+    "register_condition",
+    "available_conditions",
+    "get_condition",
+    "condition_map_from_config",
+    "condition_map_of",
+    "check_signal",
     "MLPScoreNet",
+    "WaveGradNet",
+    "LogMel",
+    "mel_filterbank",
+    "spectral_convergence",
     "EMBEDDING_TYPES",
     "ConditionalMLPScoreNet",
     "check_class_labels",
@@ -78,6 +110,7 @@ __all__ = [
     "ConvClassifier",
     "NCSNpp",
     "DDPM",
+    "DiT",
     "upfirdn2d",
     "upsample_2d",
     "downsample_2d",

@@ -7,6 +7,8 @@ them and stay numerically identical to the reference:
   ``W ~ N(0, scale^2)`` (Tancik et al., 2020), which NCSN++ applies to ``s = log sigma`` ([SDE] appendix H.1).
 * :func:`sinusoidal_embedding`: the Transformer position encoding (Vaswani et al., 2017, section 3.5) that
   DDPM uses for its integer or real time steps (Ho et al., 2020, appendix B).
+* :func:`check_image_inputs`: the check of an image network's inputs and labels (shape, dtype, label kind) that
+  the U-Net and DiT run at their boundary.
 """
 
 from __future__ import annotations
@@ -54,3 +56,21 @@ def sinusoidal_embedding(
     if embedding_dim % 2 == 1:
         embedding = nn.functional.pad(embedding, (0, 1))
     return embedding
+
+
+def check_image_inputs(x: Tensor, labels: Tensor, image_size: int, num_channels: int, dtype: torch.dtype,
+                       embedding_type: str) -> None:
+    """The inputs of a noise-conditional image network, checked once at its boundary: ``x`` ``(B, C, H, W)`` of
+    ``num_channels`` and ``image_size`` in the network's ``dtype``, one noise label per image, floating-point labels
+    for a Fourier embedding; ``ValueError`` naming the argument otherwise."""
+    if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1:] != (num_channels, image_size, image_size):
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must have shape (B, {num_channels}, {image_size}, {image_size}) (num_channels, image_size), "
+                         f"got {got}")
+    if x.dtype != dtype:
+        raise ValueError(f"x has dtype {x.dtype}, the network {dtype}: convert one of them")
+    if not isinstance(labels, Tensor) or labels.shape != (x.shape[0],):
+        got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must have shape (B,) = ({x.shape[0]},), one per image; got {got}")
+    if embedding_type == "fourier" and not labels.is_floating_point():
+        raise ValueError(f"labels must be floating-point noise scales sigma > 0 for embedding_type='fourier', got {labels.dtype}")

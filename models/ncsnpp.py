@@ -21,6 +21,13 @@ embedding that every residual block receives, and the network is called ``model(
 Without ``num_classes`` (the default) the network, its state dict and its reference key map are those of the reference;
 a class-conditional network has no reference counterpart (:meth:`NCSNpp.reference_key_map` raises ``ValueError``).
 
+Signal conditioning (SR3, Saharia et al. 2021, Sec. 2): with a ``condition_map`` (:mod:`models.conditioning`,
+``config.model.conditioning``) whose signal has the image's height and width, the signal ``c = condition_map(x0)``
+is concatenated to the noisy input on the channels (``in_channels = num_channels + signal channels``, through the
+first convolution and the input pyramid), and the network is called ``model(x, labels, c)``. The map holds no
+weights, so the state dict differs from the unconditional one by the input convolutions' shapes alone; such a
+network has no reference counterpart either. Class labels and a signal together are not supported.
+
 The DDPM network (Ho et al., 2020) is the same U-Net with DDPM blocks and 32 normalisation groups:
 :class:`models.ddpm.DDPM` builds it from this class.
 
@@ -55,7 +62,7 @@ from torch import Tensor, nn
 from base_lib.config import config_value
 from base_lib.checks import check_bool, check_choice, check_finite_positive, check_positive_int
 
-from .embeddings import GaussianFourierProjection, sinusoidal_embedding
+from .embeddings import GaussianFourierProjection, check_image_inputs, sinusoidal_embedding
 from .layers import (
     COMBINE_METHODS,
     FIR_KERNEL,
@@ -72,6 +79,7 @@ from .layers import (
     group_norm,
 )
 from .conditional_mlp import check_class_labels
+from .conditioning import ConditionMap, check_signal, condition_map_from_config
 from .ncsnv2 import geometric_sigmas
 from .refinenet import get_activation
 from .registry import register_model
@@ -263,6 +271,7 @@ class NCSNpp(nn.Module):
         num_scales: int = 1000,  # number of noise scales
         norm_groups: int | None = None,  # GroupNorm groups of blocks and output (None: min(C // 4, 32); DDPM: 32)
         num_classes: int | None = None,  # class labels 0..K-1 plus the null label K (classifier-free guidance); None: none
+        condition_map: ConditionMap | None = None,  # signal concatenated to the input (SR3); None: unconditional
     ):
         super().__init__()
         self.image_size = check_positive_int("image_size", image_size)
@@ -299,6 +308,8 @@ class NCSNpp(nn.Module):
             if not self.conditional:
                 raise ValueError("num_classes needs conditional=True: the class embedding is added to the label embedding")
         self.num_classes = num_classes
+        self.signal_channels = self._signal_channels(condition_map)  # channels of the signal c (0: none)
+        in_channels = self.num_channels + self.signal_channels  # the noisy image and the signal, concatenated
         self.register_buffer("sigmas", geometric_sigmas(sigma_min, sigma_max, check_positive_int("num_scales", num_scales)))
         self.act = act = get_activation(nonlinearity)
 
@@ -328,9 +339,9 @@ class NCSNpp(nn.Module):
 
         # encoder
         resolutions = [self.image_size // 2**i for i in range(num_levels)]
-        self.conv_in = track(conv3x3(self.num_channels, nf))  # image -> features
+        self.conv_in = track(conv3x3(in_channels, nf))  # image (and signal) -> features
         skip_channels = [nf]
-        in_ch, pyramid_ch = nf, self.num_channels
+        in_ch, pyramid_ch = nf, in_channels
         down_levels = []
         for level, mult in enumerate(ch_mult):
             res, attn = [], []
@@ -407,6 +418,8 @@ class NCSNpp(nn.Module):
             # exactly as in the unconditional network of the same seed; no counterpart in the reference
             self.class_embed = nn.Embedding(num_classes + 1, temb_dim)  # class (row K: the null label) -> temb shift
 
+        if condition_map is not None:
+            self.condition_map = condition_map  # the fixed map x0 -> c; no parameters, so no state_dict entries
         names = {id(module): name for name, module in self.named_modules()}
         self._reference_prefixes = {f"all_modules.{i}": names[id(module)] for i, module in enumerate(order)}
         # convolution weights channels-last: the forward pass then runs channels-last (see forward)
@@ -445,7 +458,25 @@ class NCSNpp(nn.Module):
             sigma_max=field("sigma_max", 50.0),
             num_scales=field("num_scales", 1000),
             num_classes=num_classes,
+            condition_map=condition_map_from_config(config),
         )
+
+    def _signal_channels(self, condition_map: ConditionMap | None) -> int:
+        """The channel count of ``condition_map``'s signal, checked to be an image of the network's size."""
+        if condition_map is None:
+            return 0
+        if not isinstance(condition_map, ConditionMap):
+            raise ValueError(f"condition_map must be a models.ConditionMap or None, got {type(condition_map).__name__}")
+        if self.num_classes is not None:
+            raise ValueError("num_classes and condition_map together are not supported: give a class or a signal")
+        size = self.image_size
+        shape = tuple(condition_map.signal_shape((self.num_channels, size, size)))
+        if len(shape) != 3 or shape[1:] != (size, size):
+            raise ValueError(
+                f"condition_map {type(condition_map).__name__}: NCSNpp takes a signal of shape (S, {size}, {size}) to "
+                f"concatenate to the input, got {shape}"
+            )
+        return shape[0]
 
     @property
     def label_kinds(self) -> tuple[str, ...] | None:
@@ -464,6 +495,11 @@ class NCSNpp(nn.Module):
 
         A class-conditional network (``num_classes`` set) has no counterpart in the reference: ``ValueError``.
         """
+        if self.signal_channels:
+            raise ValueError(
+                f"a signal-conditioned {type(self).__name__} ({self.condition_map.name}) has no counterpart in the 2021 "
+                "reference: its input convolutions take the signal's channels too"
+            )
         if self.num_classes is not None:
             raise ValueError(
                 f"a class-conditional {type(self).__name__} (num_classes={self.num_classes}) has no counterpart in the "
@@ -472,20 +508,7 @@ class NCSNpp(nn.Module):
         return dict(self._reference_prefixes)
 
     def _check_inputs(self, x: Tensor, labels: Tensor) -> None:
-        size, channels = self.image_size, self.num_channels
-        if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1:] != (channels, size, size):
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape (B, {channels}, {size}, {size}) (num_channels, image_size), got {got}")
-        dtype = self.conv_in.weight.dtype
-        if x.dtype != dtype:
-            raise ValueError(f"x has dtype {x.dtype}, the network {dtype}: convert one of them")
-        if not isinstance(labels, Tensor) or labels.shape != (x.shape[0],):
-            got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-            raise ValueError(f"labels must have shape (B,) = ({x.shape[0]},), one per image; got {got}")
-        if self.embedding_type == "fourier" and not labels.is_floating_point():
-            raise ValueError(
-                f"labels must be floating-point noise scales sigma > 0 for embedding_type='fourier', got {labels.dtype}"
-            )
+        check_image_inputs(x, labels, self.image_size, self.num_channels, self.conv_in.weight.dtype, self.embedding_type)
 
     def _class_shift(self, class_labels: Tensor | int | None, batch: int, device: torch.device) -> Tensor | None:
         """The class embedding ``(B, 4 nf)`` of ``class_labels`` (``None``: the null label), or ``None`` when the
@@ -498,8 +521,12 @@ class NCSNpp(nn.Module):
 
     def forward(self, x: Tensor, labels: Tensor, class_labels: Tensor | int | None = None) -> Tensor:
         """``labels``: the noise-level labels (module docstring); ``class_labels`` (class-conditional networks only):
-        ``(B,)`` integers or one integer in ``[0, num_classes]`` (``num_classes`` = null), ``None`` = the null label."""
+        ``(B,)`` integers or one integer in ``[0, num_classes]`` (``num_classes`` = null), ``None`` = the null label.
+        A signal-conditioned network takes its signal ``c = condition_map(x0)`` ``(B, S, H, W)`` in this place."""
         self._check_inputs(x, labels)
+        signal = None
+        if self.signal_channels:
+            signal, class_labels = check_signal(class_labels, x, self.condition_map, name="c").to(x.dtype), None
         class_shift = self._class_shift(class_labels, x.shape[0], x.device)
         input_format = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
         if _is_channels_last(self.conv_in.weight):
@@ -507,8 +534,12 @@ class NCSNpp(nn.Module):
         temb = self.label_embed(labels, x.dtype)
         if class_shift is not None:
             temb = temb + class_shift
+        if signal is not None:
+            x = torch.cat([x, signal], dim=1)
+            if _is_channels_last(self.conv_in.weight):
+                x = x.contiguous(memory_format=torch.channels_last)
         if not self.centered:
-            x = 2 * x - 1.0
+            x = 2 * x - 1.0  # the signal is in the data's space too
         pyramid = x if self.progressive_input != "none" else None
         h = self.conv_in(x)
         skips = [h]

@@ -26,7 +26,10 @@ times refuse them when they are built.
 SDE, the parameterization and the compute dtype, and gives the score ``s(x, t, y)``, the denoiser ``D(x, t, y)``
 (Tweedie's mean of ``x(0)``) and a plain ``score_fn(x, t)`` for the samplers. ``y`` is a class label for
 label-conditional networks (``model(x, labels, class_labels)`` with an integer ``null_label``); ``None`` is the
-null label, the unconditional score.
+null label, the unconditional score. For a signal-conditioned network (one with a ``condition_map``,
+:mod:`models.conditioning`: SR3's low-resolution image, WaveGrad's mel spectrogram) ``y`` is the signal
+``c = condition_map(x0)`` ``(B, *signal_shape)``, bound as the network's third argument; it has no null value, so
+``y=None`` is a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from sde_lib import SDE, VESDE, VPSDE, EDMSDE, LinearSDE, ScoreFn, batch_broadca
 
 from base_lib.checks import check_choice
 
+from .conditioning import check_signal, condition_map_of
 from .precision import MIXED_PRECISION, autocast, resolve_mixed_precision
 from .registry import same_definition
 
@@ -382,6 +386,7 @@ class ScoreModel:
         self.parameterization = parameterization  # labels and output -> score (given, or the SDE's default)
         self.dtype = dtype  # the network's compute dtype; None: its parameters' (x's for a parameterless network)
         self.null_label = null_label(network)  # the unconditional class label; None: an unconditional network
+        self.condition_map = condition_map_of(network)  # x0 -> the signal the network takes; None: it takes none
         self.mixed_precision = mixed_precision  # autocast of the network call: 'no', 'bf16' or 'fp16' (CUDA)
 
     @classmethod
@@ -402,14 +407,24 @@ class ScoreModel:
         return ScoreModel(self.network, self.sde, self.parameterization, self.dtype, mixed_precision)
 
     def network_fn(self, y: Tensor | int | None = None, train: bool = False) -> NetworkFn:
-        """``network(x, labels)`` with the class labels ``y`` bound and the network put in train or eval mode; in
-        :attr:`mixed_precision` the call runs under autocast and its output is cast back to the dtype of ``x``."""
-        network, mixed_precision = self.network, self.mixed_precision
-        if self.null_label is None and y is not None:
+        """``network(x, labels)`` with the class labels or the signal ``y`` bound and the network put in train or eval
+        mode; in :attr:`mixed_precision` the call runs under autocast and its output is cast back to the dtype of
+        ``x``."""
+        network, mixed_precision, condition_map = self.network, self.mixed_precision, self.condition_map
+        if condition_map is not None and not isinstance(y, Tensor):
+            raise ValueError(
+                f"y: the network {type(network).__name__} is conditioned on a {condition_map.name!r} signal; give "
+                f"y = condition_map(x0), a tensor (B, *signal_shape), got {type(y).__name__}"
+            )
+        if condition_map is None and self.null_label is None and y is not None:
             raise ValueError(f"class labels y were given to the unconditional network {type(network).__name__}")
-        class_labels = () if self.null_label is None else (y,)
+        bound = () if self.null_label is None and condition_map is None else (y,)
 
         def call(x: Tensor, labels: Tensor) -> Tensor:
+            if condition_map is not None:
+                class_labels = (check_signal(y, x, condition_map, name="y").to(x.dtype),)
+            else:
+                class_labels = bound
             network.train(train)
             if mixed_precision == "no":
                 return network(x, labels, *class_labels)
@@ -439,8 +454,20 @@ class ScoreModel:
         return (x + batch_broadcast(std.square(), x) * score) / batch_broadcast(alpha, x)
 
     def score_fn(self, y: Tensor | int | None = None) -> ScoreFn:
-        """The plain ``score_fn(x, t)`` a sampler takes: :meth:`score` in eval mode with the class labels ``y`` bound."""
-        return lambda x, t: self.score(x, t, y)
+        """The plain ``score_fn(x, t)`` a sampler takes: :meth:`score` in eval mode with the class labels or the signal
+        ``y`` bound (a signal-conditioned network: ``y = condition_map(x0)`` of the examples the samples are drawn for,
+        one per sample).
+
+        With a ``y`` of one row per sample, the function has ``restrict(rows) -> score_fn``: the same score for the
+        samples ``rows`` only, for solvers that step a shrinking subset of the batch (:func:`samplers.ode_sample`'s
+        torch solvers)."""
+
+        def score_fn(x: Tensor, t: Tensor) -> Tensor:
+            return self.score(x, t, y)
+
+        if isinstance(y, Tensor) and y.ndim >= 1:
+            score_fn.restrict = lambda rows: self.score_fn(y.index_select(0, rows.to(y.device)))
+        return score_fn
 
     def __repr__(self) -> str:
         return f"ScoreModel({type(self.network).__name__}, {self.sde!r}, {self.parameterization!r})"

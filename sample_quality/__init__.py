@@ -8,6 +8,7 @@
   "digits FID" and class coverage (:func:`digits_metrics`); for class-conditional samples, how often the
   classifier recognises the requested class (:func:`digits_predictions`, :func:`class_agreement`).
 * For the 2-D toy densities: sliced Wasserstein distance and exact mean log-density (:func:`toy_metrics`).
+* For waveforms: mean log-spectrum distance and pitch distances (:func:`audio_metrics`, :mod:`sample_quality.audio`).
 """
 
 from .digits import DigitsClassifier, DigitsClassifierSpec, class_agreement, class_coverage, digits_metrics, digits_predictions, digits_reference_statistics, load_digits_classifier, train_digits_classifier
@@ -17,6 +18,7 @@ from .inception import MetricSetupError, inception_feature_extractor
 from .inception_score import inception_score
 from .kernel_distance import kernel_inception_distance
 from .sliced_wasserstein import sliced_wasserstein
+from .audio import audio_metrics, estimate_f0, log_spectrum_distance, pitch_distances
 from .toy import mean_log_density, toy_metrics
 
 __all__ = [
@@ -45,4 +47,8 @@ __all__ = [
     "class_coverage",
     "class_agreement",
     "digits_predictions",
+    "audio_metrics",
+    "estimate_f0",
+    "log_spectrum_distance",
+    "pitch_distances",
 ]

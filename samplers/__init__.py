@@ -16,7 +16,8 @@ progress=False) -> (x, nfe)``, where ``score_fn(x, t)`` takes ``x`` of shape ``(
 :func:`get_pc_colorizer`), :func:`guided_score_fn` (classifier guidance), :func:`cfg_score_fn`
 (classifier-free guidance) and :func:`interpolate_latents` / :func:`ode_interpolate` give controllable generation;
 :func:`smc_inpaint` / :func:`smc_colorize` (SMCDiff) are inpainting and colorization that are exact in the limit of
-many particles.
+many particles; :func:`pc_superresolve` / :func:`smc_superresolve` the same two methods for super-resolution (all
+three tasks are one linear measurement, :class:`samplers.controllable.LinearMeasurement`).
 """
 
 from .adaptive import adaptive_sde_sample
@@ -33,8 +34,10 @@ from .controllable import (
     ode_interpolate,
     pc_colorize,
     pc_inpaint,
+    pc_superresolve,
     smc_colorize,
     smc_inpaint,
+    smc_superresolve,
 )
 from .edm import edm_sample
 from .fast import fast_sample
@@ -62,6 +65,8 @@ __all__ = [
     "pc_inpaint",
     "smc_inpaint",
     "smc_colorize",
+    "pc_superresolve",
+    "smc_superresolve",
     "pc_colorize",
     "get_pc_inpainter",
     "get_pc_colorizer",

@@ -170,13 +170,25 @@ def log_likelihood(
     if not exact:
         probe = hutchinson_probe(x, divergence, generator) if probe is None else probe.to(device=x.device, dtype=x.dtype)
 
+    # a score bound to one input per sample (a signal, class labels; models.ScoreModel.score_fn): the torch solvers
+    # drop finished samples, so the rows still solved travel as the last per-sample argument and bind theirs
+    restrict = getattr(score_fn, "restrict", None)
+    rows = () if restrict is None else (torch.arange(x.shape[0], device=x.device),)
+
     def augmented(t: Tensor, state: tuple[Tensor, Tensor], *args: Tensor) -> tuple[Tensor, Tensor]:
-        return _drift_and_divergence(drift_fn, t, state[0], args[0] if args else None, product)
+        drift, sub = drift_fn, None
+        if restrict is not None:
+            *args, index = args
+            sub = CountingScoreFn(restrict(index))
+            drift = probability_flow_drift(sde, sub)
+        out = _drift_and_divergence(drift, t, state[0], args[0] if args else None, product)
+        counter.nfe += 0 if sub is None else sub.nfe
+        return out
 
     state0 = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     solution = odeint(
         augmented, state0, eps, sde.T, method=method, rtol=rtol, atol=atol,
-        args=() if exact else (probe,), progress=progress, desc="log-likelihood",
+        args=(() if exact else (probe,)) + rows, progress=progress, desc="log-likelihood",
     )
     z, delta_logp = solution.y
     return sde.prior_logp(z) + delta_logp, z, counter.nfe

@@ -54,8 +54,19 @@ def denoise_step(sde: SDE, score_fn: ScoreFn, x: Tensor, eps: float) -> Tensor:
 def _solve(
     sde: SDE, score: CountingScoreFn, x: Tensor, t0: float, t1: float, method: str, rtol: float, atol: float, progress: bool, desc: str
 ) -> Tensor:
+    restrict = getattr(score.score_fn, "restrict", None)
     with torch.no_grad():
-        return odeint(probability_flow_drift(sde, score), x, t0, t1, method=method, rtol=rtol, atol=atol, progress=progress, desc=desc).y
+        if restrict is None:
+            return odeint(probability_flow_drift(sde, score), x, t0, t1, method=method, rtol=rtol, atol=atol, progress=progress, desc=desc).y
+
+        # a score bound to one input per sample (a signal, class labels): the torch solvers drop finished samples, so
+        # the drift gets the rows still stepped (as odeint's per-sample args) and binds theirs
+        def drift(t: Tensor, y: Tensor, rows: Tensor) -> Tensor:
+            score.nfe += 1
+            return probability_flow_drift(sde, CountingScoreFn(restrict(rows)))(t, y)
+
+        rows = torch.arange(x.shape[0], device=x.device)
+        return odeint(drift, x, t0, t1, method=method, rtol=rtol, atol=atol, args=(rows,), progress=progress, desc=desc).y
 
 
 def _check_solver(sde: SDE, method: str, rtol: float, atol: float, eps: float) -> tuple[float, float, float]:

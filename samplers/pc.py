@@ -369,12 +369,15 @@ class LangevinCorrector(LangevinDynamics):
     step estimates the population ratio ``2 alpha_i r^2 D / J(p_t)`` (``J`` the Fisher information, below), so it
     is nearly the same for every state and the invariant law stays close to ``p_t`` in any dimension. The price
     is that every sample's step depends on the whole batch and on its size; :class:`AnnealedLangevinDynamics`
-    (``"ald"``) has none.
+    (``"ald"``) has none. A score that is zero for the whole batch (an untrained network whose last layer starts at
+    zero, as DiT's adaLN-Zero) leaves the rule undefined (the reference divides by zero: NaN samples); the step is
+    then 0, no correction.
     """
 
     def step_size(self, x: Tensor, t: Tensor, score: Tensor, noise: Tensor) -> Tensor:
         noise_norm, score_norm = noise.flatten(1).norm(dim=1).mean(), score.flatten(1).norm(dim=1).mean()
-        return (self.snr * noise_norm / score_norm).square() * 2.0 * langevin_alpha(self.sde, t, x)  # the reference's order
+        step = (self.snr * noise_norm / score_norm).square() * 2.0 * langevin_alpha(self.sde, t, x)  # the reference's order
+        return torch.where(score_norm > 0, step, torch.zeros_like(step))
 
 
 @register_corrector(name="ald")

@@ -9,12 +9,16 @@ ml-collections config and ``register_sde`` adds new ones.
 from .base import SDE, LinearSDE, ReverseSDE, ScoreFn, batch_broadcast
 from .diffusions import COSINE_DEFAULT_T, EDM_SIGMA_MAX, EDM_SIGMA_MIN, VP_SCHEDULES, EDMSDE, VESDE, VPSDE, subVPSDE
 from .gaussian_mixture import GaussianMixture
+from .gaussian_process import GaussianProcess, ar1_kernel, squared_exponential_kernel
 from .registry import available_sdes, get_sde, register_sde
 from .schedules import CosineSchedule, LinearSchedule, NoiseSchedule
 
 __all__ = [
     "SDE",
     "GaussianMixture",
+    "GaussianProcess",
+    "ar1_kernel",
+    "squared_exponential_kernel",
     "LinearSDE",
     "ReverseSDE",
     "ScoreFn",

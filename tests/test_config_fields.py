@@ -50,6 +50,10 @@ def _is_toy(config) -> bool:
     return str(config.data.dataset).lower() in data_lib.TOY_DATASETS
 
 
+def _is_audio(config) -> bool:
+    return str(config.data.dataset).lower() in data_lib.AUDIO_DATASETS
+
+
 def _labelled(config) -> bool:
     return config.training.get("label_dropout") is not None or "classifier" in config
 
@@ -66,7 +70,7 @@ SCOPED = {
     "data.patches_per_image": (lambda c: False, "photo patches: an optional count"),
     "data.photo_downscale": (lambda c: False, "photo patches: an optional factor"),
     "data.num_classes": (_labelled, "the classes of label-conditional networks and classifiers"),
-    "data.image_size": (lambda c: not _is_toy(c), "images only"),
+    "data.image_size": (lambda c: not _is_toy(c) and not _is_audio(c), "images only"),
     "data.num_channels": (lambda c: not _is_toy(c), "images only"),
     "data.root": (lambda c: not _is_toy(c), "datasets read from files"),
     "data.random_flip": (lambda c: not _is_toy(c), "images only"),

@@ -67,7 +67,7 @@ CONFIG_IDS = [str(p.relative_to(ROOT / "configs")) for p in CONFIG_FILES]
 MODES = tuple(JOBS)  # main.py's --mode choices
 
 #: datasets that ship with the toolkit (generated, or bundled with scikit-learn / scikit-image): every mode runs
-SHIPPED_DATA = frozenset(name.lower() for name in (*data_lib.TOY_DATASETS, "digits", "faces", "photo_patches"))
+SHIPPED_DATA = frozenset(name.lower() for name in (*data_lib.TOY_DATASETS, "digits", "faces", "photo_patches", "tones"))
 
 #: the configs whose network is step-indexed (parameterization ``smld``: VE SDE, ``training.continuous=False``);
 #: they sample with ``pc`` only and have no likelihood. Written out, so that a new refusal is a decision.
@@ -127,6 +127,8 @@ TINY_NETWORKS = {
     "ncsnv2_128": {"nf": 8},
     "ncsnv2_256": {"nf": 8},
     "mlp": {"nf": 16, "num_layers": 2},
+    "dit": {"nf": 8, "depth": 1, "num_heads": 2},  # one block; nf divisible by num_heads and by 4
+    "wavegrad": {"nf": 4, "num_layers": 2, "dilation_cycle": 2, "embedding_dim": 8},
     "conditional_mlp": {"nf": 16, "num_layers": 2},
     "conv_classifier": {"nf": 8, "num_res_blocks": 1},
     "mlp_classifier": {"nf": 16, "num_layers": 2},
@@ -212,7 +214,7 @@ def assert_one_line_refusal(error: ConfigError, pattern: str) -> None:
 
 def test_the_matrix_covers_every_config_method_and_mode():
     assert len(CONFIG_IDS) >= 49 and "toolkit_fields.py" not in CONFIG_IDS
-    assert set(MODES) >= {"train", "eval", "sample", "inpaint", "colorize", "interpolate", "train_classifier"}
+    assert set(MODES) >= {"train", "eval", "sample", "inpaint", "colorize", "interpolate", "superresolve", "train_classifier"}
     assert set(CONTINUOUS_TIME_METHODS) < set(SAMPLING_METHODS)
     # STEP_INDEXED is exactly the set of configs whose network knows only its N noise levels
     step_indexed = set()
@@ -317,7 +319,7 @@ def run_config(config_id: str) -> ml_collections.ConfigDict:
     if "classifier" in config:
         _set(config, RUN_CLASSIFIER)
     name = str(config.data.dataset).lower()
-    if name in data_lib.TOY_DATASETS:
+    if name in data_lib.TOY_DATASETS or name == "tones":
         _set(config, TOY_SPLITS)
     elif name == "photo_patches":
         _set(config, PHOTO_PATCHES)
@@ -326,11 +328,15 @@ def run_config(config_id: str) -> ml_collections.ConfigDict:
 
 def expected_mode_refusal(config, config_id: str, mode: str) -> str | None:
     """The one-line refusal a mode must give on the run of ``config`` (a pattern of its message), or ``None``."""
-    images = str(config.data.dataset).lower() not in data_lib.TOY_DATASETS
+    images = str(config.data.dataset).lower() not in (*data_lib.TOY_DATASETS, *data_lib.AUDIO_DATASETS)
     if mode == "train_classifier" and "classifier" not in config:
         return r"config\.sampling\.classifier must name"
-    if mode in ("inpaint", "colorize", "interpolate") and not images:
+    if mode in ("inpaint", "colorize", "interpolate") and config.model.get("conditioning"):
+        return rf"--mode {mode} needs an unconditional score, but the network is conditioned on a signal \(config\.model\.conditioning="
+    if mode in ("inpaint", "colorize", "interpolate", "superresolve") and not images:
         return r"controllable generation needs images \(C, H, W\), config\.data describes"
+    if mode == "superresolve" and config.data.image_size % 2:  # the default factor, 2, must divide the image size
+        return r"config\.sampling\.superresolution_factor=2 must divide the image size"
     if mode == "colorize" and config.data.num_channels != 3:
         return r"--mode colorize needs RGB data \(3 channels\), config\.data describes"
     if mode == "interpolate" and config_id in STEP_INDEXED:

@@ -20,6 +20,7 @@ import torch
 from samplers.controllable import (
     ChannelTransform,
     KnownValueReplacement,
+    MaskOperator,
     cfg_score_fn,
     colour_decoupling_matrix,
     get_pc_colorizer,
@@ -199,7 +200,8 @@ def test_replacement_sets_known_values_to_the_marginal_and_keeps_the_noise_free_
     sde = make_sde("ve", 100)
     data = torch.randn(20000, 2, generator=seeded(5), dtype=torch.float64)
     mask = torch.tensor([[True, False]]).expand(20000, 2)
-    hook = KnownValueReplacement(sde, data, mask, seeded(6))
+    operator = MaskOperator(mask)
+    hook = KnownValueReplacement(sde, operator, operator.project(data), seeded(6))
     x, x_mean = torch.randn(20000, 2, dtype=torch.float64), torch.randn(20000, 2, dtype=torch.float64)
     t = torch.full((20000,), 0.3, dtype=torch.float64)
     new_x, new_mean = hook(x, x_mean, t)
@@ -296,7 +298,7 @@ def test_smc_pieces():
     sde = make_sde("vp", 50)
     data = torch.full((20000, 1), 2.0, dtype=torch.float64)
     timesteps = torch.linspace(1.0, 1e-3, 50, dtype=torch.float64)
-    path = known_trajectory(sde, data, timesteps, seeded(0))
+    path = known_trajectory(sde, MaskOperator(torch.ones_like(data, dtype=torch.bool)), data, timesteps, seeded(0))
     assert len(path) == 50 and torch.equal(path[-1], data)
     f, g = sde.discretize(data, torch.full((20000,), float(timesteps[-2]), dtype=torch.float64))
     step = path[-2] - data - f  # = G z

@@ -31,7 +31,10 @@ import pytest
 import torch
 
 from configs import load_config
-from jobs.controllable import MASKS, NUM_IMAGES, NUM_PAIRS, NUM_STEPS, colorize, inpaint, interpolate, region_mask
+from jobs.controllable import (
+    MASKS, NUM_IMAGES, NUM_PAIRS, NUM_STEPS, colorize, inpaint, interpolate, region_mask, superresolution_factor,
+    superresolve,
+)
 from jobs.experiment import ConfigError
 from jobs.run import train
 
@@ -108,6 +111,65 @@ def test_smc_inpainting_job_keeps_known_pixels_exactly(digits_run):
     config.sampling.inpainting = "repaint"
     with pytest.raises(ConfigError, match="sampling.inpainting must be one of replacement, smc"):
         inpaint(config, workdir)
+
+
+def test_superresolve_keeps_the_block_means(digits_run):
+    """``--mode superresolve`` (factor 2 by default): the 2x2 block means of the outputs equal the input's up to float32
+    rounding (1e-6 times the largest value: the untrained score's Langevin steps blow values up to ~1e5), NFE = 2 N
+    (replacement) and N (SMC, 3 particles); the picture's rows, PSNR and the digits classifier's accuracies are
+    reported; a factor that does not divide the image size is refused before any work."""
+    config, workdir = digits_run
+    report = superresolve(config, workdir)
+    saved = np.load(report["npz"])
+    original, low, result = saved["original"], saved["low_res"], saved["result"]
+    assert report["method"] == "replacement" and report["factor"] == 2 and report["nfe"] == 2 * N_LEVELS
+    assert original.shape == result.shape == (NUM_IMAGES, 1, 8, 8) and low.shape == (NUM_IMAGES, 1, 4, 4)
+    means = result.reshape(NUM_IMAGES, 1, 4, 2, 4, 2).mean(axis=(3, 5))
+    rounding = 1e-6 * max(1.0, float(np.abs(result).max()))  # float32 rounding of the block means, relative
+    assert np.abs(means - low).max() < rounding and report["block_mean_max_deviation"] < rounding
+    assert np.abs(low - original.reshape(NUM_IMAGES, 1, 4, 2, 4, 2).mean(axis=(3, 5))).max() < 1e-7
+    assert not np.array_equal(result, original) and np.isfinite(report["psnr"]) and report["psnr_stderr"] > 0
+    assert 0 <= report["digits_accuracy"] <= 1 and report["digits_accuracy_originals"] >= 0.9
+    assert Path(report["png"]).is_file() and Path(report["json"]).is_file()
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.sampling.inpainting, config.sampling.smc_particles = "smc", 3
+    report = superresolve(config, workdir, eval_folder="smc_sr")
+    saved = np.load(report["npz"])
+    rounding = 1e-6 * max(1.0, float(np.abs(saved["result"]).max()))
+    assert report["method"] == "smc" and report["nfe"] == N_LEVELS and report["block_mean_max_deviation"] < rounding
+    config.sampling.superresolution_factor = 3
+    with pytest.raises(ConfigError, match="superresolution_factor=3 must divide the image size 8x8"):
+        superresolve(config, workdir)
+
+
+def test_superresolve_samples_a_low_resolution_conditioned_model(tmp_path):
+    """A model trained with ``model.conditioning = 'low_resolution'`` (SR3) samples its own conditional, with the
+    configured sampler (``fast``, 20 evaluations in the digits config), given the block means of the test digits."""
+    config = tiny_config("digits_sr3_continuous")
+    train(config, tmp_path)
+    report = superresolve(config, tmp_path)
+    saved = np.load(report["npz"])
+    assert report["method"] == "sr3" and report["factor"] == 2 and report["nfe"] == config.sampling.nfe
+    assert saved["result"].shape == (NUM_IMAGES, 1, 8, 8) and np.isfinite(saved["result"]).all()
+
+
+def test_superresolution_factor_from_the_config():
+    config = tiny_config("digits_ddpmpp_continuous")
+    assert superresolution_factor(config) == 2
+    with config.unlocked():
+        config.sampling.superresolution_factor = 4
+        assert superresolution_factor(config) == 4
+        config.model.conditioning, config.model.low_resolution_factor = "low_resolution", 4
+        assert superresolution_factor(config) == 4
+        config.sampling.superresolution_factor = None
+        assert superresolution_factor(config) == 4  # unset: the factor the conditioned model is trained on
+        config.sampling.superresolution_factor = 2
+        with pytest.raises(ConfigError, match="low_resolution_factor=4"):
+            superresolution_factor(config)
+        config.model.conditioning, config.sampling.superresolution_factor = None, 0
+        with pytest.raises(ConfigError, match="superresolution_factor must be an integer >= 1"):
+            superresolution_factor(config)
 
 
 def test_interpolation_endpoints_decode_to_the_inputs(digits_run):

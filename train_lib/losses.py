@@ -11,6 +11,9 @@
 
 The one-step training / evaluation functions built on these losses are in :mod:`train_lib.steps`.
 
+A signal-conditioned network (:mod:`models.conditioning`, e.g. SR3's) is given ``c = condition_map(x0)`` of its own
+batch (:func:`condition_signal`), so a step function trains it on plain batches of data.
+
 Conventions are the reference's: the per-sample loss is the mean over data dimensions (``reduce_mean=True``)
 or half their sum (``reduce_mean=False``), then the batch mean is taken. Every loss function is called as
 ``loss_fn(model, batch, generator=None, per_example=False)``: all random draws (times, step indices, noise)
@@ -26,6 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from models.conditioning import condition_map_of
 from models.score_model import Parameterization, ScoreModel, check_model_output, resolve_parameterization
 from samplers.common import check_eps
 from sde_lib import SDE, VESDE, VPSDE, batch_broadcast
@@ -54,10 +58,22 @@ def _check_batch(batch: Any) -> None:
         raise ValueError(f"batch must be a floating-point tensor of shape (B, ...) with B >= 1, got {got}")
 
 
-def _network_output(model: nn.Module, train: bool, x: Tensor, labels: Tensor) -> Tensor:
-    """``model(x, labels)`` in train or eval mode, checked to be shaped like ``x`` and cast to its dtype (autocast)."""
+def condition_signal(model: nn.Module, x0: Tensor, y: Tensor | None = None) -> Tensor | None:
+    """What a loss binds as the network's third argument: ``y`` when given (class labels, or a signal), else for a
+    signal-conditioned network the signal ``condition_map(x0)`` of the clean batch (SR3 trains on pairs of an image
+    and its own low-resolution version), else ``None``."""
+    condition_map = condition_map_of(model)
+    if y is None and condition_map is not None:
+        return condition_map(x0)
+    return y
+
+
+def _network_output(model: nn.Module, train: bool, x: Tensor, labels: Tensor, x0: Tensor) -> Tensor:
+    """``model(x, labels[, c])`` in train or eval mode (``c``: the signal of ``x0`` for a signal-conditioned network),
+    checked to be shaped like ``x`` and cast to its dtype (autocast)."""
     model.train(train)
-    return check_model_output(model(x, labels), x).to(x.dtype)
+    signal = condition_signal(model, x0)
+    return check_model_output(model(x, labels, *(() if signal is None else (signal,))), x).to(x.dtype)
 
 
 def _finish(losses: Tensor, per_example: bool) -> Tensor:
@@ -113,7 +129,8 @@ def get_sde_loss_fn(
       same expectation as the likelihood-weighted loss and a lower variance.
 
     ``train`` puts the model in training mode; ``y`` (a keyword of ``loss_fn``) are the class labels of a
-    label-conditional network (``None``: its null label). Raises ``ValueError`` on bad arguments.
+    label-conditional network (``None``: its null label), or the signal of a signal-conditioned one (``None``:
+    :func:`condition_signal` of the batch). Raises ``ValueError`` on bad arguments.
     """
     if not isinstance(sde, SDE):
         raise ValueError(f"sde must be an sde_lib.SDE, got {type(sde).__name__}")
@@ -149,7 +166,9 @@ def get_sde_loss_fn(
         _check_batch(batch)
         t = sample_times(batch, generator)
         perturbed, z, std = perturb_data(sde, batch, t, generator)
-        score = ScoreModel(model, sde, parameterization).score(perturbed, t, y, train=train).to(batch.dtype)
+        score = ScoreModel(model, sde, parameterization).score(
+            perturbed, t, condition_signal(model, batch, y), train=train
+        ).to(batch.dtype)
         if time_sampler is not None:
             losses = time_sampler.uniform_weight * reduce(torch.square(score * std + z))
         elif likelihood_weighting:
@@ -206,7 +225,7 @@ def get_edm_loss_fn(
         sigma = torch.exp(p_mean + p_std * normal)
         perturbed, _, _ = add_noise(batch, sigma, generator)  # x0 + sigma n: the scaled marginal of every linear SDE
         score_model = ScoreModel(model, sde, parameterization)  # the labels the network takes
-        network = score_model.network_fn(y, train)
+        network = score_model.network_fn(condition_signal(model, batch, y), train)
         denoised = score_model.parameterization.denoise(network, perturbed, sigma)
         weight = (sigma.square() + sigma_data**2) / (sigma * sigma_data).square()
         return _finish(weight * reduce(torch.square(denoised.to(batch.dtype) - batch)), per_example)
@@ -238,7 +257,7 @@ def get_smld_loss_fn(vesde: VESDE, train: bool, reduce_mean: bool = False) -> Lo
         noise = batch_broadcast(sigmas, batch) * torch.randn(
             batch.shape, generator=generator, device=batch.device, dtype=batch.dtype
         )
-        score = _network_output(model, train, batch + noise, labels)
+        score = _network_output(model, train, batch + noise, labels, batch)
         target = -noise / batch_broadcast(sigmas.square(), batch)
         losses = reduce(torch.square(score - target)) * sigmas.square()
         return _finish(losses, per_example)
@@ -265,7 +284,7 @@ def get_ddpm_loss_fn(vpsde: VPSDE, train: bool, reduce_mean: bool = True) -> Los
         noise = torch.randn(batch.shape, generator=generator, device=batch.device, dtype=batch.dtype)
         mean_coeff = batch_broadcast(vpsde._table("sqrt_alphas_cumprod", batch)[labels], batch)
         std = batch_broadcast(vpsde._table("sqrt_1m_alphas_cumprod", batch)[labels], batch)
-        predicted_noise = _network_output(model, train, mean_coeff * batch + std * noise, labels)
+        predicted_noise = _network_output(model, train, mean_coeff * batch + std * noise, labels, batch)
         losses = reduce(torch.square(predicted_noise - noise))
         return _finish(losses, per_example)
 

@@ -3,10 +3,10 @@
 [SDE] is Song et al., "Score-Based Generative Modeling through Stochastic Differential Equations" (ICLR 2021).
 
 * :func:`colour_decoupling_matrix`: the orthogonal map of RGB to a space whose first channel is the grey level.
-  :func:`grey_level_known` gives the mask (that channel known) and the map, for :func:`pc_colorize` and
-  :func:`.smc.smc_colorize`.
+  :func:`grey_level_operator` gives the measurement of that channel (:class:`.operators.GreyLevelOperator`), for
+  :func:`pc_colorize` and :func:`.smc.smc_colorize`.
 * :func:`pc_colorize` / :func:`get_pc_colorizer` (the reference's API): the replacement method of
-  :mod:`.known_values` with the grey channel known, in that space.
+  :mod:`.known_values` with the grey channel as the measurement.
 
 Defect of the 2021 reference's ``controllable_generation.py`` fixed here (the others are in :mod:`.known_values`):
 
@@ -22,7 +22,8 @@ from torch import Tensor
 from models.score_model import Parameterization
 from sde_lib import SDE, ScoreFn
 
-from .known_values import ChannelTransform, Scaler, model_sampler, pc_with_known_values, prepare_data
+from .known_values import Scaler, model_sampler, pc_inverse_problem, prepare_data
+from .operators import GreyLevelOperator
 
 
 def colour_decoupling_matrix(dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
@@ -41,15 +42,13 @@ def colour_decoupling_matrix(dtype: torch.dtype = torch.float64, device: torch.d
     return matrix.to(dtype=dtype, device=device)
 
 
-def grey_level_known(data: Tensor) -> tuple[Tensor, ChannelTransform]:
-    """Colorization as inpainting: the mask (the first channel known) and the map to the decoupled colour space
-    (:func:`colour_decoupling_matrix`, in the dtype and device of ``data``) of RGB images ``(B, 3, ...)``;
-    ``ValueError`` for another channel count."""
-    if data.shape[1] != 3:
-        raise ValueError(f"data must have 3 colour channels, shape (B, 3, ...), got shape {tuple(data.shape)}")
-    mask = torch.zeros_like(data, dtype=torch.bool)
-    mask[:, 0] = True  # the grey channel (sqrt(3) times the grey level) is known
-    return mask, ChannelTransform(colour_decoupling_matrix(data.dtype, data.device))
+def grey_level_operator(data: Tensor) -> GreyLevelOperator:
+    """Colorization as a linear inverse problem: the grey channel of :func:`colour_decoupling_matrix` (in the dtype
+    and device of ``data``) as the measurement of RGB images ``(B, 3, ...)``; ``ValueError`` naming ``data`` for
+    another channel count."""
+    operator = GreyLevelOperator(colour_decoupling_matrix(data.dtype, data.device))
+    operator.check_data(data)
+    return operator
 
 
 def pc_colorize(
@@ -72,16 +71,17 @@ def pc_colorize(
     ``data`` ``(B, 3, ...)``: images whose grey level (the mean of the three channels) is kept; usually grey
     images with equal channels, but any colour image works (only its grey level is read). In the space of
     :func:`colour_decoupling_matrix` the first channel is known and the two colour channels are generated, by the
-    same replacement as :func:`.pc_inpaint`. With ``denoise=True`` the grey level of the result equals that of
+    same replacement as :func:`.pc_inpaint` (:func:`.known_values.pc_inverse_problem` with
+    :class:`.operators.GreyLevelOperator`). With ``denoise=True`` the grey level of the result equals that of
     ``data`` up to float rounding of the two channel transforms. Options as in :func:`.pc_inpaint`.
 
     Returns ``(x, nfe)``.
     """
     data = prepare_data(sde, data, device, generator, predictor, corrector, snr, n_steps, eps, denoise)
-    mask, transform = grey_level_known(data)
+    operator = grey_level_operator(data)
     options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps, probability_flow=probability_flow,
                    eps=eps, progress=progress)
-    return pc_with_known_values(sde, score_fn, data, mask, transform, denoise, generator, options)
+    return pc_inverse_problem(sde, score_fn, operator, operator.project(data), denoise, generator, options)
 
 
 def get_pc_colorizer(

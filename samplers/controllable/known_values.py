@@ -1,15 +1,18 @@
-"""Known-value replacement: the PC machinery shared by inpainting and colorization, and the checks of their data.
+"""Known-value replacement on a linear measurement: the PC machinery shared by inpainting, colorization and
+super-resolution, and the checks of their data.
 
 [SDE] is Song et al., "Score-Based Generative Modeling through Stochastic Differential Equations" (ICLR 2021),
 appendices I.2-I.3.
 
-The replacement method ([SDE] appendix I.2): PC sampling in which the known values are replaced, after every
-predictor and corrector update, by a fresh draw of the forward marginal of the data at the time the state then
+The replacement method ([SDE] appendix I.2): PC sampling in which the measured part of the state is replaced, after
+every predictor and corrector update, by a fresh draw of its forward marginal at the time the state then
 represents. :class:`KnownValueReplacement` is that replacement as the ``update_hook`` of
-:func:`samplers.pc.pc_sample`, so there is one PC loop; it works in an optional orthogonal channel space
-(:class:`ChannelTransform`), which is how colorization (:mod:`.colorization`) reuses it. :func:`pc_with_known_values`
-runs it and :func:`model_sampler` is the reference-style ``get_pc_inpainter`` / ``get_pc_colorizer`` body;
-:func:`check_data` and :func:`check_mask` check the inputs of every inpainting method (:mod:`.smc` too).
+:func:`samplers.pc.pc_sample`, so there is one PC loop, written once for every linear measurement ``y = A x`` with
+orthonormal rows (:mod:`.operators`): the known values of inpainting (:class:`.operators.MaskOperator`), the grey
+level of colorization (:class:`.operators.GreyLevelOperator`), the block means of super-resolution
+(:class:`.operators.BlockAverage`). :func:`pc_inverse_problem` runs it and :func:`model_sampler` is the
+reference-style ``get_pc_inpainter`` / ``get_pc_colorizer`` / ``get_pc_superresolver`` body; :func:`check_data` and
+:func:`check_mask` check the inputs of every inpainting method (:mod:`.smc` too).
 
 Defects of the 2021 reference's ``controllable_generation.py`` fixed here (the third, of its colour transform, is
 in :mod:`.colorization`):
@@ -26,7 +29,8 @@ in :mod:`.colorization`):
 Known limitation of the replacement method (not a defect of the implementation): it feeds the score of
 ``p_t(x)`` with known values drawn from ``p_t(x_known | data)``, independently of the unknown ones; the
 unknown values then follow the reverse SDE of ``p_t(x_unknown | x_known(t))`` rather than of
-``p_t(x_unknown | x_known(0) = data)``. Even with the exact score and infinitely many steps the result is not
+``p_t(x_unknown | x_known(0) = data)`` (for a general ``A``: ``A x`` for the known values, the part orthogonal to the
+rows of ``A`` for the unknown ones). Even with the exact score and infinitely many steps the result is not
 the exact conditional law when known and unknown values are correlated; on a 2-D Gaussian with correlation
 0.8 and ``y = 1.5`` (VP), the predictor-only limit has conditional mean 0.75 (exact: 1.2) and variance 0.494
 (exact: 0.36). Langevin corrector steps pull it towards the exact conditional (they mix at every noise level,
@@ -42,11 +46,12 @@ import torch
 from torch import Tensor
 
 from models.score_model import Parameterization, ScoreModel, resolve_parameterization
-from sde_lib import SDE, ScoreFn
+from sde_lib import SDE, LinearSDE, ScoreFn, batch_broadcast
 from base_lib.checks import check_bool
 
-from ..common import check_eps, check_positive, check_sde, resolve_device
+from ..common import check_eps, check_linear_sde, check_positive, resolve_device
 from ..pc import check_n_steps, get_corrector, get_predictor, pc_sample
+from .operators import ChannelTransform, LinearMeasurement, MaskOperator, _describe  # noqa: F401 (ChannelTransform: re-exported)
 
 Scaler = Callable[[Tensor], Tensor]
 
@@ -65,24 +70,12 @@ def check_mask(mask: Tensor, data: Tensor) -> Tensor:
     Any shape that broadcasts to ``data.shape`` is accepted (e.g. ``(1, 1, H, W)`` for one mask over a batch of
     images); values must be exactly 0 or 1 (bool, integer or floating point).
     """
-    if not isinstance(mask, Tensor):
-        raise ValueError(f"mask must be a tensor of 0s and 1s broadcastable to {tuple(data.shape)}, got {describe(mask)}")
-    try:
-        broadcast = torch.broadcast_shapes(mask.shape, data.shape)
-    except RuntimeError:
-        broadcast = None
-    if broadcast != data.shape:
-        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the data shape {tuple(data.shape)}")
-    if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
-        raise ValueError("mask values must be 0 (to generate) or 1 (known)")
-    return mask.to(device=data.device, dtype=torch.bool).expand(data.shape)
+    return MaskOperator.from_mask(mask, data).mask
 
 
 def describe(value: object) -> str:
     """What ``value`` is, for an error message: a tensor's dtype and shape, else its type's name."""
-    if isinstance(value, Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return type(value).__name__
+    return _describe(value)
 
 
 def check_pc_options(sde: SDE, predictor: str, corrector: str, snr, n_steps, eps, denoise) -> None:
@@ -92,88 +85,65 @@ def check_pc_options(sde: SDE, predictor: str, corrector: str, snr, n_steps, eps
 
 
 # ---------------------------------------------------------------------------------------------- known-value replacement
-class ChannelTransform:
-    """The orthogonal map ``x -> M x`` applied to the channels (dimension 1) of ``(B, C, ...)`` tensors, and its inverse."""
-
-    def __init__(self, matrix: Tensor):
-        self.matrix = matrix  # (C, C) orthogonal matrix, in the dtype and device of the data
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.einsum("ij,bj...->bi...", self.matrix, x)
-
-    def inverse(self, y: Tensor) -> Tensor:
-        return torch.einsum("ji,bj...->bi...", self.matrix, y)
-
-
 class KnownValueReplacement:
-    """The PC update hook of the replacement method ([SDE] appendix I.2), optionally in an orthogonal channel space.
+    """The PC update hook of the replacement method ([SDE] appendix I.2) for a linear measurement ``y = A x`` with
+    orthonormal rows (:mod:`.operators`).
 
-    With ``u = transform(x)`` (identity by default) and the known values ``m * transform(data)``, a call at time
-    ``t`` sets the known values of ``u`` to a fresh draw ``transform(mean_t) + std_t z`` of the forward marginal
-    ``p_0t(. | data)`` and those of ``u_mean`` to ``transform(mean_t)``, keeping the other values of ``u`` and
-    ``u_mean`` as the update left them. ``transform`` must be orthogonal for the draw to have the law of the
-    marginal (``M z ~ N(0, I)``).
+    A call at time ``t`` replaces the measured part of ``x`` by a fresh draw ``alpha_t y + sigma_t A z`` of its
+    forward marginal (``A x(t) | x(0)`` is ``N(alpha_t A x(0), sigma_t^2 I_m)`` for a linear SDE, because ``A`` has
+    orthonormal rows and the noise is isotropic) and that of ``x_mean`` by the marginal mean ``alpha_t y``
+    (``operator.complete``), keeping the part of each orthogonal to the rows of ``A`` as the update left it.
     """
 
     def __init__(
         self,
-        sde: SDE,
-        data: Tensor,
-        mask: Tensor,
+        sde: LinearSDE,
+        operator: LinearMeasurement,
+        measurement: Tensor,
         generator: torch.Generator | None = None,
-        transform: ChannelTransform | None = None,
     ):
-        self.sde = sde  # the forward SDE, whose marginal_prob gives the law of the known values at time t
-        self.data = data  # (B, ...) data in the original space
-        self.mask = mask  # (B, ...) boolean, True where the value (in the transformed space) is known
+        self.sde = sde  # the forward SDE (linear drift), whose marginal_prob gives the law of A x(t)
+        self.operator = operator  # the measurement A
+        self.measurement = measurement  # y = A x(0), shaped as operator.project's output
         self.generator = generator  # source of the noise of the draws
-        self.transform = transform  # orthogonal channel map to the space where the mask applies; None: identity
-
-    def _forward(self, x: Tensor) -> Tensor:
-        return x if self.transform is None else self.transform.forward(x)
-
-    def _inverse(self, u: Tensor) -> Tensor:
-        return u if self.transform is None else self.transform.inverse(u)
 
     def __call__(self, x: Tensor, x_mean: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        mean, std = self.sde.marginal_prob(self.data, t)
-        mean = self._forward(mean)
-        noise = torch.randn(mean.shape, generator=self.generator, device=mean.device, dtype=mean.dtype)
-        known = mean + std.reshape(-1, *([1] * (mean.ndim - 1))) * noise
-        x = self._inverse(torch.where(self.mask, known, self._forward(x)))
-        x_mean = self._inverse(torch.where(self.mask, mean, self._forward(x_mean)))
-        return x, x_mean
+        mean, std = self.sde.marginal_prob(self.measurement, t)  # alpha_t y: the drift is linear
+        known = mean + batch_broadcast(std, mean) * self.operator.standard_normal(mean, self.generator)
+        return self.operator.complete(x, known), self.operator.complete(x_mean, mean)
 
     def finish(self, x: Tensor) -> Tensor:
-        """``x`` with its known values set to the data exactly (in the transformed space)."""
-        return self._inverse(torch.where(self.mask, self._forward(self.data), self._forward(x)))
+        """``x`` with its measured part set to the measurement exactly (up to the rounding of ``complete``)."""
+        return self.operator.complete(x, self.measurement)
 
 
-def prepare_data(sde: SDE, data: Tensor, device, generator, predictor: str, corrector: str, snr, n_steps, eps, denoise):
-    """Check the shared arguments of :func:`.pc_inpaint` and :func:`.pc_colorize` (before any work) and move ``data``
-    to the sampling device."""
-    check_sde(sde)
-    check_data(data)
+def prepare_data(sde: SDE, data: Tensor, device, generator, predictor: str, corrector: str, snr, n_steps, eps, denoise,
+                 name: str = "data"):
+    """Check the shared arguments of the PC samplers of :mod:`.inpainting`, :mod:`.colorization` and
+    :mod:`.superresolution` (before any work) and move ``data`` to the sampling device."""
+    check_linear_sde(sde)
+    check_data(data, name)
     check_pc_options(sde, predictor, corrector, snr, n_steps, eps, denoise)
     return data.to(resolve_device(device, generator, data))
 
 
-def pc_with_known_values(
-    sde: SDE,
+def pc_inverse_problem(
+    sde: LinearSDE,
     score_fn: ScoreFn,
-    data: Tensor,
-    mask: Tensor,
-    transform: ChannelTransform | None,
+    operator: LinearMeasurement,
+    measurement: Tensor,
     denoise: bool,
     generator: torch.Generator | None,
     pc_options: dict,
 ) -> tuple[Tensor, int]:
-    """PC sampling of ``data.shape`` with :class:`KnownValueReplacement` as the update hook (shared by inpainting
-    and colorization); with ``denoise`` the known values of the result are the data exactly."""
-    hook = KnownValueReplacement(sde, data, mask, generator, transform)
+    """PC sampling of the data given ``A x = measurement`` with :class:`KnownValueReplacement` as the update hook
+    (shared by inpainting, colorization and super-resolution); with ``denoise`` the measured part of the result is
+    the measurement exactly (up to the rounding of ``operator.complete``). Samples on the device and in the dtype of
+    ``measurement``."""
+    hook = KnownValueReplacement(sde, operator, measurement, generator)
     x, nfe = pc_sample(
-        sde, score_fn, tuple(data.shape), denoise=denoise, generator=generator, device=data.device, dtype=data.dtype,
-        update_hook=hook, **pc_options,
+        sde, score_fn, operator.data_shape(measurement), denoise=denoise, generator=generator,
+        device=measurement.device, dtype=measurement.dtype, update_hook=hook, **pc_options,
     )
     return (hook.finish(x) if denoise else x), nfe
 
@@ -181,21 +151,22 @@ def pc_with_known_values(
 def model_sampler(sampler, sde: SDE, predictor: str, corrector: str, inverse_scaler: Scaler | None, snr: float,
                   n_steps: int, probability_flow: bool, parameterization: Parameterization | str | None, denoise: bool,
                   eps: float):
-    """The body of the reference-style ``get_pc_inpainter`` / ``get_pc_colorizer``: the arguments checked now, and
-    ``run(model, data, *mask, generator=None, progress=False)`` returning ``inverse_scaler`` of ``sampler``'s samples
-    (:func:`.pc_inpaint` or :func:`.pc_colorize`) with the score of ``model`` read through :class:`models.ScoreModel`
-    with ``parameterization``, without gradients."""
-    check_sde(sde)
+    """The body of the reference-style ``get_pc_inpainter`` / ``get_pc_colorizer`` / ``get_pc_superresolver``: the
+    arguments checked now, and ``run(model, data, *extra, generator=None, progress=False)`` returning
+    ``inverse_scaler`` of ``sampler``'s samples (:func:`.pc_inpaint`, :func:`.pc_colorize` or
+    :func:`.pc_superresolve`; ``extra``: the mask or the factor) with the score of ``model`` read through
+    :class:`models.ScoreModel` with ``parameterization``, without gradients."""
+    check_linear_sde(sde)
     parameterization = resolve_parameterization(sde, parameterization)
     check_pc_options(sde, predictor, corrector, snr, n_steps, eps, denoise)
     scale = inverse_scaler if inverse_scaler is not None else (lambda x: x)
     options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps,
                    probability_flow=probability_flow, denoise=denoise, eps=eps)
 
-    def run(model: torch.nn.Module, data: Tensor, *mask: Tensor, generator=None, progress: bool = False) -> Tensor:
+    def run(model: torch.nn.Module, data: Tensor, *extra, generator=None, progress: bool = False) -> Tensor:
         score_fn = ScoreModel(model, sde, parameterization).score_fn()
         with torch.no_grad():
-            x, _ = sampler(sde, score_fn, data, *mask, generator=generator, progress=progress, **options)
+            x, _ = sampler(sde, score_fn, data, *extra, generator=generator, progress=progress, **options)
         return scale(x)
 
     return run

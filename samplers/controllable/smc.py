@@ -1,28 +1,33 @@
-"""Inpainting by sequential Monte Carlo: asymptotically exact samples of the conditional law, from the joint score.
+"""Linear inverse problems by sequential Monte Carlo: asymptotically exact samples of the conditional law given a
+linear measurement, from the joint score.
 
 The replacement method (:func:`samplers.controllable.pc_inpaint`, [SDE] appendix I.2) is not an exact sampler of
-``p(x_unknown | x_known = y)`` even with the exact score (see :mod:`samplers.controllable.known_values`). SMCDiff
-(Trippe et al., 2023, "Diffusion probabilistic modeling of protein backbones in 3D for the motif-scaffolding
-problem", algorithm 2) makes it exact in the limit of many particles, with the same unconditional score:
+``p(x | A x = y)`` even with the exact score (see :mod:`samplers.controllable.known_values`). SMCDiff (Trippe et al.,
+2023, "Diffusion probabilistic modeling of protein backbones in 3D for the motif-scaffolding problem", algorithm 2)
+makes it exact in the limit of many particles, with the same unconditional score. It is written here once for a
+measurement ``y = A x`` with orthonormal rows (:mod:`.operators`: the mask of inpainting, the grey level of
+colorization, the block means of super-resolution). Because ``A A^T = I``, the SDE's noise is isotropic and its
+drift linear, ``A f(x, t) = f(A x, t)`` and ``A z ~ N(0, I_m)``: the measurement of the forward chain is the same
+chain run in the measurement space.
 
-1. Draw one forward trajectory of the known values, ``y_{N-1} = y`` at ``t = eps`` and, up the time grid
+1. Draw one forward trajectory of the measurement, ``y_{N-1} = y`` at ``t = eps`` and, up the time grid
    ``t_0 = T > t_1 > ... > t_{N-1} = eps`` of :func:`samplers.pc_sample`, ``y_i = y_{i+1} + f(y_{i+1}, t_i) +
-   G(t_i) z``: the forward Markov chain of the SDE's own discretization (DDPM for VP, SMLD for VE) of which the
-   reverse-diffusion step ([SDE] eq. (46)) is the reverse.
-2. ``K`` particles start from the prior with their known values set to ``y_0``.
-3. At each ``t_i`` the reverse-diffusion kernel of a particle ``x`` is Gaussian,
-   ``N(x - f_rev(x, t_i), G(t_i)^2 I)``, and factorizes over coordinates. Each particle's weight is multiplied by
-   the density of the next known values ``y_{i+1}`` under it (the known coordinates of the kernel); the particles
-   are resampled (systematically) when their effective sample size falls below ``resample_below * K``; then their
-   unknown coordinates are drawn from the kernel and the known ones set to ``y_{i+1}`` (a fully adapted particle
-   filter with adaptive resampling). The result is drawn from the final weights.
-
-:func:`smc_colorize` is the same in the decoupled colour space of :func:`.colorization.colour_decoupling_matrix`
-(an orthogonal map, under which the SDE's isotropic noise is unchanged), with the grey channel known.
+   G(t_i) A z``: the forward Markov chain of the SDE's own discretization (DDPM for VP, SMLD for VE), of which the
+   reverse-diffusion step ([SDE] eq. (46)) is the reverse, in the measurement space.
+2. ``K`` particles start from the prior with their measured part set to ``y_0`` (``complete``).
+3. At each ``t_i`` the reverse-diffusion kernel of a particle ``x`` is Gaussian and isotropic,
+   ``N(m(x), G(t_i)^2 I)`` with ``m(x) = x - f_rev(x, t_i)``, so it splits into independent measured and orthogonal
+   parts: its measurement is ``N(A m, G^2 I_m)``. Each particle's weight is multiplied by the density of the next
+   measurement ``y_{i+1}`` under it; the particles are resampled (systematically) when their effective sample size
+   falls below ``resample_below * K``; then each is drawn from its kernel conditioned on ``A x = y_{i+1}``, i.e.
+   ``complete(m + G z, y_{i+1})`` (a fully adapted particle filter with adaptive resampling). The result is drawn
+   from the final weights.
 
 When the reverse kernels are the exact reverse of the forward chain, the particles at the end are weighted samples
-of ``p(x_unknown | x_known = y)``, exactly as ``K -> infinity`` (the usual ``O(1/K)`` bias of a particle filter);
-with a learned score, as exact as the score and the discretization. The cost is ``K`` times that of one sample.
+of ``p(x | A x = y)``, exactly as ``K -> infinity`` (the usual ``O(1/K)`` bias of a particle filter); with a learned
+score, as exact as the score and the discretization. The cost is ``K`` times that of one sample.
+:func:`smc_inpaint`, :func:`smc_colorize` and :func:`.superresolution.smc_superresolve` are
+:func:`smc_inverse_problem` with their operator.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sde_lib import SDE, ScoreFn, batch_broadcast
+from sde_lib import SDE, LinearSDE, ScoreFn, batch_broadcast
 
-from ..common import CountingScoreFn, check_eps, check_sde, progress_bar, resolve_device
-from .colorization import grey_level_known
-from .known_values import check_data, check_mask
+from ..common import CountingScoreFn, check_eps, check_linear_sde, progress_bar, resolve_device
+from .colorization import grey_level_operator
+from .known_values import check_data
+from .operators import LinearMeasurement, MaskOperator
 
 SMC_PARTICLES = 16  # default number of particles per inpainted example
 RESAMPLE_BELOW = 0.5  # resample an example's particles when their effective sample size falls below this fraction
@@ -85,20 +91,94 @@ def _check_particles(num_particles: int) -> int:
     return num_particles
 
 
-def known_trajectory(sde: SDE, data: Tensor, timesteps: Tensor, generator: torch.Generator | None) -> list[Tensor]:
-    """One forward trajectory ``[y_0, ..., y_{N-1}]`` of ``data`` on the reverse-time grid ``timesteps`` (``t_0 = T``
-    first): ``y_{N-1} = data`` and ``y_i = y_{i+1} + f(y_{i+1}, t_i) + G(t_i) z`` (``sde.discretize``)."""
-    path = [data]
+def known_trajectory(
+    sde: LinearSDE, operator: LinearMeasurement, measurement: Tensor, timesteps: Tensor, generator: torch.Generator | None
+) -> list[Tensor]:
+    """One forward trajectory ``[y_0, ..., y_{N-1}]`` of the measurement ``y = A x(0)`` on the reverse-time grid
+    ``timesteps`` (``t_0 = T`` first), in the measurement space: ``y_{N-1} = measurement`` and ``y_i = y_{i+1} +
+    f(y_{i+1}, t_i) + G(t_i) A z`` (``sde.discretize``; ``A z`` drawn by ``operator.standard_normal``)."""
+    path = [measurement]
     for t in timesteps.flip(0)[1:]:  # t_{N-2}, ..., t_0: y_i is made by the step at t_i
         y = path[-1]
         f, g = sde.discretize(y, torch.full((y.shape[0],), float(t), device=y.device, dtype=y.dtype))
-        noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-        path.append(y + f + batch_broadcast(g, y) * noise)
+        path.append(y + f + batch_broadcast(g, y) * operator.standard_normal(y, generator))
     return path[::-1]
 
 
+def _check_smc_options(sde: SDE, num_particles: int, resample_below: float, eps: float) -> float:
+    check_linear_sde(sde)
+    _check_particles(num_particles)
+    if isinstance(resample_below, bool) or not isinstance(resample_below, (int, float)) or not 0.0 <= resample_below <= 1.0:
+        raise ValueError(f"resample_below must be a fraction in [0, 1] of the particles, got {resample_below!r}")
+    return check_eps(eps, sde)
+
+
+def smc_inverse_problem(
+    sde: LinearSDE,
+    score_fn: ScoreFn,
+    operator: LinearMeasurement,
+    measurement: Tensor,
+    num_particles: int = SMC_PARTICLES,
+    resample_below: float = RESAMPLE_BELOW,
+    denoise: bool = True,
+    eps: float = 1e-3,
+    return_particles: bool = False,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    desc: str = "smc",
+) -> tuple[Tensor, int]:
+    """SMCDiff (module docstring) for the measurement ``A x = measurement`` of ``operator``: samples of the
+    conditional law of the data given it, asymptotically exactly in ``num_particles``; on the device and in the
+    dtype of ``measurement`` (checked by the caller: :func:`smc_inpaint`, :func:`smc_colorize`,
+    :func:`.superresolution.smc_superresolve`).
+
+    Every example gets ``num_particles`` particles, so each score evaluation is on ``B * num_particles`` states
+    (``nfe`` counts the batched evaluations: ``N = sde.N``). ``resample_below``: the effective-sample-size fraction
+    that triggers resampling (1: every step; 0: never). ``denoise``: the last step returns the kernel's mean (no
+    noise) in the unmeasured part. Returns one particle per example ``(B, ...)`` drawn by the final weights, or with
+    ``return_particles`` ``(B, num_particles, ...)`` resampled by them (equally weighted); the measured part equals
+    ``measurement`` (exactly for a mask, up to the rounding of ``operator.complete`` otherwise).
+    """
+    eps = _check_smc_options(sde, num_particles, resample_below, eps)
+    shape = operator.data_shape(measurement)
+    batch, event = shape[0], tuple(shape[1:])
+    device, dtype = measurement.device, measurement.dtype
+    counted = CountingScoreFn(score_fn)
+    reverse = sde.reverse(counted)
+    timesteps = torch.linspace(sde.T, eps, sde.N, device=device, dtype=dtype)
+
+    def particles(y: Tensor) -> Tensor:  # (B, ...) -> (B * K, ...), each example repeated K times
+        return y.repeat_interleave(num_particles, dim=0)
+
+    path = [particles(y) for y in known_trajectory(sde, operator, measurement, timesteps, generator)]
+    op = operator.repeat_interleave(num_particles)
+    x = sde.prior_sampling((batch * num_particles, *event), generator=generator, device=device, dtype=dtype)
+    x = op.complete(x, path[0])
+    log_w = torch.zeros(batch, num_particles, device=device, dtype=torch.float64)
+    for i in progress_bar(range(sde.N), progress, desc, sde.N):
+        t = torch.full((x.shape[0],), float(timesteps[i]), device=device, dtype=dtype)
+        f, g = reverse.discretize(x, t)
+        mean, g = x - f, batch_broadcast(g, x)
+        noise = torch.randn(x.shape, generator=generator, device=device, dtype=dtype)
+        if i + 1 == sde.N:  # the last step, to t = eps: no next measurement to weigh by
+            x = op.complete(mean if denoise else mean + g * noise, path[-1])
+            break
+        # incremental weight: the density N(y_{i+1}; A m, G^2 I_m) of the next measurement under each kernel
+        g_measured = g.reshape(g.shape[0], *([1] * (path[i + 1].ndim - 1)))
+        log_lik = -0.5 * ((path[i + 1] - op.project(mean)) / g_measured).square()
+        log_w = log_w + log_lik.flatten(1).sum(dim=1).reshape(batch, num_particles).double()
+        order, log_w = resample_degenerate(log_w, resample_below, generator)
+        mean, g = mean[order], g[order]
+        x = op.complete(mean + g * noise, path[i + 1])
+    weights, offsets = torch.softmax(log_w, dim=1), _group_offsets(batch, num_particles, device)
+    if return_particles:  # all K, resampled by the final weights
+        return x[(offsets + _systematic(weights, generator)).reshape(-1)].reshape(batch, num_particles, *event), counted.nfe
+    pick = torch.multinomial(weights, 1, generator=generator)  # one particle per example, drawn by its weight
+    return x[(offsets + pick).reshape(-1)], counted.nfe
+
+
 def smc_inpaint(
-    sde: SDE,
+    sde: LinearSDE,
     score_fn: ScoreFn,
     data: Tensor,
     mask: Tensor,
@@ -114,83 +194,42 @@ def smc_inpaint(
     """Inpainting by SMCDiff (module docstring): the values of ``data`` where ``mask`` is 1 are kept, the others drawn
     from the conditional law given them, asymptotically exactly in ``num_particles``.
 
-    ``data`` ``(B, ...)`` and ``mask`` (broadcastable, 1 = known) as :func:`samplers.pc_inpaint`; every example gets
-    ``num_particles`` particles, so each score evaluation is on ``B * num_particles`` states (``nfe`` counts the
-    batched evaluations: ``N = sde.N``). ``resample_below``: the effective-sample-size fraction that triggers
-    resampling (1: every step; 0: never). ``denoise``: the last step returns the kernel's mean (no noise) in the
-    unknown values. Returns one particle per example ``(B, ...)`` drawn by the final weights, or with
-    ``return_particles`` ``(B, num_particles, ...)`` resampled by them (equally weighted); the known values equal
-    ``data`` exactly.
+    ``data`` ``(B, ...)`` and ``mask`` (broadcastable, 1 = known) as :func:`samplers.pc_inpaint`; the other
+    arguments and the result as :func:`smc_inverse_problem` with :class:`.operators.MaskOperator`; the known values
+    equal ``data`` exactly.
     """
-    check_sde(sde)
     data = check_data(data)
-    num_particles = _check_particles(num_particles)
-    if isinstance(resample_below, bool) or not isinstance(resample_below, (int, float)) or not 0.0 <= resample_below <= 1.0:
-        raise ValueError(f"resample_below must be a fraction in [0, 1] of the particles, got {resample_below!r}")
-    eps = check_eps(eps, sde)
+    _check_smc_options(sde, num_particles, resample_below, eps)
     data = data.to(resolve_device(device, generator, data))
-    known = check_mask(mask, data)
-    batch, shape = data.shape[0], tuple(data.shape[1:])
-    counted = CountingScoreFn(score_fn)
-    reverse = sde.reverse(counted)
-    timesteps = torch.linspace(sde.T, eps, sde.N, device=data.device, dtype=data.dtype)
-
-    def particles(x: Tensor) -> Tensor:  # (B, ...) -> (B * K, ...), each example repeated K times
-        return x.repeat_interleave(num_particles, dim=0)
-
-    path = [particles(y) for y in known_trajectory(sde, data, timesteps, generator)]
-    known_k = particles(known)
-    x = sde.prior_sampling((batch * num_particles, *shape), generator=generator, device=data.device, dtype=data.dtype)
-    x = torch.where(known_k, path[0], x)
-    log_w = torch.zeros(batch, num_particles, device=data.device, dtype=torch.float64)
-    for i in progress_bar(range(sde.N), progress, "smc inpaint", sde.N):
-        t = torch.full((x.shape[0],), float(timesteps[i]), device=x.device, dtype=x.dtype)
-        f, g = reverse.discretize(x, t)
-        mean, g = x - f, batch_broadcast(g, x)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        if i + 1 == sde.N:  # the last step, to t = eps: no next known value to weigh by
-            x = torch.where(known_k, path[-1], mean if denoise else mean + g * noise)
-            break
-        # incremental weight: the density of the next known values under each particle's kernel
-        log_lik = torch.where(known_k, -0.5 * ((path[i + 1] - mean) / g).square(), torch.zeros_like(x))
-        log_w = log_w + log_lik.flatten(1).sum(dim=1).reshape(batch, num_particles).double()
-        order, log_w = resample_degenerate(log_w, resample_below, generator)
-        mean, g = mean[order], g[order]
-        x = torch.where(known_k, path[i + 1], mean + g * noise)
-    weights, offsets = torch.softmax(log_w, dim=1), _group_offsets(batch, num_particles, x.device)
-    if return_particles:  # all K, resampled by the final weights
-        return x[(offsets + _systematic(weights, generator)).reshape(-1)].reshape(batch, num_particles, *shape), counted.nfe
-    pick = torch.multinomial(weights, 1, generator=generator)  # one particle per example, drawn by its weight
-    return x[(offsets + pick).reshape(-1)], counted.nfe
-
+    operator = MaskOperator.from_mask(mask, data)
+    return smc_inverse_problem(sde, score_fn, operator, operator.project(data), num_particles, resample_below, denoise,
+                               eps, return_particles, generator, progress, "smc inpaint")
 
 
 def smc_colorize(
-    sde: SDE,
+    sde: LinearSDE,
     score_fn: ScoreFn,
     data: Tensor,
     num_particles: int = SMC_PARTICLES,
     resample_below: float = RESAMPLE_BELOW,
     denoise: bool = True,
     eps: float = 1e-3,
+    return_particles: bool = False,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> tuple[Tensor, int]:
-    """Colorization by SMCDiff: :func:`smc_inpaint` of the grey channel in the decoupled colour space
-    (:func:`.colorization.colour_decoupling_matrix` ``M``, orthogonal: the score there is ``M s(M^T u)``).
+    """Colorization by SMCDiff: :func:`smc_inverse_problem` with the grey channel of the decoupled colour space
+    (:func:`.colorization.grey_level_operator`) as the measurement.
 
     ``data`` ``(B, 3, ...)``: images whose grey level (the mean of the channels) is kept, as in
     :func:`samplers.pc_colorize`; the colours are drawn from their conditional law given it, exactly as
     ``num_particles`` grows. Returns ``(x, nfe)``; the grey level of ``x`` equals that of ``data`` up to float
     rounding of the two channel maps.
     """
-    data = check_data(data).to(resolve_device(device, generator, data))
-    mask, transform = grey_level_known(data)
-
-    def decoupled_score(u: Tensor, t: Tensor) -> Tensor:
-        return transform.forward(score_fn(transform.inverse(u), t))
-
-    u, nfe = smc_inpaint(sde, decoupled_score, transform.forward(data), mask, num_particles=num_particles,
-                         resample_below=resample_below, denoise=denoise, eps=eps, generator=generator, progress=progress)
-    return transform.inverse(u), nfe
+    data = check_data(data)
+    _check_smc_options(sde, num_particles, resample_below, eps)
+    data = data.to(resolve_device(device, generator, data))
+    operator = grey_level_operator(data)
+    return smc_inverse_problem(sde, score_fn, operator, operator.project(data), num_particles, resample_below, denoise,
+                               eps, return_particles, generator, progress, "smc colorize")

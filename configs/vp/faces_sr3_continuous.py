@@ -1,0 +1,32 @@
+"""SR3 (Saharia et al. 2021) on scikit-image's faces: 2x super-resolution, 24x24 faces from their 12x12 block means.
+
+The faces are 25x25; a 2x factor needs an even size, so every face is centre-cropped to 24x24
+(``data.center_crop = 24``: the last row and column are dropped). With an even size the U-Net can down-sample once
+(``ch_mult = (1, 2)``: 24x24 and 12x12 feature maps, attention at 12x12), unlike the unconditional faces config.
+The network is conditioned on the low-resolution face (``model.conditioning = 'low_resolution'``), concatenated
+to the noisy input. 80 training faces: a short run of a few minutes on 2 CPU cores. Not yet usable: after the
+1000 steps a third to a half of the samples diverge to noise, with any sampler, as the unconditional faces model's do
+on the same prior draws (PSNR below bicubic upsampling: ``benchmarks/results/sr3_faces.txt``).
+"""
+
+import ml_collections
+
+from configs.vp.faces_ddpmpp_continuous import get_config as get_faces_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = get_faces_config()
+    training, data, model = config.training, config.data, config.model
+    training.n_iters = 1000
+    training.snapshot_freq = 1000
+    data.center_crop = 24  # 25 is odd: crop to an even side
+    data.image_size = 24
+    model.ch_mult = (1, 2)  # 24x24 and 12x12
+    model.num_res_blocks = 2
+    model.attn_resolutions = (12,)
+    model.conditioning = "low_resolution"
+    model.low_resolution_factor = 2  # 12x12 -> 24x24
+    config.eval.enable_bpd = False  # the conditional bits/dim work (eval.enable_bpd=True) but are not what SR3 reports
+    config.eval.batch_size = 20
+    config.eval.num_samples = 20  # the 20 test faces
+    return config
