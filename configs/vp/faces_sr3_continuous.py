@@ -4,9 +4,10 @@ The faces are 25x25; a 2x factor needs an even size, so every face is centre-cro
 (``data.center_crop = 24``: the last row and column are dropped). With an even size the U-Net can down-sample once
 (``ch_mult = (1, 2)``: 24x24 and 12x12 feature maps, attention at 12x12), unlike the unconditional faces config.
 The network is conditioned on the low-resolution face (``model.conditioning = 'low_resolution'``), concatenated
-to the noisy input. 80 training faces: a short run of a few minutes on 2 CPU cores. Not yet usable: after the
-1000 steps a third to a half of the samples diverge to noise, with any sampler, as the unconditional faces model's do
-on the same prior draws (PSNR below bicubic upsampling: ``benchmarks/results/sr3_faces.txt``).
+to the noisy input. 80 training faces, 3000 steps: about 10 minutes on 2 CPU cores. Below bicubic upsampling still
+(20.0 against 23.3 dB PSNR): some samples diverge to noise, as the unconditional faces model's do on the same prior
+draws; fewer with longer training (a third of them at 1000 steps, 0-3 of 20 at 3000:
+``benchmarks/results/sr3_faces.txt``).
 """
 
 import ml_collections
@@ -17,8 +18,8 @@ from configs.vp.faces_ddpmpp_continuous import get_config as get_faces_config
 def get_config() -> ml_collections.ConfigDict:
     config = get_faces_config()
     training, data, model = config.training, config.data, config.model
-    training.n_iters = 1000
-    training.snapshot_freq = 1000
+    training.n_iters = 3000  # at 1000 steps a third of the samples diverge (module docstring); about 10 minutes
+    training.snapshot_freq = 3000
     data.center_crop = 24  # 25 is odd: crop to an even side
     data.image_size = 24
     model.ch_mult = (1, 2)  # 24x24 and 12x12
