@@ -44,7 +44,7 @@ from models.winograd import winograd_disabled
 from sde_lib import SDE, ScoreFn
 
 from .common import CountingScoreFn, check_choice, check_eps, check_positive, check_positive_int
-from .ode import probability_flow_drift
+from .ode import bound_drift
 from .odeint import ODE_METHODS, odeint
 
 DIVERGENCES = ("rademacher", "gaussian", "exact")
@@ -166,24 +166,13 @@ def log_likelihood(
     if probe is not None and (exact or not isinstance(probe, Tensor) or probe.shape != x.shape):
         raise ValueError(f"probe must be a tensor shaped like x {tuple(x.shape)}, and only with a Hutchinson divergence")
     counter = CountingScoreFn(score_fn)
-    drift_fn = probability_flow_drift(sde, counter)
+    drift_fn, rows = bound_drift(sde, counter, x)
     if not exact:
         probe = hutchinson_probe(x, divergence, generator) if probe is None else probe.to(device=x.device, dtype=x.dtype)
 
-    # a score bound to one input per sample (a signal, class labels; models.ScoreModel.score_fn): the torch solvers
-    # drop finished samples, so the rows still solved travel as the last per-sample argument and bind theirs
-    restrict = getattr(score_fn, "restrict", None)
-    rows = () if restrict is None else (torch.arange(x.shape[0], device=x.device),)
-
     def augmented(t: Tensor, state: tuple[Tensor, Tensor], *args: Tensor) -> tuple[Tensor, Tensor]:
-        drift, sub = drift_fn, None
-        if restrict is not None:
-            *args, index = args
-            sub = CountingScoreFn(restrict(index))
-            drift = probability_flow_drift(sde, sub)
-        out = _drift_and_divergence(drift, t, state[0], args[0] if args else None, product)
-        counter.nfe += 0 if sub is None else sub.nfe
-        return out
+        drift = lambda s, y: drift_fn(s, y, *args)  # noqa: E731  (the rows, if any, are the last argument)
+        return _drift_and_divergence(drift, t, state[0], None if exact else args[0], product)
 
     state0 = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     solution = odeint(

@@ -51,22 +51,35 @@ def denoise_step(sde: SDE, score_fn: ScoreFn, x: Tensor, eps: float) -> Tensor:
     return x - f_rev
 
 
+def bound_drift(sde: SDE, score: CountingScoreFn, x: Tensor) -> tuple[Callable[..., Tensor], tuple[Tensor, ...]]:
+    """The probability-flow drift of ``score`` as ``drift(t, y, *args)`` for :func:`odeint`, and the per-sample
+    ``args`` it needs (appended after any others).
+
+    A score bound to one input per sample (a signal, class labels: ``models.ScoreModel.score_fn(y)`` has
+    ``restrict(rows)``) must see the inputs of the samples still stepped, and the torch solvers drop finished ones:
+    the row indices then travel as the last per-sample argument, and each call binds theirs. ``score`` counts every
+    evaluation either way.
+    """
+    restrict = getattr(score.score_fn, "restrict", None)
+    if restrict is None:
+        flow = probability_flow_drift(sde, score)
+        return (lambda t, y, *args: flow(t, y)), ()
+
+    def drift(t: Tensor, y: Tensor, *args: Tensor) -> Tensor:
+        rows = CountingScoreFn(restrict(args[-1]))
+        out = probability_flow_drift(sde, rows)(t, y)
+        score.nfe += rows.nfe
+        return out
+
+    return drift, (torch.arange(x.shape[0], device=x.device),)
+
+
 def _solve(
     sde: SDE, score: CountingScoreFn, x: Tensor, t0: float, t1: float, method: str, rtol: float, atol: float, progress: bool, desc: str
 ) -> Tensor:
-    restrict = getattr(score.score_fn, "restrict", None)
+    drift, rows = bound_drift(sde, score, x)
     with torch.no_grad():
-        if restrict is None:
-            return odeint(probability_flow_drift(sde, score), x, t0, t1, method=method, rtol=rtol, atol=atol, progress=progress, desc=desc).y
-
-        # a score bound to one input per sample (a signal, class labels): the torch solvers drop finished samples, so
-        # the drift gets the rows still stepped (as odeint's per-sample args) and binds theirs
-        def drift(t: Tensor, y: Tensor, rows: Tensor) -> Tensor:
-            score.nfe += 1
-            return probability_flow_drift(sde, CountingScoreFn(restrict(rows)))(t, y)
-
-        rows = torch.arange(x.shape[0], device=x.device)
-        return odeint(drift, x, t0, t1, method=method, rtol=rtol, atol=atol, args=(rows,), progress=progress, desc=desc).y
+        return odeint(drift, x, t0, t1, method=method, rtol=rtol, atol=atol, args=rows, progress=progress, desc=desc).y
 
 
 def _check_solver(sde: SDE, method: str, rtol: float, atol: float, eps: float) -> tuple[float, float, float]:
