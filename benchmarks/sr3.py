@@ -1,6 +1,7 @@
 """SR3 super-resolution of the test set by a trained run (digits, faces), against nearest and bicubic upsampling.
 
-    python benchmarks/sr3.py [--workdir /work/runs/B_digits_sr3] [--repeats 8] [--threads 2]
+    python benchmarks/sr3.py [--workdir /work/runs/B_digits_sr3] [--repeats 8] [--threads 2] [--clip-denoised]
+                               [--measurement-consistency]
 
 The run is ``python main.py --config configs/vp/digits_sr3_continuous.py --workdir <workdir>`` (its recorded
 config and the EMA weights of its latest checkpoint). Every test digit (8x8, levels k / 16) is reduced to its 2x2
@@ -8,7 +9,10 @@ block means (4x4) and brought back to 8x8 by:
 
 * nearest: each block mean repeated (the network's own input signal);
 * bicubic: ``F.interpolate(mode='bicubic')`` of the 4x4 image (Saharia et al. 2021 upsample with bicubic), clipped;
-* SR3: one sample of the trained conditional model per digit, the configured sampler (``config.sampling``), seeded;
+* SR3: one sample of the trained conditional model per digit, the configured sampler (``config.sampling``), seeded
+  (``--clip-denoised``: with its denoised estimate clipped to the data's range, :func:`samplers.clip_denoised`;
+  ``--measurement-consistency``: projected onto the images with the measured block means,
+  :func:`samplers.consistent_denoised`);
 * SR3 mean of ``--repeats`` samples: a Monte-Carlo estimate of the posterior mean ``E[x | c]``, the estimator that
   minimises the MSE (a single sample's expected MSE is twice the posterior variance larger: PSNR favours means).
 
@@ -37,6 +41,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8, help="samples per digit for the posterior-mean estimate")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clip-denoised", action="store_true",
+                        help="sample with config.sampling.clip_denoised=True (the denoised estimate kept in [0, 1])")
+    parser.add_argument("--measurement-consistency", action="store_true",
+                        help="sample with config.sampling.measurement_consistency=True (the denoised estimate kept on "
+                             "the images with the measured block means)")
     args = parser.parse_args()
 
     import torch
@@ -54,6 +63,9 @@ def main() -> None:
     if config is None:
         raise SystemExit(f"{workdir} holds no config.json: train it first (python main.py --config "
                          "configs/vp/digits_sr3_continuous.py --workdir ...)")
+    with config.unlocked():
+        config.sampling.clip_denoised = args.clip_denoised
+        config.sampling.measurement_consistency = args.measurement_consistency
     exp = build_experiment(config, workdir, "eval")
     step = load_ema_weights(exp, latest_checkpoint(exp))
     lowres = exp.score_model.condition_map
@@ -92,7 +104,9 @@ def main() -> None:
     low_side = side // lowres.factor
     print(f"{test.name} test set: {n} images {side}x{side} from {lowres.factor}x{lowres.factor} block means "
           f"({low_side}x{low_side}); run {workdir} at step {step}; "
-          f"sampler {exp.config.sampling.method} (nfe {exp.config.sampling.nfe}), {len(draws)} sample(s) per image, "
+          f"sampler {exp.config.sampling.method} (nfe {exp.config.sampling.nfe}, clip_denoised "
+          f"{exp.config.sampling.clip_denoised}, measurement_consistency {exp.config.sampling.measurement_consistency}), "
+          f"{len(draws)} sample(s) per image, "
           f"{nfe} score evaluations in {seconds:.1f} s")
     if digits:
         print(f"classifier accuracy on the originals: {accuracy(originals):.4f}")

@@ -1,6 +1,7 @@
 """Sample quality of a trained waveform run against its test notes, by sampler and number of score evaluations.
 
     python benchmarks/wavegrad.py [--workdir runs/tones] [--samples 200] [--fast 6 12 25 50] [--pc 100 250]
+                                  [--clip-denoised config|on|off]
 
 The run is ``python main.py --config configs/vp/tones_wavegrad.py --workdir runs/tones --mode train``: its recorded
 config and the EMA weights of its latest numbered checkpoint. For each sampler setting, ``--samples`` waveforms are
@@ -13,6 +14,8 @@ drawn (seeded, in batches of the run's ``eval.batch_size``) and compared with as
 * the same figures between as many *training* waveforms and the test set: the noise floor of finite sets.
 
 Printed per setting: sampler, NFE, wall time, the three figures, and the floor once; ``uptime``'s load average.
+``--clip-denoised on`` / ``off`` overrides the run's ``config.sampling.clip_denoised`` (the denoised estimate kept in
+``[-1, 1]``, :func:`samplers.clip_denoised`).
 
 A run conditioned on log-mel spectrograms (``configs/vp/tones_wavegrad_mel.py``) is a vocoder: each sample is drawn
 for the spectrogram of test note ``i`` and compared with that note by its spectral convergence ``||S(x) - S(x_i)||_F
@@ -53,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pc", type=int, nargs="*", default=[100], help="steps N of the PC sampler (no corrector)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clip-denoised", choices=("config", "on", "off"), default="config",
+                        help="config.sampling.clip_denoised: the run's own setting, or on / off")
     return parser.parse_args(argv)
 
 
@@ -94,14 +99,18 @@ def main(argv: list[str] | None = None) -> None:
     if config is None:
         raise SystemExit(f"{args.workdir} holds no config.json: train it first (python main.py --config "
                          "configs/vp/tones_wavegrad.py --workdir runs/tones --mode train)")
+    if args.clip_denoised != "config":
+        with config.unlocked():
+            config.sampling.clip_denoised = args.clip_denoised == "on"
     exp = build_experiment(config, args.workdir, "eval")
     step = load_ema_weights(exp, latest_checkpoint(exp))
     rate = sample_rate_of(exp.config)
     count = min(args.samples, len(exp.test_ds))
     test = exp.test_ds.gather(torch.arange(count))
     train = data_lib.get_dataset(exp.config, "train").gather(torch.arange(count))
+    clip = bool(exp.config.sampling.get("clip_denoised", False))
     print(f"run {args.workdir} (step {step}), {count} samples per setting vs {count} test notes, "
-          f"{rate} Hz x {exp.data_shape[-1]} samples, {args.threads} threads")
+          f"{rate} Hz x {exp.data_shape[-1]} samples, {args.threads} threads, clip_denoised {clip}")
     floor = audio_metrics(train, test, None, rate)
     conditioned = condition_map_of(exp.model) is not None
     header = f"{'sampler':<14} {'NFE':>5} {'wall s':>8} {'logspec dB':>11} {'pitch W1 st':>12} {'note TV':>8}"

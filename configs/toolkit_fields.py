@@ -33,6 +33,11 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
         "predictor": ("reverse_diffusion", str, "method 'pc' and --mode inpaint / colorize: the predictor"),
         "corrector": ("langevin", str, "method 'pc' and --mode inpaint / colorize: the corrector"),
         "eps": (None, float, "smallest time reached by the samplers; unset: 1e-3 for VP / sub-VP, 1e-5 for VE"),
+        "clip_denoised": (False, bool, "every sampler follows the score whose denoised estimate is clipped to the "
+                          "data's range (images, waveforms; not the toy densities): samplers.clip_denoised"),
+        "measurement_consistency": (False, bool, "a network conditioned on a linear measurement (SR3's "
+                                    "'low_resolution'): its denoised estimate is projected onto the images with the "
+                                    "measured block means (samplers.consistent_denoised)"),
         "ode_method": ("RK45", str, "method 'ode': the solver"),
         "rtol": (None, float, "methods 'ode' / 'adaptive': relative tolerance; unset: 1e-5 ('ode'), 1e-2 ('adaptive')"),
         "atol": (None, float, "method 'ode': absolute tolerance; unset: 1e-5"),

@@ -22,7 +22,7 @@ from .loader import (
     shard_batches,
     training_batches,
 )
-from .scalers import get_data_inverse_scaler, get_data_scaler
+from .scalers import get_data_inverse_scaler, get_data_scaler, model_data_range
 from .toy import TOY_DATASETS, TOY_NUM_CLASSES, sample_toy, sample_toy_with_labels, toy_classify, toy_gaussian_mixture, toy_log_prob
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "faces",
     "photo_patches",
     "AUDIO_DATASETS",
+    "model_data_range",
     "AudioDataset",
     "audio_shape",
     "read_wav",

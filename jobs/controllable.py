@@ -58,7 +58,7 @@ from base_lib.files import atomic_write
 from samplers.common import check_choice
 from samplers.controllable import BlockAverage, pc_colorize, pc_inpaint, pc_superresolve, ode_interpolate, smc_superresolve
 from samplers.controllable.smc import SMC_PARTICLES, smc_colorize, smc_inpaint
-from samplers.from_config import check_continuous_time
+from samplers.from_config import check_continuous_time, sampling_score_transform
 from sample_quality.digits import digits_predictions
 from samplers.ode import DEFAULT_METHOD
 from samplers.pc import available_correctors, available_predictors
@@ -190,7 +190,7 @@ def _known_value_job(
     replacement method, or by SMC with ``particles`` particles per image."""
     generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, Stream.CONTROLLABLE))
     options = _pc_options(exp.config)
-    score_fn = exp.score_model.score_fn()
+    score_fn = sampling_score_transform(exp.config, exp.sde)(exp.score_model.score_fn())
     if particles is not None:  # SMC: the reverse-diffusion steps of the SDE, only noise_removal of the PC settings
         options = dict(num_particles=particles, denoise=options["denoise"])
     common = dict(eps=exp.sampling_eps, generator=generator, **options)
@@ -304,7 +304,7 @@ def superresolve(config: Any, workdir: str | os.PathLike, eval_folder: str | Non
         else:
             options = _pc_options(exp.config)
             common = dict(eps=exp.sampling_eps, generator=generator)
-            score_fn = exp.score_model.score_fn()
+            score_fn = sampling_score_transform(exp.config, exp.sde)(exp.score_model.score_fn())
             if particles is None:
                 method, (x, nfe) = "replacement", pc_superresolve(exp.sde, score_fn, exp.scaler(low), factor, **options, **common)
             else:

@@ -26,8 +26,10 @@ from torch import Tensor, nn
 import data_lib
 from base_lib.config import config_value
 from base_lib.files import atomic_write
-from models.conditioning import ConditionMap, condition_map_of
+from models.conditioning import ConditionMap, LowResolution, condition_map_of
 from models.score_model import ScoreModel, model_dtype
+from samplers.controllable import BlockAverage, LinearMeasurement
+from samplers.denoised_projection import consistent_denoised
 from samplers.from_config import get_sampling_fn
 from sde_lib import SDE, ScoreFn
 
@@ -57,8 +59,21 @@ def conditioned_sampling_fn(
     condition_map = _condition_map(model)
     device = next((p.device for p in model.parameters()), x0.device)
     with torch.no_grad():
-        signal = condition_map(x0.to(device, model_dtype(model)))
-    return get_sampling_fn(config, sde, tuple(x0.shape), inverse_scaler, eps, lambda score_model: score_model.score_fn(y=signal))
+        x0 = x0.to(device, model_dtype(model))
+        signal = condition_map(x0)
+    operator = measurement_of(condition_map) if config_value(config, "sampling.measurement_consistency", False) else None
+    if operator is None:
+        factory = lambda score_model: score_model.score_fn(y=signal)  # noqa: E731
+    else:  # the denoised estimate kept on the images with the measured values (samplers.consistent_denoised)
+        y = operator.project(x0)
+        factory = lambda score_model: consistent_denoised(sde, score_model.score_fn(y=signal), operator, y)  # noqa: E731
+    return get_sampling_fn(config, sde, tuple(x0.shape), inverse_scaler, eps, factory)
+
+
+def measurement_of(condition_map: ConditionMap) -> LinearMeasurement | None:
+    """The linear measurement ``y = A x0`` a condition map's signal is made of (SR3's low-resolution image: the block
+    average), or ``None`` for a signal that is not one (a log-mel spectrogram)."""
+    return BlockAverage(condition_map.factor) if isinstance(condition_map, LowResolution) else None
 
 
 def sample_given_conditions(
@@ -147,6 +162,14 @@ def check_signal_conditioning(config: Any, model: nn.Module) -> None:
             f"config.model.conditioning={name!r}, but config.model.name={config_value(config, 'model.name')!r} builds "
             "a network that takes no signal; use 'ncsnpp' (or unset model.conditioning)"
         )
+    condition_map = condition_map_of(model)
+    if config_value(config, "sampling.measurement_consistency", False) and (
+        condition_map is None or measurement_of(condition_map) is None
+    ):
+        raise ConditioningError(
+            f"config.sampling.measurement_consistency=True needs a network conditioned on a linear measurement "
+            f"(config.model.conditioning='low_resolution'), got config.model.conditioning={name!r}; set it to False"
+        )
 
 
 def check_unconditioned_job(exp: Any, mode: str, allowed: tuple[str, ...] = ()) -> None:
@@ -190,6 +213,7 @@ __all__ = [
     "signal_examples",
     "score_fn_for",
     "check_signal_conditioning",
+    "measurement_of",
     "check_unconditioned_job",
     "sampling_count",
 ]

@@ -11,6 +11,8 @@ progress=False) -> (x, nfe)``, where ``score_fn(x, t)`` takes ``x`` of shape ``(
 * :func:`fast_sample`: few-step exponential integrators / Heun for the probability-flow ODE.
 * :func:`edm_sample`: EDM's Heun sampler with stochastic churn (Karras et al. 2022, Algorithm 2), any linear SDE.
 
+:func:`clip_denoised` and :func:`consistent_denoised` project a score's denoised estimate onto the data's range or a
+known measurement (for sampling, not likelihoods).
 :func:`log_likelihood` and :func:`bits_per_dim` give exact likelihoods through the same ODE.
 :func:`pc_inpaint` / :func:`pc_colorize` (and the reference-style :func:`get_pc_inpainter` /
 :func:`get_pc_colorizer`), :func:`guided_score_fn` (classifier guidance), :func:`cfg_score_fn`
@@ -21,6 +23,7 @@ three tasks are one linear measurement, :class:`samplers.controllable.LinearMeas
 """
 
 from .adaptive import adaptive_sde_sample
+from .denoised_projection import clip_denoised, consistent_denoised, project_denoised
 from .common import CountingScoreFn
 from .controllable import (
     KnownValueReplacement,
@@ -41,7 +44,7 @@ from .controllable import (
 )
 from .edm import edm_sample
 from .fast import fast_sample
-from .from_config import get_likelihood_fn, get_sampling_fn
+from .from_config import get_likelihood_fn, get_sampling_fn, sampling_score_transform
 from .likelihood import (
     BitsPerDim, SolverError, bits_per_dim, choose_tolerance, dequantized_bits_per_dim, hutchinson_probe, log_likelihood,
     solver_error,
@@ -85,6 +88,10 @@ __all__ = [
     "fast_sample",
     "edm_sample",
     "get_sampling_fn",
+    "sampling_score_transform",
+    "clip_denoised",
+    "consistent_denoised",
+    "project_denoised",
     "get_likelihood_fn",
     "log_likelihood",
     "solver_error",

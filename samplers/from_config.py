@@ -16,12 +16,14 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+import data_lib
 from models.precision import PRECISION_SETTINGS
 from models.score_model import Parameterization, ScoreModel, parameterization_from_config, resolve_parameterization
 from sde_lib import SDE, ScoreFn
 from base_lib.config import config_value
 
 from .adaptive import adaptive_sde_sample
+from .denoised_projection import clip_denoised
 from .common import check_choice, check_shape
 from .edm import check_edm_options, edm_sample
 from .fast import fast_sample
@@ -52,6 +54,21 @@ def check_continuous_time(
         )
 
 
+def sampling_score_transform(config: Any, sde: SDE) -> Callable[[ScoreFn], ScoreFn]:
+    """The map every config-driven sampler applies to the score it follows: with ``config.sampling.clip_denoised``
+    [False], :func:`samplers.clip_denoised` to the data's range (:func:`data_lib.model_data_range`), else the
+    identity. ``ValueError`` naming the field for data without a bounded range (the toy densities)."""
+    if not bool(config_value(config, "sampling.clip_denoised", False)):
+        return lambda score_fn: score_fn
+    data_range = data_lib.model_data_range(config)
+    if data_range is None:
+        raise ValueError(
+            f"config.sampling.clip_denoised=True clips to the data's range, but config.data.dataset="
+            f"{config.data.dataset!r} has none (toy densities are unbounded); set it to False"
+        )
+    return lambda score_fn: clip_denoised(sde, score_fn, data_range)
+
+
 def get_sampling_fn(
     config: Any,
     sde: SDE,
@@ -77,7 +94,9 @@ def get_sampling_fn(
     in the mixed precision ``mixed_precision`` [``'auto'``] resolves to on the model's device (``'auto'``: bf16 where
     the device has bf16 matrix units; :func:`models.precision.resolve_mixed_precision`). The sampler's state stays in float32.
     All arguments are checked here, before any sampling. ``score_fn_factory(score_model) -> score_fn`` replaces
-    ``score_model.score_fn()`` as the score the sampler follows (e.g. a guided score, :mod:`jobs.conditional`).
+    ``score_model.score_fn()`` as the score the sampler follows (e.g. a guided score, :mod:`jobs.conditional`);
+    ``clip_denoised`` [False] clips that score's denoised estimate to the data's range
+    (:func:`sampling_score_transform`).
     """
     method = check_choice("config.sampling.method", str(config_value(config, "sampling.method")).lower(), SAMPLING_METHODS)
     shape = check_shape(shape)
@@ -92,6 +111,7 @@ def get_sampling_fn(
     if score_fn_factory is not None and not callable(score_fn_factory):
         raise ValueError(f"score_fn_factory must be callable as factory(score_model) -> score_fn, got {score_fn_factory!r}")
     make_score_fn = score_fn_factory if score_fn_factory is not None else (lambda score_model: score_model.score_fn())
+    transform = sampling_score_transform(config, sde)
 
     if method == "pc":
         predictor = check_choice("config.sampling.predictor", str(get("predictor")).lower(), available_predictors())
@@ -124,7 +144,7 @@ def get_sampling_fn(
         sampler = edm_sample
 
     def sampling_fn(model: torch.nn.Module, generator: torch.Generator | None = None, progress: bool = False):
-        score_fn = make_score_fn(ScoreModel.from_config(config, model, sde))
+        score_fn = transform(make_score_fn(ScoreModel.from_config(config, model, sde)))
         with torch.no_grad():
             x, nfe = sampler(sde, score_fn, shape, generator=generator, device=device, progress=progress, **options)
         return scale(x), nfe

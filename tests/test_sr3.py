@@ -84,18 +84,22 @@ def gaussian_problem():
 
 def sampling_config(method: str, **fields):
     config = load_config(ROOT / "configs/vp/digits_sr3_continuous.py")
-    overrides = {"sampling.method": method, "sampling.mixed_precision": "no", "data.image_size": 4, **fields}
+    overrides = {"sampling.method": method, "sampling.mixed_precision": "no", "data.image_size": 4,
+                 "sampling.clip_denoised": False, **fields}  # Gaussian data leave [-1, 1]: no clip
     return apply_overrides(config, [(key, str(value)) for key, value in overrides.items()])
 
 
+@pytest.mark.parametrize("consistency", [False, True])
 @pytest.mark.parametrize("method, fields", [
     ("pc", {"sampling.predictor": "reverse_diffusion", "sampling.corrector": "none"}),
     ("ode", {"sampling.ode_method": "dopri5", "sampling.rtol": 1e-5, "sampling.atol": 1e-5}),
     ("fast", {"sampling.nfe": 30}),
 ])
-def test_conditioned_samplers_follow_the_exact_conditional_law(method, fields):
+def test_conditioned_samplers_follow_the_exact_conditional_law(method, fields, consistency):
+    """Also with ``sampling.measurement_consistency``: the exact conditional estimate has the measured block means, so
+    the projection must leave the law unchanged."""
     sde, network, x0 = gaussian_problem()
-    config = sampling_config(method, **fields)
+    config = sampling_config(method, **fields, **{"sampling.measurement_consistency": consistency})
     sampling_fn = signal_conditioned.conditioned_sampling_fn(config, sde, network, x0, None, 1e-3)
     x, nfe = sampling_fn(network, generator=torch.Generator().manual_seed(1))
     assert nfe > 0 and x.shape == x0.shape
@@ -164,3 +168,27 @@ def test_the_sample_job_saves_originals_and_reports_psnr(tmp_path):
     expected = 10 * np.log10(1 / mse)
     signal = report["signal"]
     assert signal["count"] == 5 and abs(signal["psnr_mean"] - expected.mean()) < 1e-6
+
+
+def test_measurement_consistency_keeps_the_block_means_of_an_untrained_network(tmp_path):
+    """The last step of noise removal is the projected estimate: its block means are the measured ones (to float32
+    round-off), which an untrained network's own samples are far from."""
+    x0 = None
+    means = {}
+    for consistency in (False, True):
+        config = tiny_sr3_config(**{"sampling.measurement_consistency": consistency, "sampling.clip_denoised": False,
+                                    "sampling.noise_removal": True})
+        exp = build_experiment(config, tmp_path / str(consistency), "sample")
+        x0 = exp.scaler(signal_conditioned.test_examples(exp.config, 4))
+        x, _ = signal_conditioned.sample_given_conditions(exp, x0, torch.Generator().manual_seed(0))
+        means[consistency] = (exp.model.condition_map.downsample(x) - exp.model.condition_map.downsample(x0)).abs().max()
+    assert means[True] < 1e-5 < 0.01 < means[False]
+
+
+def test_measurement_consistency_needs_a_measurement(tmp_path):
+    from jobs.experiment import ConfigError
+
+    config = apply_overrides(load_config(ROOT / "configs/vp/digits_ddpmpp_continuous.py"),
+                             [("model.nf", "4"), ("sampling.measurement_consistency", "True")])
+    with pytest.raises(ConfigError, match="config.sampling.measurement_consistency"):
+        build_experiment(config, tmp_path, "sample")

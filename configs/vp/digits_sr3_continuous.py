@@ -19,4 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.low_resolution_factor = 2  # 4x4 -> 8x8
     config.eval.enable_bpd = False  # the conditional bits/dim work (eval.enable_bpd=True) but are not what SR3 reports
     config.eval.num_samples = 128
+    # the denoised estimate kept in the data's range and on the images with the given block means
+    # (samplers.clip_denoised, samplers.consistent_denoised): both only move it towards the exact one
+    config.sampling.clip_denoised = True
+    config.sampling.measurement_consistency = True
     return config

@@ -27,4 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.ch_mult = (1,)  # one resolution: 25 is odd, so no down-sampling is possible
     model.num_res_blocks = 2
     model.attn_resolutions = (25,)  # global mixing at the only resolution
+    # trained on 80 faces the network extrapolates badly at high noise, and without the clip some probability-flow
+    # trajectories grow into noise (benchmarks/results/sr3_faces.txt); the clip keeps the denoised estimate in [-1, 1]
+    config.sampling.clip_denoised = True
     return config

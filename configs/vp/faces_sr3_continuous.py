@@ -4,10 +4,12 @@ The faces are 25x25; a 2x factor needs an even size, so every face is centre-cro
 (``data.center_crop = 24``: the last row and column are dropped). With an even size the U-Net can down-sample once
 (``ch_mult = (1, 2)``: 24x24 and 12x12 feature maps, attention at 12x12), unlike the unconditional faces config.
 The network is conditioned on the low-resolution face (``model.conditioning = 'low_resolution'``), concatenated
-to the noisy input. 80 training faces, 3000 steps: about 10 minutes on 2 CPU cores. Below bicubic upsampling still
-(20.0 against 23.3 dB PSNR): some samples diverge to noise, as the unconditional faces model's do on the same prior
-draws; fewer with longer training (a third of them at 1000 steps, 0-3 of 20 at 3000:
-``benchmarks/results/sr3_faces.txt``).
+to the noisy input. 80 training faces, 3000 steps: about 10 minutes on 2 CPU cores. Trained on so few faces the
+network extrapolates badly at high noise, and without the projections below some probability-flow trajectories
+diverge (0-3 of 20 samples at 3000 steps, a third at 1000). The samples keep the denoised estimate in ``[-1, 1]`` and
+on the faces with the given block means (``sampling.clip_denoised``, ``sampling.measurement_consistency``): the mean
+of 4 samples then equals bicubic upsampling's PSNR (23.4 against 23.3 dB), one sample is 1.4 dB below it
+(``benchmarks/results/sr3_faces.txt``).
 """
 
 import ml_collections
@@ -30,4 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.enable_bpd = False  # the conditional bits/dim work (eval.enable_bpd=True) but are not what SR3 reports
     config.eval.batch_size = 20
     config.eval.num_samples = 20  # the 20 test faces
+    # the denoised estimate kept in the data's range and on the images with the given block means
+    # (samplers.clip_denoised, samplers.consistent_denoised): both only move it towards the exact one
+    config.sampling.clip_denoised = True
+    config.sampling.measurement_consistency = True
     return config
