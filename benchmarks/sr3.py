@@ -1,7 +1,7 @@
 """SR3 super-resolution of the test set by a trained run (digits, faces), against nearest and bicubic upsampling.
 
-    python benchmarks/sr3.py [--workdir /work/runs/B_digits_sr3] [--repeats 8] [--threads 2] [--clip-denoised]
-                               [--measurement-consistency]
+    python benchmarks/sr3.py [--workdir /work/runs/B_digits_sr3] [--repeats 8] [--threads 2]
+                               [--clip-denoised config|on|off] [--measurement-consistency config|on|off]
 
 The run is ``python main.py --config configs/vp/digits_sr3_continuous.py --workdir <workdir>`` (its recorded
 config and the EMA weights of its latest checkpoint). Every test digit (8x8, levels k / 16) is reduced to its 2x2
@@ -10,9 +10,9 @@ block means (4x4) and brought back to 8x8 by:
 * nearest: each block mean repeated (the network's own input signal);
 * bicubic: ``F.interpolate(mode='bicubic')`` of the 4x4 image (Saharia et al. 2021 upsample with bicubic), clipped;
 * SR3: one sample of the trained conditional model per digit, the configured sampler (``config.sampling``), seeded
-  (``--clip-denoised``: with its denoised estimate clipped to the data's range, :func:`samplers.clip_denoised`;
-  ``--measurement-consistency``: projected onto the images with the measured block means,
-  :func:`samplers.consistent_denoised`);
+  (``--clip-denoised on``: with its denoised estimate clipped to the data's range, :func:`samplers.clip_denoised`;
+  ``--measurement-consistency on``: projected onto the images with the measured block means,
+  :func:`samplers.consistent_denoised`; by default the run's own settings);
 * SR3 mean of ``--repeats`` samples: a Monte-Carlo estimate of the posterior mean ``E[x | c]``, the estimator that
   minimises the MSE (a single sample's expected MSE is twice the posterior variance larger: PSNR favours means).
 
@@ -41,11 +41,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8, help="samples per digit for the posterior-mean estimate")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clip-denoised", action="store_true",
-                        help="sample with config.sampling.clip_denoised=True (the denoised estimate kept in [0, 1])")
-    parser.add_argument("--measurement-consistency", action="store_true",
-                        help="sample with config.sampling.measurement_consistency=True (the denoised estimate kept on "
-                             "the images with the measured block means)")
+    parser.add_argument("--clip-denoised", choices=("config", "on", "off"), default="config",
+                        help="config.sampling.clip_denoised (the denoised estimate kept in the data's range): the "
+                             "run's own setting, or on / off")
+    parser.add_argument("--measurement-consistency", choices=("config", "on", "off"), default="config",
+                        help="config.sampling.measurement_consistency (the denoised estimate kept on the images with "
+                             "the measured block means): the run's own setting, or on / off")
     args = parser.parse_args()
 
     import torch
@@ -64,8 +65,11 @@ def main() -> None:
         raise SystemExit(f"{workdir} holds no config.json: train it first (python main.py --config "
                          "configs/vp/digits_sr3_continuous.py --workdir ...)")
     with config.unlocked():
-        config.sampling.clip_denoised = args.clip_denoised
-        config.sampling.measurement_consistency = args.measurement_consistency
+        for field, choice in (("clip_denoised", args.clip_denoised), ("measurement_consistency", args.measurement_consistency)):
+            if choice != "config":
+                config.sampling[field] = choice == "on"
+            elif field not in config.sampling:  # a run recorded before the field existed: its sampling had none
+                config.sampling[field] = False
     exp = build_experiment(config, workdir, "eval")
     step = load_ema_weights(exp, latest_checkpoint(exp))
     lowres = exp.score_model.condition_map
