@@ -155,14 +155,15 @@ def signal_report(exp: Any, samples: Tensor, folder: Path | None) -> dict[str, A
 
 def check_signal_conditioning(config: Any, model: nn.Module) -> None:
     """:class:`jobs.conditional.ConditioningError` when ``config.model.conditioning`` is set but the network of
-    ``config.model.name`` takes no signal (it does not support conditioning)."""
+    ``config.model.name`` takes no signal (it does not support conditioning), or when
+    ``config.sampling.measurement_consistency`` is set for a network whose signal is not a linear measurement."""
     name = config_value(config, "model.conditioning", None)
-    if name not in (None, "") and condition_map_of(model) is None:
+    condition_map = condition_map_of(model)
+    if name not in (None, "") and condition_map is None:
         raise ConditioningError(
             f"config.model.conditioning={name!r}, but config.model.name={config_value(config, 'model.name')!r} builds "
             "a network that takes no signal; use 'ncsnpp' (or unset model.conditioning)"
         )
-    condition_map = condition_map_of(model)
     if config_value(config, "sampling.measurement_consistency", False) and (
         condition_map is None or measurement_of(condition_map) is None
     ):
