@@ -29,11 +29,11 @@ Cell = dict[tuple[str, ...], tuple[float, int]]  # option combination -> (rms, s
 
 
 def read_cells(path: str) -> dict[tuple[str, str, int], Cell]:
-    """``(problem, sde, nfe) -> {options: (rms, switches)}``; the default row is left out (it repeats a grid row)."""
+    """``(problem, sde, nfe) -> {options: (rms, switches)}``; the default and tuned rows are left out (they repeat grid rows)."""
     cells: dict[tuple[str, str, int], Cell] = collections.defaultdict(dict)
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):
-            if row["is_default"] == "True":
+            if row["is_default"] == "True" or row.get("is_tuned") == "True":
                 continue
             rms = float(row["rms"])
             switches = 0 if row["switches"] == "NA" else int(row["switches"])

@@ -15,7 +15,9 @@ path), and, for the single-Gaussian problems, from the closed-form flow.
 
 Rows: DPM-Solver with every order (1-3), prediction (noise / data), corrector (none / bh1 / bh2), schedule
 (``samplers.timesteps.SCHEDULES``) and ``lower_order_final``; Heun of order 1 (Euler) and 2 on every schedule; and
-``fast_sample`` called with no option (``default``, whose options depend on the NFE and the SDE). Rows that make the
+``fast_sample`` called with no option (``default``, whose options depend on the NFE and the SDE); and ``tuned``: the
+row :func:`samplers.fast_tuning.tune_fast_sample` chooses at each NFE from its own pilot points (as many as the test
+points, ``--pilot-fraction``, drawn with ``seed + 1``), with that row's errors on the test points. Rows that make the
 same solve (the same step orders from ``samplers.dpm_solver.step_orders``) are solved once. Measured per row, with ``D`` the dimension:
 
 * ``rms``: ``sqrt(mean_z ||x(z) - x*(z)||^2 / D)``, the per-coordinate RMS error;
@@ -27,8 +29,8 @@ same solve (the same step orders from ``samplers.dpm_solver.step_orders``) are s
 On the mixtures a point that ends in another component than ``x*(z)`` adds ~``|mu_i - mu_j| / sqrt(D N)`` to the RMS
 of ``N`` points (0.01 for ``mix128x8``), so there the RMS at 10-30 NFE mostly counts switches.
 
-Printed: per problem and SDE, for each NFE, the default's RMS and switches, the best row's, and their ratio
-(``*`` marks a default more than 1.1x the best or with more switches); every (row, problem, SDE) whose RMS grows
+Printed: per problem and SDE, for each NFE, the default's and the tuned row's RMS and switches, the best grid row's,
+and their ratios (``*`` marks more than 1.1x the best or more switches); every (row, problem, SDE) whose RMS grows
 with NFE (by more than 1 % between any two budgets, above a floor of 100x the reference's self-convergence
 difference), with its worst pair; the last step of each grid in ``lambda`` (and its ratio to the one before),
 which the non-monotone series follow; and the rows ranked by their worst and geometric-mean ratio to the best.
@@ -39,7 +41,7 @@ checked against ``GaussianMixture.score_fn`` (max relative difference, printed p
 solved in blocks of 64k numbers (every point's trajectory is independent of the others), which stay in the CPU cache.
 
     python benchmarks/fast_solvers.py [--quick] [--problems ring mix64 ...] [--sdes VP subVP VE] [--threads 1]
-        [--seed 0] [--csv benchmarks/results/fast_solvers_cpu.csv]
+        [--seed 0] [--pilot-fraction 1] [--csv benchmarks/results/fast_solvers_cpu.csv]
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import csv
 import itertools
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
@@ -56,12 +59,13 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
-import sde_lib
-from samplers import fast_sample
-from samplers.dpm_solver import CORRECTORS, MAX_ORDER, PREDICTIONS, step_orders
-from samplers.fast import DEFAULT_CORRECTOR, default_order, default_schedule
-from samplers.edm import HEUN_ORDERS
-from samplers.timesteps import SCHEDULES, half_log_snr, noise_levels
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script: this repository's packages, not benchmarks/models.py as `models`
+
+import sde_lib  # noqa: E402
+from samplers import fast_sample  # noqa: E402
+from samplers.fast_tuning import FastSolverOptions, fast_solver_grid, solve_key, tune_fast_sample  # noqa: E402
+from samplers.timesteps import SCHEDULES, half_log_snr, noise_levels  # noqa: E402
 
 NFES = (5, 6, 8, 10, 12, 15, 20, 30, 50)
 EPS = 1e-3
@@ -74,7 +78,7 @@ CHUNK_ELEMENTS = 65536  # numbers per solver call (float64: 512 KiB per tensor)
 TOP_ROWS = 15
 DTYPE = torch.float64
 CSV_COLUMNS = ("problem", "sde", "nfe", "method", "order", "prediction", "corrector", "schedule",
-               "lower_order_final", "is_default", "rms", "max", "switches", "nonfinite")
+               "lower_order_final", "is_default", "is_tuned", "rms", "max", "switches", "nonfinite")
 
 
 # ---------------------------------------------------------------------------------------------------- problems
@@ -195,7 +199,8 @@ def score_check(problem: Problem, sde: sde_lib.LinearSDE, x0: Tensor) -> float:
 # ---------------------------------------------------------------------------------------------------- solver rows
 @dataclass(frozen=True)
 class Config:
-    """One row: the options given to ``fast_sample`` (``None`` leaves an option to its default)."""
+    """One row: the options given to ``fast_sample`` (``None`` leaves an option to its default), or the ``tuned`` row:
+    the options :func:`samplers.fast_tuning.tune_fast_sample` chooses from pilot points."""
 
     method: str | None = None
     order: int | None = None
@@ -203,46 +208,44 @@ class Config:
     corrector: str | None = None
     schedule: str | None = None
     lower_order_final: bool | None = None
+    tuned: bool = False
 
     @property
     def is_default(self) -> bool:
         return self == Config()
 
+    @classmethod
+    def of(cls, options: FastSolverOptions) -> Config:
+        return cls(**options.kwargs())
+
+    def options(self) -> FastSolverOptions:
+        if self.method == "heun":
+            return FastSolverOptions("heun", self.order, None, None, self.schedule, False)
+        return FastSolverOptions(**self.kwargs())
+
     def kwargs(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "tuned"}
 
     def label(self) -> str:
         if self.is_default:
             return "default"
-        if self.method == "heun":
-            return f"heun{self.order} {self.schedule}"
-        lof = " lof" if self.lower_order_final else ""
-        return f"dpm{self.order} {self.prediction} {self.corrector} {self.schedule}{lof}"
+        if self.tuned:
+            return "tuned"
+        return self.options().label()
 
     def effective(self, sde: sde_lib.LinearSDE, nfe: int) -> Config:
         """The options ``fast_sample`` uses for this row at ``nfe`` (for the default row: its defaults, from ``samplers.fast``)."""
-        if not self.is_default:
-            return self
-        method, prediction = "dpm_solver", "noise"
-        order = default_order(method, nfe)
-        schedule = default_schedule(sde, method, prediction)
-        return Config(method, order, prediction, DEFAULT_CORRECTOR, schedule, True)
+        return Config.of(FastSolverOptions.default(sde, nfe)) if self.is_default else self
 
     def solve_key(self, nfe: int, sde: sde_lib.LinearSDE) -> tuple:
         """Rows with the same key make the same solve (``lower_order_final`` enters only through ``step_orders``)."""
-        if self.is_default or self.method == "heun":
+        if self.is_default:
             return (self, nfe)
-        lambdas = [level.lam for level in noise_levels(sde, self.schedule, nfe, EPS, torch.device("cpu"))]
-        orders = tuple(step_orders(lambdas, self.order, self.lower_order_final))
-        return (self.method, self.order, self.prediction, self.corrector, self.schedule, orders)
+        return solve_key(self.options(), sde, nfe, EPS)
 
 
 def make_configs() -> list[Config]:
-    predictions = sorted(PREDICTIONS, reverse=True)  # noise first
-    options = itertools.product(range(1, MAX_ORDER + 1), predictions, ("none",) + CORRECTORS, SCHEDULES, (True, False))
-    dpm = [Config("dpm_solver", *values) for values in options]
-    heun = [Config("heun", order, schedule=schedule) for order in HEUN_ORDERS for schedule in SCHEDULES]
-    return [Config()] + dpm + heun
+    return [Config()] + [Config.of(options) for options in fast_solver_grid()]
 
 
 # ---------------------------------------------------------------------------------------------------- measurement
@@ -266,6 +269,7 @@ class Row:
             "corrector": c.corrector or "", "schedule": c.schedule,
             "lower_order_final": "" if c.lower_order_final is None else c.lower_order_final,
             "is_default": self.config.is_default,
+            "is_tuned": self.config.tuned,
             "rms": "refused" if self.rms is None else f"{self.rms:.6e}",
             "max": "" if self.max is None else f"{self.max:.6e}",
             "switches": "NA" if self.switches is None else self.switches,
@@ -397,14 +401,21 @@ def best_of(rows: list[Row]) -> Row:
 
 
 def print_table(rows: list[Row]) -> None:
-    print(f"  {'NFE':>4s} {'default RMS':>11s} {'sw':>4s}   {'best row':38s} {'RMS':>9s} {'sw':>4s}  {'def/best':>8s}")
+    """Per NFE: the default's and the tuned row's RMS and switches, the best grid row's, and their ratios to it."""
+    print(f"  {'NFE':>4s} {'default RMS':>11s} {'sw':>4s} {'tuned RMS':>10s} {'sw':>4s}   {'best row':38s} {'RMS':>9s} "
+          f"{'sw':>4s}  {'def/best':>8s} {'tuned/best':>10s}")
     for nfe, group in sorted(by_nfe(rows).items()):
         default = next(r for r in group if r.config.is_default)
-        best = best_of(group)
-        ratio = default.rms / best.rms
-        flag = "*" if ratio > HIGHLIGHT_RATIO or (default.switches or 0) > (best.switches or 0) else " "
-        print(f"  {nfe:4d} {default.rms:11.3e} {fmt_switches(default.switches):>4s}   {best.config.label():38s} "
-              f"{best.rms:9.3e} {fmt_switches(best.switches):>4s}  {ratio:8.2f}{flag}")
+        tuned = next(r for r in group if r.config.tuned)
+        best = best_of([r for r in group if not r.config.tuned])
+        cells = []
+        for row in (default, tuned):
+            ratio = row.rms / best.rms
+            flag = "*" if ratio > HIGHLIGHT_RATIO or (row.switches or 0) > (best.switches or 0) else " "
+            cells.append(f"{ratio:.2f}{flag}")
+        print(f"  {nfe:4d} {default.rms:11.3e} {fmt_switches(default.switches):>4s} {tuned.rms:10.3e} "
+              f"{fmt_switches(tuned.switches):>4s}   {best.config.label():38s} {best.rms:9.3e} "
+              f"{fmt_switches(best.switches):>4s}  {cells[0]:>8s} {cells[1]:>10s}")
 
 
 def worst_increase(rows: list[Row], floor: float) -> tuple[float, Row, Row] | None:
@@ -444,7 +455,7 @@ def print_counts(title: str, configs: list[Config]) -> None:
     for field in ("method", "order", "prediction", "corrector", "schedule", "lower_order_final"):
         counts: dict[str, int] = {}
         for config in configs:
-            value = "default" if config.is_default else str(getattr(config, field))
+            value = "default" if config.is_default else "tuned" if config.tuned else str(getattr(config, field))
             counts[value] = counts.get(value, 0) + 1
         print(f"    {field}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
 
@@ -489,9 +500,11 @@ def print_rankings(rows: list[Row]) -> None:
         print(f"  {'worst':>8s} {'geo-mean':>8s}  {'worst at':24s} row")
         for config, worst, geo, where in sorted(summary, key=key)[:TOP_ROWS]:
             print(f"  {worst:8.2f} {geo:8.3f}  {where:24s} {labels[config]}")
-    default = next(s for s in summary if s[0].is_default)
-    rank = sorted(summary, key=lambda s: (s[1], s[2])).index(default) + 1
-    print(f"  default: worst {default[1]:.2f} at {default[3]}, geometric mean {default[2]:.3f} (rank {rank} by worst)")
+    ranked = sorted(summary, key=lambda s: (s[1], s[2]))
+    for name, special in (("default", next(s for s in summary if s[0].is_default)),
+                          ("tuned", next(s for s in summary if s[0].tuned))):
+        print(f"  {name}: worst {special[1]:.2f} at {special[3]}, geometric mean {special[2]:.3f} "
+              f"(rank {ranked.index(special) + 1} by worst)")
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -500,14 +513,35 @@ def prior_points(sde: sde_lib.LinearSDE, problem: Problem, points: int, seed: in
     return sde.prior_sampling((points, *problem.data.event_shape), generator=gen, dtype=DTYPE)
 
 
+def tuned_rows(case: Case, rows: list[Row], pilot: Tensor) -> tuple[list[Row], str]:
+    """The ``tuned`` row at each NFE: :func:`tune_fast_sample` on the pilot points (independent of the test points)
+    chooses a grid row, whose errors on the test points are copied; and a summary of the tuning's cost."""
+    by_key = {(r.nfe, r.config): r for r in rows}
+    tuned, evaluations, pilot_ratios = [], [], []
+    for nfe in NFES:
+        choice = tune_fast_sample(case.sde, case.score, tuple(pilot.shape), nfe, eps=EPS, x_init=pilot)
+        chosen = by_key[nfe, Config.of(choice.options)]
+        tuned.append(Row(chosen.problem, chosen.sde, nfe, Config(tuned=True), chosen.config, chosen.rms, chosen.max,
+                         chosen.switches, chosen.nonfinite))
+        evaluations.append(choice.evaluations)
+        pilot_ratios.append(choice.default_rms / choice.rms)
+    summary = (f"tuned on {pilot.shape[0]} pilot points: {min(evaluations)}-{max(evaluations)} evaluations per NFE "
+               f"(reference {choice.reference_steps} steps); pilot default/tuned RMS "
+               f"{min(pilot_ratios):.2f}-{max(pilot_ratios):.2f}")
+    return tuned, summary
+
+
 def run_case(problem: Problem, sde_name: str, sde: sde_lib.LinearSDE, points: int, seed: int,
-             configs: list[Config]) -> tuple[list[Row], Reference]:
+             configs: list[Config], pilot_points: int) -> tuple[list[Row], Reference]:
     start = time.perf_counter()
     z = prior_points(sde, problem, points, seed)
     score = BatchedMixtureScore(problem.data, sde)
     solve = make_solver(sde, score, z)
     reference = make_reference(problem, sde, score, solve, z)
-    rows = solve_rows(Case(problem, sde_name, sde, score, solve, reference), configs)
+    case = Case(problem, sde_name, sde, score, solve, reference)
+    rows = solve_rows(case, configs)
+    tuned, tuning = tuned_rows(case, rows, prior_points(sde, problem, pilot_points, seed + 1))
+    rows += tuned
     closed = "" if reference.closed_form_diff is None else \
         f"; closed form - ref RMS {reference.closed_form_diff[0]:.1e} max {reference.closed_form_diff[1]:.1e}"
     check = score_check(problem, sde, reference.x)
@@ -516,6 +550,7 @@ def run_case(problem: Problem, sde_name: str, sde: sde_lib.LinearSDE, points: in
     print(f"  reference {REFERENCE_STEPS[-1]} steps: vs {REFERENCE_STEPS[0]} steps RMS {reference.self_diff[0]:.1e} "
           f"max {reference.self_diff[1]:.1e}; vs data prediction RMS {reference.cross_diff[0]:.1e} "
           f"max {reference.cross_diff[1]:.1e}{closed}; {check_default(rows)}")
+    print(f"  {tuning}")
     print_table(rows)
     return rows, reference
 
@@ -553,6 +588,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sdes", nargs="+", choices=sdes, default=sdes)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior points")
+    parser.add_argument("--pilot-fraction", type=float, default=1.0,
+                        help="the tuned row's pilot points, drawn with seed + 1, as a fraction of the test points")
     parser.add_argument("--csv", default=None, help="write every row to this CSV file")
     return parser.parse_args(argv)
 
@@ -576,8 +613,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         for sde_name in args.sdes:
             problem = problems[name]
-            case_rows, reference = run_case(problem, sde_name, sdes[sde_name], max(problem.points // divisor, 16),
-                                            args.seed, configs)
+            points = max(problem.points // divisor, 16)
+            case_rows, reference = run_case(problem, sde_name, sdes[sde_name], points, args.seed, configs,
+                                            max(round(args.pilot_fraction * points), 8))
             rows += case_rows
             floors[name, sde_name] = FLOOR_FACTOR * reference.self_diff[0]
     print_grids({name: sdes[name] for name in args.sdes})

@@ -8,7 +8,8 @@ progress=False) -> (x, nfe)``, where ``score_fn(x, t)`` takes ``x`` of shape ``(
 * :func:`ode_sample` / :func:`ode_encode`: the probability-flow ODE ([SDE] eq. 13) with adaptive solvers.
 * :func:`sde_sample`: the reverse-time SDE ([SDE] eq. 6) integrated by torchsde.
 * :func:`adaptive_sde_sample`: adaptive-step reverse-SDE solver (Jolicoeur-Martineau et al., 2021).
-* :func:`fast_sample`: few-step exponential integrators / Heun for the probability-flow ODE.
+* :func:`fast_sample`: few-step exponential integrators / Heun for the probability-flow ODE;
+  :func:`tune_fast_sample` chooses its options for one model by measuring them against a converged solve.
 * :func:`edm_sample`: EDM's Heun sampler with stochastic churn (Karras et al. 2022, Algorithm 2), any linear SDE.
 
 :func:`clip_denoised` and :func:`consistent_denoised` project a score's denoised estimate onto the data's range or a
@@ -44,6 +45,7 @@ from .controllable import (
 )
 from .edm import edm_sample
 from .fast import fast_sample
+from .fast_tuning import FastSolverChoice, FastSolverOptions, tune_fast_sample
 from .from_config import get_likelihood_fn, get_sampling_fn, sampling_score_transform
 from .likelihood import (
     BitsPerDim, SolverError, bits_per_dim, choose_tolerance, dequantized_bits_per_dim, hutchinson_probe, log_likelihood,
@@ -86,6 +88,9 @@ __all__ = [
     "sde_sample",
     "adaptive_sde_sample",
     "fast_sample",
+    "tune_fast_sample",
+    "FastSolverChoice",
+    "FastSolverOptions",
     "edm_sample",
     "get_sampling_fn",
     "sampling_score_transform",

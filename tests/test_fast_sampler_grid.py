@@ -14,7 +14,6 @@ same ODE solved from the same prior points by the order-3 multistep method with 
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 
 import pytest
@@ -22,9 +21,7 @@ import torch
 
 import sde_lib
 from samplers import fast_sample
-from samplers.dpm_solver import CORRECTORS, MAX_ORDER, PREDICTIONS, step_orders
-from samplers.edm import HEUN_ORDERS
-from samplers.timesteps import SCHEDULES, noise_levels
+from samplers.fast_tuning import FastSolverOptions, fast_solver_grid, solve_key
 
 EPS = 1e-3
 SDES = {"vp": sde_lib.VPSDE(), "subvp": sde_lib.subVPSDE(), "ve": sde_lib.VESDE()}
@@ -66,14 +63,7 @@ def rms(x: torch.Tensor, reference: torch.Tensor) -> float:
 
 def options() -> list[dict]:
     """Every option combination ``fast_sample`` offers."""
-    dpm = [
-        dict(method="dpm_solver", order=order, prediction=prediction, corrector=corrector, schedule=schedule,
-             lower_order_final=lof)
-        for order, prediction, corrector, schedule, lof in itertools.product(
-            range(1, MAX_ORDER + 1), PREDICTIONS, ("none",) + CORRECTORS, SCHEDULES, (True, False))
-    ]
-    heun = [dict(method="heun", order=order, schedule=schedule) for order in HEUN_ORDERS for schedule in SCHEDULES]
-    return dpm + heun
+    return [o.kwargs() for o in fast_solver_grid()]
 
 
 MONOTONE_NFE = (12, 30, 50)
@@ -90,21 +80,17 @@ def test_every_option_improves_with_more_evaluations(problem, sde_name):
     score = data.score_fn(sde)
     solved: dict[tuple, float] = {}  # combinations that make the same solve (same step orders) are solved once
 
-    def error(opts: dict, nfe: int) -> float:
-        key = (nfe,) + tuple(sorted(opts.items()))
-        if opts["method"] == "dpm_solver":
-            lambdas = [level.lam for level in noise_levels(sde, opts["schedule"], nfe, EPS, torch.device("cpu"))]
-            orders = step_orders(lambdas, opts["order"], opts["lower_order_final"])
-            key = (nfe, tuple(orders)) + tuple(sorted((k, v) for k, v in opts.items() if k != "lower_order_final"))
+    def error(options: FastSolverOptions, nfe: int) -> float:
+        key = (nfe,) + solve_key(options, sde, nfe, EPS)
         if key not in solved:
-            solved[key] = rms(fast_sample(sde, score, z.shape, nfe=nfe, eps=EPS, x_init=z, **opts)[0], reference)
+            solved[key] = rms(fast_sample(sde, score, z.shape, nfe=nfe, eps=EPS, x_init=z, **options.kwargs())[0], reference)
         return solved[key]
 
     failures = []
-    for opts in options():
-        errors = [error(opts, nfe) for nfe in MONOTONE_NFE]
+    for options in fast_solver_grid():
+        errors = [error(options, nfe) for nfe in MONOTONE_NFE]
         if not all(later < earlier for earlier, later in zip(errors, errors[1:])):
-            failures.append((opts, errors))
+            failures.append((options, errors))
     assert not failures, failures
 
 
