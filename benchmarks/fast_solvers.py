@@ -64,13 +64,14 @@ sys.path.insert(0, ROOT)  # run as a script: this repository's packages, not ben
 
 import sde_lib  # noqa: E402
 from samplers import fast_sample  # noqa: E402
-from samplers.fast_tuning import FastSolverOptions, fast_solver_grid, solve_key, tune_fast_sample  # noqa: E402
+from samplers.fast_tuning import (  # noqa: E402
+    REFERENCE_OPTIONS, FastSolverOptions, fast_solver_grid, solve_key, tune_fast_sample,
+)
 from samplers.timesteps import SCHEDULES, half_log_snr, noise_levels  # noqa: E402
 
 NFES = (5, 6, 8, 10, 12, 15, 20, 30, 50)
 EPS = 1e-3
 REFERENCE_STEPS = (1000, 2000)
-REFERENCE_OPTIONS = dict(method="dpm_solver", order=3, schedule="logSNR", corrector="bh1")
 INCREASE_TOLERANCE = 1.01  # an error growing by more than 1 % with NFE is listed
 FLOOR_FACTOR = 100.0  # ... unless it is below this multiple of the reference's self-convergence difference (RMS)
 HIGHLIGHT_RATIO = 1.1
@@ -325,8 +326,8 @@ def closed_form_flow(data: sde_lib.GaussianMixture, sde: sde_lib.LinearSDE, z: T
 def make_reference(
     problem: Problem, sde: sde_lib.LinearSDE, score: BatchedMixtureScore, solve: Solve, z: Tensor
 ) -> Reference:
-    coarse, fine = (solve(Config(prediction="noise", **REFERENCE_OPTIONS), n) for n in REFERENCE_STEPS)
-    other = solve(Config(prediction="data", **REFERENCE_OPTIONS), REFERENCE_STEPS[-1])
+    coarse, fine = (solve(Config(**REFERENCE_OPTIONS), n) for n in REFERENCE_STEPS)  # noise prediction
+    other = solve(Config(**(REFERENCE_OPTIONS | {"prediction": "data"})), REFERENCE_STEPS[-1])
     single = problem.data.num_components == 1
     closed = errors(closed_form_flow(problem.data, sde, z), fine)[:2] if single else None
     labels = None if single else score.component_posterior_argmax(fine)

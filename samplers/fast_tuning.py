@@ -46,7 +46,6 @@ from .fast import DEFAULT_CORRECTOR, METHODS, default_order, default_schedule, f
 from .timesteps import SCHEDULES, noise_levels
 
 REFERENCE_OPTIONS = dict(method="dpm_solver", order=3, prediction="noise", corrector="bh1", schedule="logSNR")
-REFERENCE_ORDER = 4  # DPM-Solver-3 + UniC: the order of the reference's error in its step count
 
 
 @dataclass(frozen=True)
