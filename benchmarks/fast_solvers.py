@@ -35,9 +35,7 @@ with NFE (by more than 1 % between any two budgets, above a floor of 100x the re
 difference), with its worst pair; the last step of each grid in ``lambda`` (and its ratio to the one before),
 which the non-monotone series follow; and the rows ranked by their worst and geometric-mean ratio to the best.
 
-The exact score is evaluated by :class:`BatchedMixtureScore`, the formula of ``GaussianMixture.score_fn`` rewritten
-with matrix products for a batch at one time (the solvers' calls), 20-50x faster for the 64-128-D mixtures; it is
-checked against ``GaussianMixture.score_fn`` (max relative difference, printed per problem and SDE). The points are
+The exact score is ``GaussianMixture.score_fn`` (float64; matrix products for a batch at one time). The points are
 solved in blocks of 64k numbers (every point's trajectory is independent of the others), which stay in the CPU cache.
 
     python benchmarks/fast_solvers.py [--quick] [--problems ring mix64 ...] [--sdes VP subVP VE] [--threads 1]
@@ -141,62 +139,6 @@ def make_sdes() -> dict[str, sde_lib.LinearSDE]:
     return {"VP": sde_lib.VPSDE(), "subVP": sde_lib.subVPSDE(), "VE": sde_lib.VESDE()}
 
 
-# ---------------------------------------------------------------------------------------------------- exact score
-class BatchedMixtureScore:
-    """``GaussianMixture.score_fn(sde)`` for a batch at one time, with the quadratic forms as matrix products.
-
-    With ``m_k = alpha mu_k`` and ``V_k = alpha^2 v_k + sigma^2`` (per coordinate), ``sum_d (x - m_k)^2 / V_k =
-    x^2 . (1 / V_k) - 2 x . (m_k / V_k) + m_k^2 . (1 / V_k)`` and the score ``-sum_k r_k (x - m_k) / V_k =
-    r @ (m / V) - x * (r @ (1 / V))``. Batches with several times fall back to ``GaussianMixture.score_fn``.
-    """
-
-    def __init__(self, data: sde_lib.GaussianMixture, sde: sde_lib.LinearSDE):
-        self.sde = sde
-        self.means = data.means.reshape(data.num_components, -1)  # (K, D)
-        self.variances = data.variances.reshape(data.num_components, -1)
-        self.log_weights = data.weights.log()
-        self.fallback = data.score_fn(sde)
-
-    def logits_and_precisions(self, x: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
-        """``(log w_k + log N(x; m_k, V_k)`` ``(B, K)``, ``1 / V`` ``(K, D)``, ``m / V`` ``(K, D)``) for flat ``x``
-        ``(B, D)``."""
-        precision = 1.0 / (alpha**2 * self.variances + sigma**2)
-        mean = alpha * self.means
-        scaled_mean = mean * precision
-        quad = x.square() @ precision.T - 2.0 * (x @ scaled_mean.T) + (mean * scaled_mean).sum(1)
-        log_norm = torch.log(2 * math.pi / precision).sum(1)
-        return self.log_weights - 0.5 * (quad + log_norm), precision, scaled_mean
-
-    def component_posterior_argmax(self, x: Tensor) -> Tensor:
-        """Most probable data component (``t = 0``) of each point ``(B, *E)``."""
-        return self.logits_and_precisions(x.reshape(x.shape[0], -1), 1.0, 0.0)[0].argmax(dim=1)
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        if not bool((t == t[0]).all()):
-            return self.fallback(x, t)
-        alpha, sigma = (float(c) for c in self.sde.marginal_coeffs(t[:1]))
-        flat = x.reshape(x.shape[0], -1)
-        logits, precision, scaled_mean = self.logits_and_precisions(flat, alpha, sigma)
-        resp = torch.softmax(logits, dim=1)
-        return (resp @ scaled_mean - flat * (resp @ precision)).reshape(x.shape)
-
-
-def score_check(problem: Problem, sde: sde_lib.LinearSDE, x0: Tensor) -> float:
-    """Max relative difference of :class:`BatchedMixtureScore` from ``GaussianMixture.score_fn`` at 5 times, at
-    ``alpha x0 + sigma noise`` for the first 200 points ``x0`` (the reference's: near the data)."""
-    fast, exact = BatchedMixtureScore(problem.data, sde), problem.data.score_fn(sde)
-    x0 = x0[:200]
-    gen = torch.Generator().manual_seed(1)
-    worst = 0.0
-    for t_value in (EPS, 0.01, 0.1, 0.5, sde.T):
-        t = torch.full((x0.shape[0],), t_value, dtype=DTYPE)
-        alpha, sigma = (float(c) for c in sde.marginal_coeffs(t[:1]))
-        x = alpha * x0 + sigma * torch.randn(x0.shape, generator=gen, dtype=DTYPE)
-        reference = exact(x, t)
-        worst = max(worst, float((fast(x, t) - reference).abs().max() / reference.abs().max()))
-    return worst
-
-
 # ---------------------------------------------------------------------------------------------------- solver rows
 @dataclass(frozen=True)
 class Config:
@@ -279,9 +221,10 @@ class Row:
 
 
 Solve = Callable[[Config, int], Tensor]
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def make_solver(sde: sde_lib.LinearSDE, score: BatchedMixtureScore, z: Tensor) -> Solve:
+def make_solver(sde: sde_lib.LinearSDE, score: ScoreFn, z: Tensor) -> Solve:
     """``solve(config, nfe)``: ``fast_sample`` from every point of ``z``, in blocks of ~:data:`CHUNK_ELEMENTS` numbers
     (each point's solve is independent of the others; small blocks stay in the CPU cache)."""
     block = max(1, CHUNK_ELEMENTS // z[0].numel())
@@ -324,13 +267,13 @@ def closed_form_flow(data: sde_lib.GaussianMixture, sde: sde_lib.LinearSDE, z: T
 
 
 def make_reference(
-    problem: Problem, sde: sde_lib.LinearSDE, score: BatchedMixtureScore, solve: Solve, z: Tensor
+    problem: Problem, sde: sde_lib.LinearSDE, score: ScoreFn, solve: Solve, z: Tensor
 ) -> Reference:
     coarse, fine = (solve(Config(**REFERENCE_OPTIONS), n) for n in REFERENCE_STEPS)  # noise prediction
     other = solve(Config(**(REFERENCE_OPTIONS | {"prediction": "data"})), REFERENCE_STEPS[-1])
     single = problem.data.num_components == 1
     closed = errors(closed_form_flow(problem.data, sde, z), fine)[:2] if single else None
-    labels = None if single else score.component_posterior_argmax(fine)
+    labels = None if single else problem.data.most_probable_component(fine)
     return Reference(fine, labels, errors(coarse, fine)[:2], errors(other, fine)[:2], closed)
 
 
@@ -341,7 +284,7 @@ class Case:
     problem: Problem
     sde_name: str
     sde: sde_lib.LinearSDE
-    score: BatchedMixtureScore
+    score: ScoreFn
     solve: Solve
     reference: Reference
 
@@ -352,7 +295,7 @@ class Case:
         rms, worst, nonfinite = errors(x, self.reference.x)
         switches = None
         if self.reference.labels is not None:
-            labels = self.score.component_posterior_argmax(torch.nan_to_num(x))
+            labels = self.problem.data.most_probable_component(torch.nan_to_num(x))
             switches = int((labels != self.reference.labels).sum())
         return Row(self.problem.name, self.sde_name, nfe, config, effective, rms, worst, switches, nonfinite)
 
@@ -536,7 +479,7 @@ def run_case(problem: Problem, sde_name: str, sde: sde_lib.LinearSDE, points: in
              configs: list[Config], pilot_points: int) -> tuple[list[Row], Reference]:
     start = time.perf_counter()
     z = prior_points(sde, problem, points, seed)
-    score = BatchedMixtureScore(problem.data, sde)
+    score = problem.data.score_fn(sde)
     solve = make_solver(sde, score, z)
     reference = make_reference(problem, sde, score, solve, z)
     case = Case(problem, sde_name, sde, score, solve, reference)
@@ -545,9 +488,8 @@ def run_case(problem: Problem, sde_name: str, sde: sde_lib.LinearSDE, points: in
     rows += tuned
     closed = "" if reference.closed_form_diff is None else \
         f"; closed form - ref RMS {reference.closed_form_diff[0]:.1e} max {reference.closed_form_diff[1]:.1e}"
-    check = score_check(problem, sde, reference.x)
     print(f"\n{problem.name} ({math.prod(problem.data.event_shape)}-D, K={problem.data.num_components}), {sde_name}, "
-          f"{points} points ({time.perf_counter() - start:.0f} s); score check {check:.1e}")
+          f"{points} points ({time.perf_counter() - start:.0f} s)")
     print(f"  reference {REFERENCE_STEPS[-1]} steps: vs {REFERENCE_STEPS[0]} steps RMS {reference.self_diff[0]:.1e} "
           f"max {reference.self_diff[1]:.1e}; vs data prediction RMS {reference.cross_diff[0]:.1e} "
           f"max {reference.cross_diff[1]:.1e}{closed}; {check_default(rows)}")

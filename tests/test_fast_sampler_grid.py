@@ -94,12 +94,6 @@ def test_every_option_improves_with_more_evaluations(problem, sde_name):
     assert not failures, failures
 
 
-def nearest_component(data: sde_lib.GaussianMixture, sde: sde_lib.LinearSDE, x: torch.Tensor) -> torch.Tensor:
-    """The most probable component of each point under the data law (the posterior at ``t = 0``)."""
-    zero = torch.zeros(x.shape[0], dtype=x.dtype)
-    return data.component_log_posterior_fn(sde)(x, zero).argmax(dim=1)
-
-
 @pytest.mark.parametrize("problem, sde_name, nfe", [("uneven2d", "vp", 30), ("mix64", "vp", 8), ("mix64", "ve", 6)])
 def test_default_is_the_best_option_combination(problem, sde_name, nfe):
     """Where the benchmark measured the default to be the best option combination (uneven 2-D mixture at 30
@@ -107,11 +101,11 @@ def test_default_is_the_best_option_combination(problem, sde_name, nfe):
     and moves no more points to another component than that best combination."""
     data, sde, z, reference = case(problem, sde_name)
     score = data.score_fn(sde)
-    target = nearest_component(data, sde, reference)
+    target = data.most_probable_component(reference)
 
     def measure(**opts) -> tuple[float, int]:
         x = fast_sample(sde, score, z.shape, nfe=nfe, eps=EPS, x_init=z, **opts)[0]
-        return rms(x, reference), int((nearest_component(data, sde, x) != target).sum())
+        return rms(x, reference), int((data.most_probable_component(x) != target).sum())
 
     default = measure()
     best = min((measure(**opts) for opts in options()), key=lambda result: result[0])

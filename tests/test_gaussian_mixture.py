@@ -75,6 +75,27 @@ def test_perturbed_score_is_autograd_gradient_of_perturbed_log_prob(case, make):
 
 
 @pytest.mark.parametrize("case", SDE_CASES, ids=repr)
+@pytest.mark.parametrize("make", [mixture_2d, mixture_image], ids=["2d", "image"])
+def test_one_time_per_batch_equals_one_time_per_sample(case, make):
+    """A float64 batch at one time (the solvers' calls: matrix products, no (B, K, D) tensor) gives the log-density,
+    score and component posterior of the direct per-sample form to rounding, near the data and far from it."""
+    mix, sde = make(), case.make()
+    x = 3.0 * torch.randn(20, *mix.event_shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    x[0] = 40.0  # far from every component: log p ~ -1e3
+    for t_value in (0.0, 0.02, 0.4 * sde.T, sde.T):
+        shared = torch.full((20,), t_value, dtype=torch.float64)
+        mixed = torch.cat([shared, torch.tensor([0.5 * sde.T], dtype=torch.float64)])  # forces the direct form
+        x_mixed = torch.cat([x, x[:1]])
+        for fn in (mix.log_prob_fn(sde), mix.score_fn(sde), mix.component_log_posterior_fn(sde)):
+            torch.testing.assert_close(fn(x, shared), fn(x_mixed, mixed)[:20], rtol=1e-11, atol=1e-12)
+    by_scipy = np.stack([
+        np.log(w) + scipy_mixture_logpdf(x.numpy(), [1.0], [m.numpy()], [v.numpy()])
+        for w, m, v in zip(mix.weights.tolist(), mix.means, mix.variances)
+    ], axis=1).argmax(axis=1)
+    np.testing.assert_array_equal(mix.most_probable_component(x).numpy(), by_scipy)
+
+
+@pytest.mark.parametrize("case", SDE_CASES, ids=repr)
 def test_perturbed_log_prob_matches_scipy(case):
     """log_prob_fn(sde)(x, t) = log sum_k w_k N(x; alpha mu_k, diag(alpha^2 v_k + sigma^2)) per sample, with
     alpha, sigma the independent closed forms."""
