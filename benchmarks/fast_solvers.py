@@ -344,6 +344,11 @@ def best_of(rows: list[Row]) -> Row:
     return min(rows, key=lambda r: (math.inf if math.isnan(r.rms) else r.rms, r.switches or 0, not r.config.is_default))
 
 
+def misses_target(row: Row, best: Row) -> bool:
+    """The issue's target: RMS within :data:`HIGHLIGHT_RATIO` of the best row's and no more switched points."""
+    return row.rms > HIGHLIGHT_RATIO * best.rms or (row.switches or 0) > (best.switches or 0)
+
+
 def print_table(rows: list[Row]) -> None:
     """Per NFE: the default's and the tuned row's RMS and switches, the best grid row's, and their ratios to it."""
     print(f"  {'NFE':>4s} {'default RMS':>11s} {'sw':>4s} {'tuned RMS':>10s} {'sw':>4s}   {'best row':38s} {'RMS':>9s} "
@@ -354,9 +359,7 @@ def print_table(rows: list[Row]) -> None:
         best = best_of([r for r in group if not r.config.tuned])
         cells = []
         for row in (default, tuned):
-            ratio = row.rms / best.rms
-            flag = "*" if ratio > HIGHLIGHT_RATIO or (row.switches or 0) > (best.switches or 0) else " "
-            cells.append(f"{ratio:.2f}{flag}")
+            cells.append(f"{row.rms / best.rms:.2f}{'*' if misses_target(row, best) else ' '}")
         print(f"  {nfe:4d} {default.rms:11.3e} {fmt_switches(default.switches):>4s} {tuned.rms:10.3e} "
               f"{fmt_switches(tuned.switches):>4s}   {best.config.label():38s} {best.rms:9.3e} "
               f"{fmt_switches(best.switches):>4s}  {cells[0]:>8s} {cells[1]:>10s}")
@@ -435,6 +438,26 @@ def ratio_summary(rows: list[Row]) -> list[tuple[Config, float, float, str]]:
     return summary
 
 
+def print_target(rows: list[Row], misses: list[Miss]) -> None:
+    """How many (problem, SDE, NFE) cells the default and tuned rows meet the target in, and the tuned row's misses."""
+    groups: dict[tuple, list[Row]] = {}
+    for row in rows:
+        if row.rms is not None:
+            groups.setdefault((row.problem, row.sde, row.nfe), []).append(row)
+    met = {"default": 0, "tuned": 0}
+    for group in groups.values():
+        best = best_of([r for r in group if not r.config.tuned])
+        for name, row in (("default", next(r for r in group if r.config.is_default)),
+                          ("tuned", next(r for r in group if r.config.tuned))):
+            met[name] += not misses_target(row, best)
+    fresh_met = sum(not misses_target(m.fresh_tuned, m.fresh_best) for m in misses)
+    print(f"\nTarget (RMS within {HIGHLIGHT_RATIO}x of the best row, no more switches) met in {len(groups)} cells: "
+          f"default {met['default']}, tuned {met['tuned']}; of the tuned row's {len(misses)} misses, "
+          f"{fresh_met} meet it on fresh points")
+    for miss in misses:
+        print(f"  {miss.line()}")
+
+
 def print_rankings(rows: list[Row]) -> None:
     labels = merged_labels(rows)
     summary = [s for s in ratio_summary(rows) if s[0] in labels]
@@ -475,8 +498,52 @@ def tuned_rows(case: Case, rows: list[Row], pilot: Tensor) -> tuple[list[Row], s
     return tuned, summary
 
 
+@dataclass
+class Miss:
+    """A cell where the tuned row misses the target on the test points, and the tuned and best rows re-measured on
+    fresh points (the best row was picked on the test points themselves, among ~100 distinct solves)."""
+
+    tuned: Row
+    best: Row
+    fresh_tuned: Row
+    fresh_best: Row
+
+    def line(self) -> str:
+        def pair(tuned: Row, best: Row) -> str:
+            return (f"{tuned.rms / best.rms:5.2f} ({tuned.rms:.3e} / {best.rms:.3e}), switches "
+                    f"{fmt_switches(tuned.switches)} / {fmt_switches(best.switches)}")
+
+        return (f"{self.tuned.problem}/{self.tuned.sde}/{self.tuned.nfe}: tuned {self.tuned.effective.label()}, best "
+                f"{self.best.config.label()}; tuned/best on the test points {pair(self.tuned, self.best)}; on fresh "
+                f"points {pair(self.fresh_tuned, self.fresh_best)}"
+                f"{'' if misses_target(self.fresh_tuned, self.fresh_best) else '  (meets the target there)'}")
+
+
+def check_misses(case: Case, rows: list[Row], fresh: Tensor) -> list[Miss]:
+    """Where the tuned row misses the target, solve its configuration and the best row's from ``fresh`` prior points
+    (with their own reference): a best row whose lead does not hold on fresh points won it by the luck of the test
+    points, which no choice made before sampling can match."""
+    found = []
+    for nfe, group in sorted(by_nfe(rows).items()):
+        tuned = next(r for r in group if r.config.tuned)
+        best = best_of([r for r in group if not r.config.tuned])
+        if misses_target(tuned, best):
+            found.append((tuned, best))
+    if not found:
+        return []
+    solve = make_solver(case.sde, case.score, fresh)
+    reference = make_reference(case.problem, case.sde, case.score, solve, fresh)
+    other = Case(case.problem, case.sde_name, case.sde, case.score, solve, reference)
+    misses = [Miss(tuned, best, other.row(tuned.nfe, tuned.effective, solve(tuned.effective, tuned.nfe)),
+                   other.row(best.nfe, best.config, solve(best.config, best.nfe))) for tuned, best in found]
+    print(f"  tuned row's misses re-measured on {fresh.shape[0]} fresh points:")
+    for miss in misses:
+        print(f"    {miss.line()}")
+    return misses
+
+
 def run_case(problem: Problem, sde_name: str, sde: sde_lib.LinearSDE, points: int, seed: int,
-             configs: list[Config], pilot_points: int) -> tuple[list[Row], Reference]:
+             configs: list[Config], pilot_points: int) -> tuple[list[Row], Reference, list[Miss]]:
     start = time.perf_counter()
     z = prior_points(sde, problem, points, seed)
     score = problem.data.score_fn(sde)
@@ -495,7 +562,8 @@ def run_case(problem: Problem, sde_name: str, sde: sde_lib.LinearSDE, points: in
           f"max {reference.cross_diff[1]:.1e}{closed}; {check_default(rows)}")
     print(f"  {tuning}")
     print_table(rows)
-    return rows, reference
+    misses = check_misses(case, rows, prior_points(sde, problem, points, seed + 2))
+    return rows, reference, misses
 
 
 def print_grids(sdes: dict[str, sde_lib.LinearSDE]) -> None:
@@ -552,18 +620,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float64, exact score, eps={EPS}; "
           f"{len(configs)} rows x NFE {', '.join(map(str, NFES))}; load average {load()}")
     rows: list[Row] = []
+    misses: list[Miss] = []
     floors: dict[tuple[str, str], float] = {}
     for name in names:
         for sde_name in args.sdes:
             problem = problems[name]
             points = max(problem.points // divisor, 16)
-            case_rows, reference = run_case(problem, sde_name, sdes[sde_name], points, args.seed, configs,
-                                            max(round(args.pilot_fraction * points), 8))
+            case_rows, reference, case_misses = run_case(problem, sde_name, sdes[sde_name], points, args.seed,
+                                                         configs, max(round(args.pilot_fraction * points), 8))
             rows += case_rows
+            misses += case_misses
             floors[name, sde_name] = FLOOR_FACTOR * reference.self_diff[0]
     print_grids({name: sdes[name] for name in args.sdes})
     print_non_monotone(rows, floors)
     print_rankings(rows)
+    print_target(rows, misses)
     if args.csv:
         write_csv(args.csv, rows)
     print(f"\ntotal {time.perf_counter() - start:.0f} s; load average {load()}")

@@ -19,7 +19,7 @@ from models.conditioning import available_conditions
 from models.score_model import available_parameterizations
 from models.precision import PRECISION_SETTINGS
 from samplers.dpm_solver import MAX_ORDER
-from samplers.from_config import SAMPLING_METHODS
+from samplers.from_config import SAMPLING_METHODS, fast_tuning_enabled
 from samplers.odeint import ODE_METHODS
 from samplers.pc import available_correctors, available_predictors
 from samplers.sde_solvers import SDE_METHODS
@@ -119,6 +119,9 @@ CHECKS: dict[str, Check] = {
     "sampling.order": _integer(1, MAX_ORDER),
     "sampling.sde_method": _choice(*SDE_METHODS),
     "sampling.schedule": _choice(*SCHEDULES),
+    "sampling.fast_tuning": _boolean,
+    "sampling.fast_tuning_points": _integer(1),
+    "sampling.fast_tuning_evidence": _number(0.0),
     "sampling.inpainting": _choice("replacement", "smc"),
     "sampling.smc_particles": _integer(1),
     "sampling.superresolution_factor": _integer(1),
@@ -194,9 +197,23 @@ def conditioning_error(config: Any) -> str | None:
     return None
 
 
+def fast_tuning_error(config: Any) -> str | None:
+    """What is wrong with ``config.sampling.fast_tuning`` beside the other fields, else ``None``: the tuning chooses
+    ``order`` and ``schedule``, so they must be unset."""
+    if not fast_tuning_enabled(config) or field_error(config, "sampling.fast_tuning") is not None:
+        return None
+    given = [f"config.sampling.{name}={config_value(config, f'sampling.{name}', None)!r}"
+             for name in ("order", "schedule") if config_value(config, f"sampling.{name}", None) is not None]
+    if given:
+        return (f"config.sampling.fast_tuning=True chooses fast_sample's order and schedule, but {' and '.join(given)} "
+                f"{'is' if len(given) == 1 else 'are'} set; unset {'it' if len(given) == 1 else 'them'} or set fast_tuning=False")
+    return None
+
+
 def config_errors(config: Any) -> list[str]:
-    """One message per field of :data:`CHECKS` whose value is out of range, then any :func:`conditioning_error`."""
-    errors = [field_error(config, field) for field in CHECKS] + [conditioning_error(config)]
+    """One message per field of :data:`CHECKS` whose value is out of range, then any :func:`conditioning_error` and
+    :func:`fast_tuning_error`."""
+    errors = [field_error(config, field) for field in CHECKS] + [conditioning_error(config), fast_tuning_error(config)]
     return [error for error in errors if error is not None]
 
 

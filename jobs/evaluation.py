@@ -90,6 +90,7 @@ from .audio import DEFAULT_SAMPLE_RATE, sample_rate_of, save_waveforms
 from .images import class_grid_columns, save_image_grid, save_scatter_plot, to_uint8
 from .progress import ProgressLog
 from . import signal_conditioned
+from .fast_tuning import fast_solver_choice, report_entry
 from .run import LOGGER_NAME, close_log, model_batch, open_log, step_seed, train
 from .streams import Stream
 from .workdir import workdir_lock
@@ -577,10 +578,21 @@ def _round_sampler(exp: Experiment, size: int, start: int = 0) -> Callable[..., 
         return signal_conditioned.conditioned_sampling_fn(
             exp.config, exp.sde, exp.model, x0, exp.inverse_scaler, exp.sampling_eps
         )
-    if size == exp.sampling_shape[0]:
+    options = None if exp.fast_choice is None else exp.fast_choice.options
+    if size == exp.sampling_shape[0] and options is None:
         return exp.sampling_fn
     factory = None if exp.conditioning is None else exp.conditioning.for_batch(size).score_factory
-    return get_sampling_fn(exp.config, exp.sde, (size, *exp.data_shape), exp.inverse_scaler, exp.sampling_eps, factory)
+    return get_sampling_fn(exp.config, exp.sde, (size, *exp.data_shape), exp.inverse_scaler, exp.sampling_eps, factory,
+                           fast_options=options)
+
+
+def tuned_sampling_source(exp: Experiment, source: dict[str, Any], step: int, logger: logging.Logger) -> dict[str, Any]:
+    """``source`` with the ``fast_sample`` options :func:`jobs.fast_tuning.fast_solver_choice` tunes for the loaded
+    checkpoint (kept in ``exp.fast_choice`` for the rounds), or ``source`` itself when none are tuned."""
+    exp.fast_choice = fast_solver_choice(exp, source, step, logger)
+    if exp.fast_choice is None:
+        return source
+    return {**source, "fast_options": exp.fast_choice.options.kwargs()}
 
 
 def sampling_rounds(
@@ -648,6 +660,8 @@ def _sampling_report(
     }
     if exp.conditioning is not None:
         report["conditioning"] = exp.conditioning.describe()
+    if exp.fast_choice is not None:
+        report["fast_tuning"] = report_entry(exp.fast_choice)
     if exp.distributed.is_main:
         first_round = samples[: exp.sampling_shape[0]] if samples.ndim == 4 else samples
         title = f"{samples.shape[0]} samples, {nfes[0]} score evaluations"
@@ -739,7 +753,7 @@ def _evaluate(
             if enabled["bpd"]:
                 report["likelihood"] = test_likelihood(exp, ckpt)
             if enabled["sampling"]:
-                source = sampling_source(exp, path, step)
+                source = tuned_sampling_source(exp, sampling_source(exp, path, step), step, logger)
                 seed_key = (Stream.EVAL_SAMPLES, ckpt)
                 report["samples"] = _sampling_report(exp, folder, seed_key, source, logger, with_metrics=True)
             if exp.distributed.is_main:
@@ -770,7 +784,7 @@ def _sample(config: Any, workdir: str | os.PathLike, eval_folder: str) -> dict[s
         step = load_ema_weights(exp, path)
         folder = exp.layout.workdir / eval_folder / f"step_{step}"
         logger.info("sampling from %s (step %d) under its EMA weights into %s", path, step, folder)
-        source = sampling_source(exp, path, step)
+        source = tuned_sampling_source(exp, sampling_source(exp, path, step), step, logger)
         report = {"checkpoint": str(path), "step": step,
                   **_sampling_report(exp, folder, (Stream.SAMPLE_JOB, step), source, logger, with_metrics=False)}
         if exp.distributed.is_main:

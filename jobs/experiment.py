@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 import data_lib
 import models
-from samplers.from_config import check_continuous_time, get_sampling_fn
+from samplers.fast_tuning import FastSolverChoice
+from samplers.from_config import check_continuous_time, fast_tuning_enabled, get_sampling_fn
 from sde_lib import SDE, get_sde
 from base_lib.config import config_value
 from base_lib.checks import check_positive_int
@@ -152,6 +153,12 @@ class WorkdirLayout:
         return self.workdir / "samples"
 
     @property
+    def fast_tuning_dir(self) -> Path:
+        """``config.sampling.fast_tuning``'s choices of ``fast_sample`` options, one JSON record per checkpoint and
+        sampler settings (:mod:`jobs.fast_tuning`)."""
+        return self.workdir / "fast_tuning"
+
+    @property
     def tensorboard_dir(self) -> Path:
         return self.workdir / "tensorboard"
 
@@ -192,6 +199,7 @@ class Experiment:
     sampling_shape: tuple[int, ...] = ()  # (batch, *data_shape) of the sampling function
     sampling_fn: SamplingFn | None = None  # the configured sampler; None for a classifier, which draws no samples
     signal_examples: Tensor | None = None  # signal-conditioned network: test examples ([0, 1]) sample i is drawn for
+    fast_choice: FastSolverChoice | None = None  # fast_sample's options tuned for the loaded checkpoint (jobs.fast_tuning)
 
     @property
     def sample_labels(self) -> Tensor | None:
@@ -428,6 +436,9 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
             examples = signal_conditioned.signal_examples(
                 config, model, signal_conditioned.sampling_count(config, mode, sample_batch)
             )
+            if examples is not None and fast_tuning_enabled(config):
+                raise ConfigError("config.sampling.fast_tuning=True is not available for a signal-conditioned network "
+                                  "(its samples are conditioned on test examples); set it to False")
     except ConditioningError as error:
         raise ConfigError(str(error)) from error
     model = _compile_model(config, model)  # after the one-example checks, so that building compiles nothing

@@ -49,3 +49,5 @@ class Stream(enum.IntEnum):
     CONTROLLABLE = 13
     #: the pixels of ``--mode inpaint --mask random``
     INPAINT_MASK = 14
+    #: the pilot samples of ``config.sampling.fast_tuning`` for the checkpoint of step ``s``
+    FAST_TUNING = 15

@@ -20,6 +20,7 @@ import data_lib
 from models.precision import PRECISION_SETTINGS
 from models.score_model import Parameterization, ScoreModel, parameterization_from_config, resolve_parameterization
 from sde_lib import SDE, ScoreFn
+from base_lib.checks import check_positive_int
 from base_lib.config import config_value
 
 from .adaptive import adaptive_sde_sample
@@ -27,6 +28,7 @@ from .denoised_projection import clip_denoised
 from .common import check_choice, check_shape
 from .edm import check_edm_options, edm_sample
 from .fast import fast_sample
+from .fast_tuning import FastSolverChoice, FastSolverOptions, tune_fast_sample
 from .likelihood import DIVERGENCES, bits_per_dim
 from .ode import ode_sample
 from .odeint import ODE_METHODS
@@ -69,6 +71,55 @@ def sampling_score_transform(config: Any, sde: SDE) -> Callable[[ScoreFn], Score
     return lambda score_fn: clip_denoised(sde, score_fn, data_range)
 
 
+def _followed_score(config: Any, sde: SDE, score_fn_factory: ScoreFactory | None) -> Callable[[torch.nn.Module], ScoreFn]:
+    """``follow(model) -> score_fn``: the score a config-driven sampler follows for the network ``model``: read
+    through :class:`models.ScoreModel` with the config's parameterization, guided by ``score_fn_factory``, and with
+    :func:`sampling_score_transform` applied. Checked here, before any sampling."""
+    parameterization = parameterization_from_config(config, sde)
+    method = str(config_value(config, "sampling.method")).lower()
+    if method in CONTINUOUS_TIME_METHODS:
+        check_continuous_time(parameterization, f"config.sampling.method={method!r}", sde)
+    if score_fn_factory is not None and not callable(score_fn_factory):
+        raise ValueError(f"score_fn_factory must be callable as factory(score_model) -> score_fn, got {score_fn_factory!r}")
+    make_score_fn = score_fn_factory if score_fn_factory is not None else (lambda score_model: score_model.score_fn())
+    transform = sampling_score_transform(config, sde)
+    return lambda model: transform(make_score_fn(ScoreModel.from_config(config, model, sde)))
+
+
+def fast_tuning_enabled(config: Any) -> bool:
+    """Whether ``config.sampling.fast_tuning`` asks for ``fast_sample``'s options to be tuned per checkpoint (method
+    ``fast`` only)."""
+    method = str(config_value(config, "sampling.method", "")).lower()
+    return method == "fast" and bool(config_value(config, "sampling.fast_tuning", False))
+
+
+def get_fast_tuning_fn(
+    config: Any, sde: SDE, data_shape: tuple[int, ...], eps: float, score_fn_factory: ScoreFactory | None = None
+):
+    """:func:`samplers.tune_fast_sample` for the config's sampler as ``fn(model, generator=None, progress=False) ->
+    FastSolverChoice``: the options of ``fast_sample`` at ``config.sampling.nfe``, chosen on
+    ``config.sampling.fast_tuning_points`` [64] pilot samples drawn from the prior with ``generator``, following the
+    score :func:`get_sampling_fn` follows (``score_fn_factory`` guides the pilot batch). The fixed default is kept
+    unless a candidate leads by ``config.sampling.fast_tuning_evidence`` [0] standard errors.
+    """
+    method = config_value(config, "sampling.method")
+    if str(method).lower() != "fast":
+        raise ValueError(f"config.sampling.fast_tuning tunes method 'fast'; config.sampling.method is {method!r}")
+    points = check_positive_int("config.sampling.fast_tuning_points", config_value(config, "sampling.fast_tuning_points", 64))
+    nfe = check_positive_int("config.sampling.nfe", config_value(config, "sampling.nfe", 20))
+    evidence = float(config_value(config, "sampling.fast_tuning_evidence", 0.0))
+    follow = _followed_score(config, sde, score_fn_factory)
+    shape = check_shape((points, *data_shape))
+    device = config_value(config, "device", None)
+
+    def tuning_fn(model: torch.nn.Module, generator: torch.Generator | None = None, progress: bool = False) -> FastSolverChoice:
+        with torch.no_grad():
+            return tune_fast_sample(sde, follow(model), shape, nfe, eps=eps, generator=generator, device=device,
+                                    progress=progress, evidence=evidence)
+
+    return tuning_fn
+
+
 def get_sampling_fn(
     config: Any,
     sde: SDE,
@@ -76,6 +127,7 @@ def get_sampling_fn(
     inverse_scaler: Scaler | None,
     eps: float,
     score_fn_factory: ScoreFactory | None = None,
+    fast_options: FastSolverOptions | None = None,
 ):
     """The configured sampler as ``fn(model, generator=None, progress=False) -> (inverse_scaler(x), nfe)``.
 
@@ -86,7 +138,9 @@ def get_sampling_fn(
     * ``ode``: ``noise_removal``, ``ode_method`` [``RK45``], ``rtol``/``atol`` [1e-5].
     * ``sde``: ``sde_method`` [``euler``], ``dt`` [1e-3], ``noise_removal``.
     * ``adaptive``: ``rtol`` [1e-2], ``noise_removal``.
-    * ``fast``: ``nfe`` [20], ``order`` [solver default], ``schedule`` [solver default], ``noise_removal`` [False].
+    * ``fast``: ``nfe`` [20], ``order`` [solver default], ``schedule`` [solver default], ``noise_removal`` [False];
+      ``fast_options`` (e.g. a :func:`get_fast_tuning_fn` choice) replaces ``order`` and ``schedule``, which must
+      then be unset.
     * ``edm``: ``nfe`` [35] (``N = (nfe + 1) // 2`` Heun steps, ``2N - 1`` evaluations), ``rho`` [7], ``s_churn`` [0],
       ``s_min`` [0], ``s_max`` [no bound], ``s_noise`` [1]: :func:`samplers.edm_sample`.
 
@@ -102,16 +156,10 @@ def get_sampling_fn(
     shape = check_shape(shape)
     get = lambda field, default=...: config_value(config, f"sampling.{field}", default)  # noqa: E731
     denoise = bool(get("noise_removal", method != "fast"))
-    parameterization = parameterization_from_config(config, sde)
     check_choice("config.sampling.mixed_precision", get("mixed_precision", "auto"), PRECISION_SETTINGS)
-    if method in CONTINUOUS_TIME_METHODS:
-        check_continuous_time(parameterization, f"config.sampling.method={method!r}", sde)
+    follow = _followed_score(config, sde, score_fn_factory)
     device = config_value(config, "device", None)
     scale = inverse_scaler if inverse_scaler is not None else (lambda x: x)
-    if score_fn_factory is not None and not callable(score_fn_factory):
-        raise ValueError(f"score_fn_factory must be callable as factory(score_model) -> score_fn, got {score_fn_factory!r}")
-    make_score_fn = score_fn_factory if score_fn_factory is not None else (lambda score_model: score_model.score_fn())
-    transform = sampling_score_transform(config, sde)
 
     if method == "pc":
         predictor = check_choice("config.sampling.predictor", str(get("predictor")).lower(), available_predictors())
@@ -133,6 +181,13 @@ def get_sampling_fn(
         sampler = adaptive_sde_sample
     elif method == "fast":
         options = dict(nfe=int(get("nfe", 20)), order=get("order", None), schedule=get("schedule", None), denoise=denoise, eps=eps)
+        if fast_options is not None:
+            if not isinstance(fast_options, FastSolverOptions):
+                raise ValueError(f"fast_options must be FastSolverOptions, got {type(fast_options).__name__}")
+            if options["order"] is not None or options["schedule"] is not None:
+                raise ValueError("config.sampling.order and config.sampling.schedule must be unset when fast_sample's "
+                                 "options are given (config.sampling.fast_tuning=True chooses them)")
+            options |= fast_options.kwargs()
         sampler = fast_sample
     else:
         s_max = get("s_max", None)
@@ -144,7 +199,7 @@ def get_sampling_fn(
         sampler = edm_sample
 
     def sampling_fn(model: torch.nn.Module, generator: torch.Generator | None = None, progress: bool = False):
-        score_fn = transform(make_score_fn(ScoreModel.from_config(config, model, sde)))
+        score_fn = follow(model)
         with torch.no_grad():
             x, nfe = sampler(sde, score_fn, shape, generator=generator, device=device, progress=progress, **options)
         return scale(x), nfe

@@ -192,3 +192,12 @@ def test_measurement_consistency_needs_a_measurement(tmp_path):
                              [("model.nf", "4"), ("sampling.measurement_consistency", "True")])
     with pytest.raises(ConfigError, match="config.sampling.measurement_consistency"):
         build_experiment(config, tmp_path, "sample")
+
+
+def test_fast_tuning_is_refused_for_a_signal_conditioned_network(tmp_path):
+    from jobs.experiment import ConfigError
+
+    config = tiny_sr3_config(**{"sampling.method": "fast", "sampling.fast_tuning": True})
+    with pytest.raises(ConfigError, match="config.sampling.fast_tuning=True is not available for a signal-conditioned"):
+        build_experiment(config, tmp_path / "run", "sample")
+    assert not (tmp_path / "run").exists()
