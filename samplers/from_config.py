@@ -97,7 +97,8 @@ def get_fast_tuning_fn(
     config: Any, sde: SDE, data_shape: tuple[int, ...], eps: float, score_fn_factory: ScoreFactory | None = None
 ):
     """:func:`samplers.tune_fast_sample` for the config's sampler as ``fn(model, generator=None, progress=False) ->
-    FastSolverChoice``: the options of ``fast_sample`` at ``config.sampling.nfe``, chosen on
+    FastSolverChoice``: the options of ``fast_sample`` for the ODE's share of ``config.sampling.nfe`` (less the
+    evaluation of ``noise_removal``, which follows the ODE and is the same for every option), chosen on
     ``config.sampling.fast_tuning_points`` [64] pilot samples drawn from the prior with ``generator``, following the
     score :func:`get_sampling_fn` follows (``score_fn_factory`` guides the pilot batch). The fixed default is kept
     unless a candidate leads by ``config.sampling.fast_tuning_evidence`` [0] standard errors.
@@ -107,6 +108,8 @@ def get_fast_tuning_fn(
         raise ValueError(f"config.sampling.fast_tuning tunes method 'fast'; config.sampling.method is {method!r}")
     points = check_positive_int("config.sampling.fast_tuning_points", config_value(config, "sampling.fast_tuning_points", 64))
     nfe = check_positive_int("config.sampling.nfe", config_value(config, "sampling.nfe", 20))
+    nfe -= int(bool(config_value(config, "sampling.noise_removal", False)))  # the ODE's share of the budget
+    nfe = check_positive_int("config.sampling.nfe less noise_removal's evaluation", nfe)
     evidence = float(config_value(config, "sampling.fast_tuning_evidence", 0.0))
     follow = _followed_score(config, sde, score_fn_factory)
     shape = check_shape((points, *data_shape))
