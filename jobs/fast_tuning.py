@@ -36,6 +36,7 @@ from samplers.from_config import fast_tuning_enabled, get_fast_tuning_fn
 
 from .conditional import sample_class_labels
 from .experiment import Experiment
+from .progress import ProgressLog
 from .run import step_seed
 from .streams import Stream
 
@@ -87,7 +88,8 @@ def fast_solver_choice(
                     config_value(config, "sampling.nfe", 20), points)
         generator = torch.Generator(exp.device).manual_seed(step_seed(config, Stream.FAST_TUNING, step))
         start = time.perf_counter()
-        choice = tuning_fn(exp.model, generator=generator)
+        lines = ProgressLog(logger, None, label="fast_sample tuning: score evaluations of the pilot batch", unit="evaluations")
+        choice = tuning_fn(exp.model, generator=generator, on_progress=lambda done, planned: lines.tick(done))
         write_record(path, source, choice)
         logger.info(
             "fast_sample options for step %d: %s (pilot RMS error %.3g; the fixed default's %.3g; reference %d steps; "

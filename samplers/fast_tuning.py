@@ -31,10 +31,11 @@ import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from base_lib.checks import check_finite_positive, check_positive_int
 from sde_lib import LinearSDE, ScoreFn
@@ -184,6 +185,7 @@ def tune_fast_sample(
     reference_tolerance: float = 0.1,
     max_reference_steps: int = 8192,
     evidence: float = 0.0,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> FastSolverChoice:
     """Choose ``fast_sample``'s options for ``score_fn`` at budget ``nfe`` by their error on pilot points.
 
@@ -192,7 +194,8 @@ def tune_fast_sample(
         shape: ``(P, ...)``: the pilot points' shape (``P`` points of the samples' shape).
         nfe: the budget the options are chosen for.
         x_init: the pilot points ``z`` at ``t = T``; default ``P`` draws from the prior with ``generator``.
-        dtype, generator, device, progress: as for ``fast_sample``.
+        dtype, generator, device: as for ``fast_sample``.
+        progress: a tqdm bar of the evaluations made over those planned.
         candidates: configurations to compare; default :func:`fast_solver_grid`. The fixed default is always
             compared too, and wins ties.
         reference_steps: ``N``, the coarser reference's steps (the finer takes ``2N``); doubled as needed.
@@ -202,6 +205,8 @@ def tune_fast_sample(
         evidence: the fixed default is kept unless the best candidate's mean squared error is lower than the
             default's by at least this many standard errors of their paired per-point difference (0: always take
             the best on the pilot points).
+        on_progress: called after each solve with ``(evaluations made, evaluations planned)``, each a call of
+            ``score_fn`` on the pilot batch (the plan grows if the reference's steps double), for progress lines.
 
     Returns:
         a :class:`FastSolverChoice`.
@@ -228,10 +233,6 @@ def tune_fast_sample(
     z = initial_state(sde, shape, x_init, generator, device, dtype).to(dtype)
     counting = CountingScoreFn(score_fn)
 
-    def solve(options: dict[str, Any], steps: int) -> Tensor:
-        return fast_sample(sde, counting, shape, nfe=steps, eps=eps, x_init=z, progress=progress, **options)[0]
-
-    solved: dict[tuple, float] = {}
     labels: dict[tuple, str] = {}
     chosen: dict[tuple, FastSolverOptions] = {}
     for options in candidates:
@@ -243,8 +244,17 @@ def tune_fast_sample(
         except ValueError:
             continue  # the budget is too small for this order
         chosen[key], labels[key] = options, options.label()
-        solved[key] = solve(options.kwargs(), nfe)  # type: ignore[assignment]
+    planned = len(chosen) * nfe + 3 * reference_steps
+    bar = tqdm(total=planned, desc="tune_fast_sample", unit="eval", leave=False, dynamic_ncols=True, disable=not progress)
 
+    def solve(options: dict[str, Any], steps: int) -> Tensor:
+        x = fast_sample(sde, counting, shape, nfe=steps, eps=eps, x_init=z, **options)[0]
+        bar.update(counting.nfe - bar.n)
+        if on_progress is not None:
+            on_progress(counting.nfe, planned)
+        return x
+
+    solved = {key: solve(options.kwargs(), nfe) for key, options in chosen.items()}
     coarse = solve(REFERENCE_OPTIONS, reference_steps)
     fine = solve(REFERENCE_OPTIONS, 2 * reference_steps)
     while True:
@@ -255,7 +265,10 @@ def tune_fast_sample(
         if difference <= reference_tolerance * best or 4 * reference_steps > max_reference_steps:
             break
         reference_steps *= 2
+        planned += 2 * reference_steps
+        bar.total = planned
         coarse, fine = fine, solve(REFERENCE_OPTIONS, 2 * reference_steps)
+    bar.close()
     if difference > reference_tolerance * best:
         warnings.warn(
             f"tune_fast_sample: the reference solves of {reference_steps} and {2 * reference_steps} steps differ by "

@@ -115,10 +115,13 @@ def get_fast_tuning_fn(
     shape = check_shape((points, *data_shape))
     device = config_value(config, "device", None)
 
-    def tuning_fn(model: torch.nn.Module, generator: torch.Generator | None = None, progress: bool = False) -> FastSolverChoice:
+    def tuning_fn(
+        model: torch.nn.Module, generator: torch.Generator | None = None, progress: bool = False,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> FastSolverChoice:
         with torch.no_grad():
             return tune_fast_sample(sde, follow(model), shape, nfe, eps=eps, generator=generator, device=device,
-                                    progress=progress, evidence=evidence)
+                                    progress=progress, evidence=evidence, on_progress=on_progress)
 
     return tuning_fn
 

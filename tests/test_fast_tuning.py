@@ -104,8 +104,12 @@ def test_evaluations_record_and_sampling_with_the_choice():
     data, sde = uneven_three(), sde_lib.VPSDE()
     counting = CountingScoreFn(data.score_fn(sde))
     z = prior(sde, data, 32, 5)
-    choice = tune_fast_sample(sde, counting, z.shape, 6, x_init=z, reference_steps=64)
+    calls = []
+    choice = tune_fast_sample(sde, counting, z.shape, 6, x_init=z, reference_steps=64,
+                              on_progress=lambda done, planned: calls.append((done, planned)))
     assert choice.evaluations == counting.nfe
+    # one call per solve: every distinct candidate, then the references; the plan is what was made
+    assert calls[-1] == (counting.nfe, counting.nfe) and all(a[0] < b[0] for a, b in zip(calls, calls[1:]))
     assert choice.reference_steps == 128 and choice.pilot_points == 32
     again = FastSolverChoice.from_json(choice.to_json())
     assert again == choice
