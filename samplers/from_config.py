@@ -71,7 +71,7 @@ def sampling_score_transform(config: Any, sde: SDE) -> Callable[[ScoreFn], Score
     return lambda score_fn: clip_denoised(sde, score_fn, data_range)
 
 
-def _followed_score(config: Any, sde: SDE, score_fn_factory: ScoreFactory | None) -> Callable[[torch.nn.Module], ScoreFn]:
+def followed_score(config: Any, sde: SDE, score_fn_factory: ScoreFactory | None) -> Callable[[torch.nn.Module], ScoreFn]:
     """``follow(model) -> score_fn``: the score a config-driven sampler follows for the network ``model``: read
     through :class:`models.ScoreModel` with the config's parameterization, guided by ``score_fn_factory``, and with
     :func:`sampling_score_transform` applied. Checked here, before any sampling."""
@@ -111,7 +111,7 @@ def get_fast_tuning_fn(
     nfe -= int(bool(config_value(config, "sampling.noise_removal", False)))  # the ODE's share of the budget
     nfe = check_positive_int("config.sampling.nfe less noise_removal's evaluation", nfe)
     evidence = float(config_value(config, "sampling.fast_tuning_evidence", 0.0))
-    follow = _followed_score(config, sde, score_fn_factory)
+    follow = followed_score(config, sde, score_fn_factory)
     shape = check_shape((points, *data_shape))
     device = config_value(config, "device", None)
 
@@ -163,7 +163,7 @@ def get_sampling_fn(
     get = lambda field, default=...: config_value(config, f"sampling.{field}", default)  # noqa: E731
     denoise = bool(get("noise_removal", method != "fast"))
     check_choice("config.sampling.mixed_precision", get("mixed_precision", "auto"), PRECISION_SETTINGS)
-    follow = _followed_score(config, sde, score_fn_factory)
+    follow = followed_score(config, sde, score_fn_factory)
     device = config_value(config, "device", None)
     scale = inverse_scaler if inverse_scaler is not None else (lambda x: x)
 
