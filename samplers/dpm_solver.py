@@ -49,7 +49,6 @@ PREDICTIONS = ("data", "noise")
 CORRECTORS = ("bh1", "bh2")
 MAX_ORDER = 3
 MAX_STEP_RATIO = 1.0 + math.sqrt(2.0)  # longest step, relative to an earlier one, that may use that one's node
-LOWER_ORDER_FINAL_BELOW = 15  # lower_order_final acts on grids of fewer steps (the rule of diffusers' DPM-Solver++ / UniPC)
 _SERIES_RADIUS = 1.0  # |z| below which phi_k is summed as a power series (no cancellation)
 _SERIES_TERMS = 25  # terms of that series: |z|^25 / 25! < 1e-25
 
@@ -134,15 +133,17 @@ def step_orders(lambdas: Sequence[float], order: int, lower_order_final: bool) -
       stability needs ``h_i / h_{i-1} < 1 + sqrt(2)`` (Grigorieff 1983, variable-step BDF2), the bound used here.
       Grids with a long last step (``time_uniform``; sub-VP on ``vp_time_quadratic``, ratio 5) keep their full
       order elsewhere, so their error falls steadily with the number of steps.
-    * ``lower_order_final`` on a grid of fewer than :data:`LOWER_ORDER_FINAL_BELOW` steps: also ``<= steps - i``
-      (DPM-Solver++'s rule: the last step is DDIM).
+    * ``lower_order_final``: also ``<= steps - i`` on every grid (UniPC's rule; the last step is DDIM). DPM-Solver++
+      lowers the order only on grids of fewer than 10-15 steps, which is more accurate for scores smooth in time
+      (the exact scores of ``benchmarks/fast_solvers.py``), but a trained network's prediction is not smooth near
+      ``t = eps``, where the last, longest steps in ``lambda`` extrapolate it: on the digits network, order 3 with
+      UniC at 15 evaluations had 4.6x the error with DPM-Solver++'s rule (``benchmarks/results/fast_solvers_network_cpu.txt``).
     """
     steps = len(lambdas) - 1
     widths = [lambdas[i + 1] - lambdas[i] for i in range(steps)]
-    final = lower_order_final and steps < LOWER_ORDER_FINAL_BELOW
     orders = []
     for i in range(steps):
-        k = min(order, i + 1, steps - i) if final else min(order, i + 1)
+        k = min(order, i + 1, steps - i) if lower_order_final else min(order, i + 1)
         nodes = 1
         while nodes < k and widths[i] <= MAX_STEP_RATIO * widths[i - nodes]:
             nodes += 1

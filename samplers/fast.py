@@ -156,8 +156,8 @@ def fast_sample(
         generator, device, progress: random source of the prior draw, device, tqdm bar.
         corrector: DPM-Solver only: the UniPC corrector (:mod:`samplers.dpm_solver`), ``"bh1"`` (default),
             ``"bh2"`` or ``"none"``; it adds no evaluation. Keyword-only, as ``lower_order_final``.
-        lower_order_final: DPM-Solver only: on grids of fewer than 15 steps, lower the order of the last steps to
-            ``steps - i`` (DPM-Solver++; the last step is DDIM). Default True. On any grid a step much longer than
+        lower_order_final: DPM-Solver only: lower the order of the last steps to ``steps - i`` (UniPC's rule, on
+            every grid; the last step is DDIM). Default True. On any grid a step much longer than
             an earlier one does not use that step's node (:func:`samplers.dpm_solver.step_orders`).
 
     Returns:
