@@ -1,7 +1,7 @@
 """Few-step options on a trained network: the fixed default and the tuned choice against the converged ODE.
 
     python benchmarks/fast_solvers_network.py [--workdir runs/digits] [--nfe 5 10 20 30] [--pilot 64]
-        [--fresh 128] [--top 3] [--threads 2]
+        [--fresh 128] [--top 3] [--threads 2] [--public-unipc DIR]
 
 The run is a trained workdir (the README's main job: ``python main.py --config configs/vp/digits_ddpmpp_continuous.py
 --workdir runs/digits``), read with its recorded config and the EMA weights of its latest checkpoint; the score is
@@ -14,12 +14,16 @@ the pilot shows there. The exact-score benchmark (``benchmarks/fast_solvers.py``
 has the network's, which is what samples are drawn with.
 
 Printed per NFE: the pilot's RMS errors (fixed default, tuned) and its cost, and the fresh samples' RMS errors of
-each solved row with its ratio to the tuned row's.
+each solved row with its ratio to the tuned row's. With ``--public-unipc DIR`` (a folder holding ``uni_pc.py`` of
+github.com/wl-zhao/UniPC, which is not a dependency) public UniPC and ``fast_sample`` with the same options solve
+from the same fresh samples, against the same reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import sys
@@ -48,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fresh", type=int, default=128, help="other samples the chosen rows are re-measured on (seed 2)")
     parser.add_argument("--top", type=int, default=3, help="rows of the pilot's ranking re-measured after the tuned one")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--public-unipc", default=None, metavar="DIR",
+                        help="a folder with uni_pc.py of github.com/wl-zhao/UniPC: also solve with it, beside ours")
     return parser.parse_args(argv)
 
 
@@ -105,7 +111,43 @@ def main(args: argparse.Namespace) -> None:
                 role = " ".join(name for name, yes in (("default", index == 0),
                                                       ("tuned", label == choices[nfe].options.label())) if yes)
                 print(f"  {nfe:4d}  {label:40s} {error:10.4g} {error / tuned:8.2f}  {role}")
+    if args.public_unipc:
+        compare_public_unipc(args, exp, score, fresh, reference)
     print(f"\nload average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def compare_public_unipc(args: argparse.Namespace, exp, score, fresh: torch.Tensor, reference: torch.Tensor) -> None:
+    """Public UniPC (multistep, noise prediction, ``time_quadratic``, ``lower_order_final``) and ``fast_sample`` with
+    the same options, from the same fresh samples, against the same reference: RMS errors and their difference."""
+    sys.path.insert(0, args.public_unipc)
+    import uni_pc  # noqa: E402  (the public file, run beside ours, not part of this toolkit)
+
+    sde = exp.sde
+    beta_min, beta_max = sde.schedule.beta_min, sde.schedule.beta_max  # a linear VP schedule
+    schedule = uni_pc.NoiseScheduleVP("linear", continuous_beta_0=beta_min, continuous_beta_1=beta_max)
+
+    def noise_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sigma = sde.marginal_coeffs(t)[1]
+        return -sigma.reshape(-1, *([1] * (x.ndim - 1))) * score(x, t)
+
+    model_fn = uni_pc.model_wrapper(noise_model, schedule, model_type="noise")
+    print(f"\npublic UniPC ({args.public_unipc}/uni_pc.py) beside fast_sample, noise prediction, time_quadratic, "
+          f"lower_order_final, from the same {fresh.shape[0]} fresh samples")
+    print(f"  {'NFE':>4s} {'order':>5s} {'variant':>7s} {'public RMS':>11s} {'ours RMS':>10s} {'|public - ours|':>16s}")
+    with torch.no_grad():
+        for nfe in args.nfe:
+            for order in (2, 3):
+                for variant in ("bh1", "bh2"):
+                    solver = uni_pc.UniPC(model_fn, schedule, algorithm_type="noise_prediction", variant=variant)
+                    with contextlib.redirect_stdout(io.StringIO()):  # it prints at its last step
+                        public = solver.sample(fresh.clone(), steps=nfe, t_start=sde.T, t_end=exp.sampling_eps,
+                                               order=order, skip_type="time_quadratic", method="multistep",
+                                               lower_order_final=True)
+                    ours = fast_sample(sde, score, fresh.shape, nfe=nfe, eps=exp.sampling_eps, x_init=fresh,
+                                       method="dpm_solver", order=order, prediction="noise", corrector=variant,
+                                       schedule="time_quadratic", lower_order_final=True)[0]
+                    print(f"  {nfe:4d} {order:5d} {variant:>7s} {rms(public, reference):11.4g} "
+                          f"{rms(ours, reference):10.4g} {rms(public, ours):16.2g}", flush=True)
 
 
 def _grid_with_default(sde, nfe: int) -> list[FastSolverOptions]:
