@@ -136,8 +136,8 @@ def step_orders(lambdas: Sequence[float], order: int, lower_order_final: bool) -
     * ``lower_order_final``: also ``<= steps - i`` on every grid (UniPC's rule; the last step is DDIM). DPM-Solver++
       lowers the order only on grids of fewer than 10-15 steps, which is more accurate for scores smooth in time
       (the exact scores of ``benchmarks/fast_solvers.py``), but a trained network's prediction is not smooth near
-      ``t = eps``, where the last, longest steps in ``lambda`` extrapolate it: on the digits network, order 3 with
-      UniC at 15 evaluations had 4.6x the error with DPM-Solver++'s rule (``benchmarks/results/fast_solvers_network_cpu.txt``).
+      ``t = eps``, where the last, longest steps in ``lambda`` extrapolate it (a trained network's figures are in
+      ``benchmarks/results/fast_solvers_network_cpu.txt``).
     """
     steps = len(lambdas) - 1
     widths = [lambdas[i + 1] - lambdas[i] for i in range(steps)]

@@ -2,17 +2,16 @@
 
 Which few-step configuration of :func:`samplers.fast_sample` is the most accurate depends on the data, not only on
 what the sampler knows before it starts (the budget, the SDE, the dimension): on a 2-D mixture with a heavy narrow
-component data prediction on a quadratic time grid is 2-3x more accurate at 5-20 evaluations than the fixed default,
-and 2-50x less accurate on other data (``benchmarks/fast_solvers.py``; the README has the tables). The model itself
+component data prediction on a quadratic time grid is the more accurate at 5-20 evaluations, and the less accurate
+on other data (``benchmarks/fast_solvers.py``; the README has the tables). The model itself
 is known before sampling, so :func:`tune_fast_sample` asks it: it draws pilot points ``z`` from the prior, solves the
 probability-flow ODE [SDE, eq. (13)] from them to convergence (``x*(z)``), solves it from the same points with every
 candidate configuration at the given budget, and returns the configuration of least per-coordinate RMS error
 ``sqrt(mean_z ||x(z) - x*(z)||^2 / D)``, the benchmark's criterion. The per-point errors are heavy-tailed where a
 few points end in another mode of the data (each adds about ``|mu_i - mu_j|^2 / (D P)`` to the mean over ``P``
-points), so the pilot must be large enough to see such points: in the benchmark 2000 pilot points met the target
-in 148 of 162 cells, 200-300 points on 64-D mixtures did not. With a small pilot, ``evidence > 0`` keeps the fixed
-default unless the best candidate's lead is that many standard errors of the paired per-point differences (at
-2000 points ``evidence = 2`` kept the default too often: 134 cells). It is per-model step-schedule optimisation
+points), so the pilot must be large enough to see such points (the README has the benchmark's figures for 2000
+pilot points). With a small pilot, ``evidence > 0`` keeps the fixed default unless the best candidate's lead is
+that many standard errors of the paired per-point differences. It is per-model step-schedule optimisation
 (Align Your Steps, Sabour et al. 2024) with an exhaustive search over ``fast_sample``'s discrete options in place of
 a gradient search over the grid; the choice is a small JSON record, made once per model and budget and reused.
 
@@ -21,7 +20,7 @@ The reference is DPM-Solver-3 with the UniC corrector (order 4), noise predictio
 candidate's error, so that the reference's own error (about 1/16 of that difference at order 4) cannot change
 the ranking. Cost, per pilot point: ``3N`` evaluations for the reference (more if it doubles) and ``nfe`` for each
 distinct candidate solve (candidates that take the same steps, by :func:`samplers.dpm_solver.step_orders`, are solved
-once): with the full grid at 20 evaluations about 1500 + 2500.
+once, 150-160 of the 190): with the full grid at 20 evaluations about 1500 + 3100.
 """
 
 from __future__ import annotations
