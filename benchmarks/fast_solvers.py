@@ -345,7 +345,7 @@ def best_of(rows: list[Row]) -> Row:
 
 
 def misses_target(row: Row, best: Row) -> bool:
-    """The issue's target: RMS within :data:`HIGHLIGHT_RATIO` of the best row's and no more switched points."""
+    """The benchmark's target: RMS within :data:`HIGHLIGHT_RATIO` of the best row's and no more switched points."""
     return row.rms > HIGHLIGHT_RATIO * best.rms or (row.switches or 0) > (best.switches or 0)
 
 

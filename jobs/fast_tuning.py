@@ -2,7 +2,8 @@
 
 With ``config.sampling.method='fast'`` and ``fast_tuning=True``, the ``sample`` and ``eval`` jobs call
 :func:`fast_solver_choice` after loading a checkpoint's EMA weights and before drawing its rounds:
-:func:`samplers.tune_fast_sample` measures every option combination at ``config.sampling.nfe`` against a converged
+:func:`samplers.tune_fast_sample` measures every option combination for the ODE's share of ``config.sampling.nfe``
+(less ``noise_removal``'s evaluation) against a converged
 solve from ``fast_tuning_points`` pilot prior samples (seeded by ``(config.seed, FAST_TUNING, step)``), following
 the score the rounds follow (guidance and ``clip_denoised`` included), and the rounds are drawn with the best.
 
