@@ -42,18 +42,23 @@ from .run import step_seed
 from .streams import Stream
 
 
+def canonical_source(source: dict[str, Any]) -> dict[str, Any]:
+    """``source`` as it reads back from JSON (sorted keys; values JSON cannot hold as their ``str``)."""
+    return json.loads(json.dumps(source, sort_keys=True, default=str))
+
+
 def record_path(exp: Experiment, source: dict[str, Any]) -> Path:
-    """Where the choice for the sampling ``source`` is cached."""
-    text = json.dumps(source, sort_keys=True, default=str)
+    """Where the choice for the canonical sampling ``source`` is cached."""
+    text = json.dumps(source, sort_keys=True)
     return exp.layout.fast_tuning_dir / f"{hashlib.sha256(text.encode('utf-8')).hexdigest()[:20]}.json"
 
 
 def read_record(path: Path, source: dict[str, Any]) -> FastSolverChoice | None:
-    """The choice cached at ``path`` for ``source``; ``None`` if there is none, it is unreadable or it was made for
-    another source."""
+    """The choice cached at ``path`` for the canonical ``source``; ``None`` if there is none, it is unreadable or it
+    was made for another source."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        if record.get("source") != json.loads(json.dumps(source, sort_keys=True, default=str)):
+        if record.get("source") != source:
             return None
         return FastSolverChoice.from_json(json.dumps(record["choice"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -62,7 +67,7 @@ def read_record(path: Path, source: dict[str, Any]) -> FastSolverChoice | None:
 
 def write_record(path: Path, source: dict[str, Any], choice: FastSolverChoice) -> None:
     record = {"source": source, "choice": json.loads(choice.to_json())}
-    text = json.dumps(record, indent=1, sort_keys=True, default=str, allow_nan=True) + "\n"
+    text = json.dumps(record, indent=1, sort_keys=True, allow_nan=True) + "\n"
     atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
 
@@ -74,6 +79,7 @@ def fast_solver_choice(
     config = exp.config
     if not fast_tuning_enabled(config):
         return None
+    source = canonical_source(source)
     path = record_path(exp, source)
     choice = read_record(path, source)
     if choice is not None:
