@@ -30,8 +30,12 @@ conditions ``sum_j w_j r_j^{k-1} = k! h phi_{k+1}(z)``, ``k = 1..p`` (:func:`dif
   the nodes (``r = 1``): one degree more, so order ``p + 1`` for a ``p``-th order predictor, and no extra
   evaluation; ``m_t`` is kept (not re-evaluated at the corrected point). The last step is not corrected (that
   would cost an evaluation). With a single difference UniPC replaces ``w = h phi_2(z)`` by ``B(z) h / (2 z)``,
-  ``B(z) = z`` (``"bh1"``) or ``expm1(z)`` (``"bh2"``), equal to it up to ``O(h^2)``; with more differences
-  the order conditions fix ``w`` and the two variants coincide.
+  ``B(z) = z`` (``"bh1"``) or ``expm1(z)`` (``"bh2"``), equal to it up to ``O(h^2)``, in its predictor (UniP) as
+  in its corrector, so with a corrector the predictor's single difference takes the same weight; with more
+  differences the order conditions fix ``w`` and the two variants coincide. Without a corrector the predictor
+  solves the order conditions (DPM-Solver's ``taylor`` form; its default ``dpmsolver`` 2M weight
+  ``h phi_1(z) / 2`` is the ``"bh2"`` one). For steps of ``|h|`` near 1 or more, as with few steps, the weights
+  differ widely: at ``h = 2`` in noise prediction ``h phi_2(h)`` is 2.2 where ``h / 2`` is 1.
 """
 
 from __future__ import annotations
@@ -165,10 +169,11 @@ def dpm_solver_multistep(
 
     One score evaluation per step, at the step's start: ``len(levels) - 1`` evaluations in all, with or without
     the ``corrector`` (``None``, ``"bh1"`` or ``"bh2"``), which corrects each step but the last with the
-    evaluation that starts the next one. Step orders: :func:`step_orders`. The lower-order warm-up steps sit at
-    ``t = T``, where the predictions' ``lambda``-derivatives scale like ``exp(2 lambda_T)`` (4e-5 for VP, 4e-4
-    for VE): they do not show in the measured orders 1-3 (``tests/test_fast_sampler.py``); against order 4
-    (3 + UniC) with noise prediction the first step's ``O(h^3)`` error appears near errors of 1e-8.
+    evaluation that starts the next one and gives the predictor its single-difference weight (UniPC). Step
+    orders: :func:`step_orders`. The lower-order warm-up steps sit at ``t = T``, where the predictions'
+    ``lambda``-derivatives scale like ``exp(2 lambda_T)`` (4e-5 for VP, 4e-4 for VE): they do not show in the
+    measured orders 1-3 (``tests/test_fast_sampler.py``); against order 4 (3 + UniC) with noise prediction the
+    first step's ``O(h^3)`` error appears near errors of 1e-8.
     """
     model = prediction_fn(score_fn, prediction)
     steps = len(levels) - 1
@@ -184,6 +189,6 @@ def dpm_solver_multistep(
             x = multistep_update(x_prev, prev, src, model_prev, [(src.lam, model_src)] + prev_nodes, prediction, corrector)
         nodes = history[: orders[i] - 1]
         last_step = (x, src, model_src, nodes)
-        x = multistep_update(x, src, dst, model_src, nodes, prediction)
+        x = multistep_update(x, src, dst, model_src, nodes, prediction, corrector)
         history = ([(src.lam, model_src)] + history)[: order - 1]
     return x

@@ -135,6 +135,93 @@ def test_unipc_variants_coincide_with_two_or_more_differences():
                 assert difference_weights(ratios, 0.6, z, variant) == pytest.approx(base, rel=1e-12)
 
 
+def unipc_orders(steps, order, lower_order_final):
+    """UniPC's order of each step: warm-up step ``i`` (from 1) of order ``i``, then ``order`` or, with
+    lower_order_final, ``min(order, steps + 1 - i)``."""
+    return [min(i, order) if i < order else (min(order, steps + 1 - i) if lower_order_final else order)
+            for i in range(1, steps + 1)]
+
+
+def unipc_transcription(sde, score_fn, x, steps, orders, prediction, variant):
+    """Multistep UniPC (Zhao et al. 2023, Algorithm 3 with the UniP-p predictor and UniC, ``B(h) = h`` for bh1,
+    ``e^h - 1`` for bh2), written out in float64 from the paper for this test: its own grid quadratic in ``t`` from
+    ``T`` to ``EPS``, the step ``orders`` (:func:`unipc_orders`), a single difference weighted ``1/2`` in both
+    predictor and corrector, no correction of the last step.
+    """
+    times = torch.linspace(sde.T**0.5, EPS**0.5, steps + 1, dtype=torch.float64).square()
+
+    def level(t):
+        alpha, sigma = (c.item() for c in sde.marginal_coeffs(torch.full((1,), t.item(), dtype=torch.float64)))
+        return alpha, sigma, math.log(alpha) - math.log(sigma)
+
+    def model(x, t):
+        alpha, sigma, _ = level(t)
+        s = score_fn(x, torch.full((x.shape[0],), t.item(), dtype=torch.float64))
+        return (x + sigma**2 * s) / alpha if prediction == "data" else -sigma * s
+
+    def weights(ratios, b):
+        if len(ratios) <= 1:
+            return [0.5] * len(ratios)
+        vandermonde = [[r**i for r in ratios] for i in range(len(ratios))]
+        return np.linalg.solve(np.array(vandermonde), np.array(b[: len(ratios)])).tolist()
+
+    def update(x, past, t, p, correct):  # past: (t_j, m_j) oldest first; the step starts at past[-1]
+        (t_s, m_s), (alpha_t, sigma_t, lam_t) = past[-1], level(t)
+        alpha_s, sigma_s, lam_s = level(t_s)
+        h = lam_t - lam_s
+        hh = -h if prediction == "data" else h
+        big_b = hh if variant == "bh1" else math.expm1(hh)
+        b, g, factorial = [], math.expm1(hh) / hh - 1.0, 1.0
+        for k in range(1, p + 1):  # b_k = k! hh phi_{k+1}(hh) / B(h), phi by its recursion
+            b.append(factorial * g / big_b)
+            factorial *= k + 1
+            g = g / hh - 1.0 / factorial
+        ratios = [(level(t_j)[2] - lam_s) / h for t_j, _ in past[-p:-1][::-1]]
+        diffs = [(m_j - m_s) / r for (_, m_j), r in zip(past[-p:-1][::-1], ratios)]
+        if prediction == "data":
+            base, scale = sigma_t / sigma_s * x - alpha_t * math.expm1(-h) * m_s, -alpha_t * big_b
+        else:
+            base, scale = alpha_t / alpha_s * x - sigma_t * math.expm1(h) * m_s, -sigma_t * big_b
+        x_t = base + scale * sum((w * d for w, d in zip(weights(ratios, b), diffs)), torch.zeros_like(x))
+        if not correct:
+            return x_t, None
+        m_t = model(x_t, t)
+        corrected = base + scale * sum((w * d for w, d in zip(weights(ratios + [1.0], b), diffs + [m_t - m_s])),
+                                       torch.zeros_like(x))
+        return corrected, m_t
+
+    past = [(times[0], model(x, times[0]))]
+    for i, p in enumerate(orders, start=1):
+        x, m = update(x, past, times[i], p, correct=i < steps)
+        past = (past + [(times[i], m)])[-max(orders):]
+    return x
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("prediction", ["data", "noise"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("lower_order_final", [True, False])
+def test_unipc_equals_a_transcription_of_the_paper(name, prediction, order, variant, lower_order_final):
+    """``fast_sample`` with a UniPC corrector is UniPC, predictor included (UniP's ``B(h)`` weight on a single
+    difference, not DPM-Solver's ``h phi_2``): the same numbers as the transcription above, to float64 rounding,
+    on the ring's exact score at 8 and 12 steps on the quadratic-in-time grid. The step orders are UniPC's with
+    lower_order_final; without it the step-ratio bound of :func:`step_orders` lowers the order of the long last
+    step of the VP and sub-VP grids, and the transcription is given those orders."""
+    sde = SDES[name]
+    x_T = sde.prior_sampling((16, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for steps in (8, 12):
+        levels = noise_levels(sde, "time_quadratic", steps, EPS, torch.device("cpu"))
+        orders = step_orders([level.lam for level in levels], order, lower_order_final)
+        if lower_order_final:
+            assert orders == unipc_orders(steps, order, lower_order_final)
+        expected = unipc_transcription(sde, RING.score_fn(sde), x_T, steps, orders, prediction, variant)
+        x, _ = fast_sample(sde, RING.score_fn(sde), x_T.shape, nfe=steps, eps=EPS, x_init=x_T, method="dpm_solver",
+                           order=order, prediction=prediction, corrector=variant, schedule="time_quadratic",
+                           lower_order_final=lower_order_final)
+        torch.testing.assert_close(x, expected, rtol=1e-11, atol=1e-11)
+
+
 def polynomial_prediction_score(sde, coeffs, prediction):
     """A score whose ``prediction`` (data: ``(x + sigma^2 s) / alpha``; noise: ``-sigma s``) is ``sum_j c_j lambda^j``."""
 
