@@ -80,7 +80,7 @@ class SDE(abc.ABC):
                 raise ValueError(
                     f"t must lie in [0, T] = [0, {self.T}], got values in [{t.min().item()}, {t.max().item()}]"
                 )
-            self._last_in_range = (weakref.ref(t), t._version)
+            self.mark_times_checked(t)
         return t
 
     def __getstate__(self) -> dict:
@@ -95,6 +95,13 @@ class SDE(abc.ABC):
         """
         last = getattr(self, "_last_in_range", None)
         return last is not None and last[0]() is t and last[1] == t._version
+
+    def mark_times_checked(self, t: Tensor) -> Tensor:
+        """Return ``t``, recorded as range-checked: for times in ``[0, T]`` by construction (drawn from ``[eps, T]``
+        by a loss, say), whose check would cost a device-to-host sync per training step on a GPU. A later in-place
+        change of ``t`` is checked as usual."""
+        self._last_in_range = (weakref.ref(t), t._version)
+        return t
 
     def _check_xt(self, x: Tensor, t: Tensor | float) -> Tensor:
         if not isinstance(x, Tensor) or x.ndim < 1:

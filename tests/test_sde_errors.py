@@ -156,6 +156,38 @@ def test_range_check_runs_once_per_time_tensor_and_sees_in_place_changes(monkeyp
         sde.sde(x, torch.full((4,), -0.1))
 
 
+@pytest.mark.parametrize("importance_weighting", [False, True])
+def test_training_loss_runs_no_range_check(monkeypatch, importance_weighting):
+    """The loss draws its times in ``[eps, T]`` itself: no range check (a host sync per step on a GPU) runs, while
+    a bad ``eps`` is still refused before any draw."""
+    from train_lib.losses import get_sde_loss_fn, uniform_times
+
+    sde = sde_lib.VPSDE()
+    real_checks = []
+    original = sde_lib.SDE._already_in_range
+
+    def spy(self, t):
+        seen = original(self, t)
+        real_checks.append(not seen)
+        return seen
+
+    monkeypatch.setattr(sde_lib.SDE, "_already_in_range", spy)
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 3)
+
+        def forward(self, x, labels):
+            return self.linear(x) * labels[:, None]
+
+    loss_fn = get_sde_loss_fn(sde, train=True, likelihood_weighting=importance_weighting,
+                              importance_weighting=importance_weighting, parameterization="noise")
+    loss = loss_fn(Net(), torch.randn(8, 3), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and len(real_checks) >= 1 and not any(real_checks)
+    with pytest.raises(ValueError, match=r"eps must lie in \[0, T\)"):
+        uniform_times(sde, torch.zeros(2, 3), 1.5, None)
+
+
 def test_sdes_still_copy_and_pickle_after_a_check():
     import copy
     import pickle

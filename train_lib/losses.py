@@ -84,9 +84,12 @@ def _finish(losses: Tensor, per_example: bool) -> Tensor:
 
 
 def uniform_times(sde: SDE, x0: Tensor, eps: float, generator: torch.Generator | None) -> Tensor:
-    """``t ~ U(eps, T)``, one time per row of ``x0``, in its dtype and on its device."""
+    """``t ~ U(eps, T)``, one time per row of ``x0``, in its dtype and on its device; in range by construction, so
+    the SDE's range check (a host sync on a GPU) is not repeated for it."""
+    if not 0.0 <= eps < sde.T:
+        raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}), got {eps}")
     u = torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
-    return u * (sde.T - eps) + eps
+    return sde.mark_times_checked(u * (sde.T - eps) + eps)
 
 
 def add_noise(mean: Tensor, std: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -153,7 +156,7 @@ def get_sde_loss_fn(
     def sample_times(batch: Tensor, generator: torch.Generator | None) -> Tensor:
         if time_sampler is not None:
             u = torch.rand(batch.shape[0], generator=generator, device=batch.device, dtype=batch.dtype)
-            return time_sampler.icdf(u).to(batch.dtype)
+            return sde.mark_times_checked(time_sampler.icdf(u).to(batch.dtype))  # clamped to [eps, T]
         return uniform_times(sde, batch, eps, generator)
 
     def loss_fn(
