@@ -88,10 +88,10 @@ from .conditional import CLASSIFIER_CHECKPOINT, classifier_folder
 from .experiment import ConfigError, EvaluationExperiment, Experiment, build_experiment
 from .audio import DEFAULT_SAMPLE_RATE, sample_rate_of, save_waveforms
 from .images import class_grid_columns, save_image_grid, save_scatter_plot, to_uint8
-from .progress import ProgressLog
+from .progress import LOGGER_NAME, ProgressLog
 from . import signal_conditioned
 from .fast_tuning import fast_solver_choice, report_entry
-from .run import LOGGER_NAME, close_log, model_batch, open_log, step_seed, train
+from .run import close_log, model_batch, open_log, step_seed, train
 from .streams import Stream
 from .workdir import workdir_lock
 

@@ -39,6 +39,7 @@ from models.compiled import compile_network
 
 from . import signal_conditioned
 from .config_checks import check_config_values
+from .progress import LOGGER_NAME
 from .conditional import ConditioningError, SamplingConditioning, check_label_dropout, num_classes, sampling_conditioning
 from train_lib.optim import get_optimizer
 from train_lib.steps import TASKS, StepFn, get_step_fn_from_config
@@ -311,8 +312,6 @@ def _compile_model(config: Any, model: nn.Module) -> nn.Module:
     name = str(config_value(config, "model.name"))
 
     def report(seconds: float, count: int, autograd: bool) -> None:
-        from .run import LOGGER_NAME  # imported when called: jobs.run imports this module
-
         again = "" if count == 1 else f" (compilation {count}: a new input shape, train/eval mode or autograd)"
         backward = "; its backward pass compiles at the first backward" if autograd else ""
         logging.getLogger(LOGGER_NAME).info("compiled %s (torch.compile mode %r) in %.1f s%s%s", name, mode, seconds,

@@ -16,6 +16,7 @@ from typing import Callable
 
 from base_lib.checks import check_finite_positive
 
+LOGGER_NAME = "train_lib"  # the run's logger: the log file's handlers hang on it, progress lines and messages go to it
 FIRST_LINE_AFTER_S = 5.0  # the first line: soon enough to show the job is alive, late enough to have a speed
 LINE_INTERVAL_S = 20.0  # then one line per interval (a speed over the interval, so a change of load shows)
 

@@ -60,12 +60,11 @@ from .experiment import ConfigError, Experiment, TrainingExperiment, build_exper
 from .run_config import reconcile_with_record
 from .audio import sample_rate_of
 from .images import save_samples
-from .progress import ProgressLog, output_is_terminal
+from .progress import LOGGER_NAME, ProgressLog, output_is_terminal
 from .runtime import thread_line
 from .streams import Stream
 from .workdir import workdir_lock
 
-LOGGER_NAME = "train_lib"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 MAX_UNREAD_LOSSES = 1000  # the loop reads the step losses at least this often (they are kept on the device till then)
 
