@@ -36,8 +36,9 @@ from base_lib.config import config_value
 from base_lib.checks import check_finite_positive, check_positive_int
 
 from .embeddings import sinusoidal_embedding
-from .layers import FIR_KERNEL, Downsample, ResnetBlockDDPM, SelfAttention, dense, group_norm, norm_act, conv3x3
-from .ncsnpp import DownLevel, _is_channels_last
+from .layers import (FIR_KERNEL, Downsample, ResnetBlockDDPM, SelfAttention, dense, group_norm, is_channels_last,
+                     norm_act, conv3x3)
+from .ncsnpp import DownLevel
 from .refinenet import get_activation
 from .registry import register_model
 
@@ -157,7 +158,7 @@ class ConvClassifier(nn.Module):
         self._check_inputs(x, t)
         dtype = self.conv_in.weight.dtype
         x = x.to(dtype)
-        if _is_channels_last(self.conv_in.weight):
+        if is_channels_last(self.conv_in.weight):
             x = x.contiguous(memory_format=torch.channels_last)
         temb = self.time_embed(sinusoidal_embedding(t * self.time_scale, self.embedding_dim, self.max_positions, dtype))
         h = self.conv_in(x)

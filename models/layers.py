@@ -87,6 +87,31 @@ def dense(in_features: int, out_features: int) -> nn.Linear:
     return linear
 
 
+def is_channels_last(t: Tensor) -> bool:
+    """Whether a 4-D tensor is stored channels-last (and not also plainly contiguous, as with one channel)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (the same parameters, state dict and results) that steps around a slow CPU kernel.
+
+    torch's CPU kernel for a channels-last bf16/fp16 input is 2-30x slower than the plain-layout kernel when an
+    example has fewer than ``2**17`` elements (``C H W``; at 16x16 and below for 128-256 channels) and fast from
+    there on, where converting the layout costs more than it saves (measured with torch 2.13,
+    ``benchmarks/results/precision_cpu.txt``). Below that size the input is normalised in the plain layout and the
+    result returned channels-last, as the blocks expect. Other devices, dtypes and layouts take the module as it is.
+    """
+
+    SLOW_CHANNELS_LAST_BELOW = 2**17  # elements per example under which the reduced-precision channels-last kernel is slow
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.ndim == 4
+                and x[0].numel() < self.SLOW_CHANNELS_LAST_BELOW and is_channels_last(x)):
+            y = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+            return y.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
 def group_norm(channels: int, groups: int | None = None) -> nn.GroupNorm:
     """GroupNorm with ``eps = 1e-6`` over ``channels``: ``groups`` groups, or ``min(channels // 4, 32)`` if ``None``."""
     num_groups = min(channels // 4, 32) if groups is None else groups
@@ -96,7 +121,7 @@ def group_norm(channels: int, groups: int | None = None) -> nn.GroupNorm:
             f"a GroupNorm with {rule} groups cannot normalise {channels} channels: choose nf and ch_mult so that every "
             f"channel count is a multiple of the group count"
         )
-    return nn.GroupNorm(num_groups=num_groups, num_channels=channels, eps=1e-6)
+    return GroupNorm(num_groups=num_groups, num_channels=channels, eps=1e-6)
 
 
 class NIN(nn.Module):

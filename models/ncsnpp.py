@@ -76,6 +76,7 @@ from .layers import (
     residual_sum,
     conv3x3,
     dense,
+    is_channels_last,
     group_norm,
 )
 from .conditional_mlp import check_class_labels
@@ -88,11 +89,6 @@ RESBLOCK_TYPES = ("biggan", "ddpm")
 PROGRESSIVE = ("none", "output_skip", "residual")
 PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 EMBEDDING_TYPES = ("fourier", "positional")
-
-
-def _is_channels_last(t: Tensor) -> bool:
-    """Whether a 4-D tensor is stored channels-last (and not also plainly contiguous, as with one channel)."""
-    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
@@ -528,15 +524,15 @@ class NCSNpp(nn.Module):
         if self.signal_channels:
             signal, class_labels = check_signal(class_labels, x, self.condition_map, name="c").to(x.dtype), None
         class_shift = self._class_shift(class_labels, x.shape[0], x.device)
-        input_format = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-        if _is_channels_last(self.conv_in.weight):
+        input_format = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        if is_channels_last(self.conv_in.weight):
             x = x.contiguous(memory_format=torch.channels_last)
         temb = self.label_embed(labels, x.dtype)
         if class_shift is not None:
             temb = temb + class_shift
         if signal is not None:
             x = torch.cat([x, signal], dim=1)
-            if _is_channels_last(self.conv_in.weight):
+            if is_channels_last(self.conv_in.weight):
                 x = x.contiguous(memory_format=torch.channels_last)
         if not self.centered:
             x = 2 * x - 1.0  # the signal is in the data's space too

@@ -32,6 +32,7 @@ from models.layers import (
     SelfAttention,
     Upsample,
     ddpm_init_,
+    group_norm,
 )
 from models.ncsnpp import NCSNpp
 from models.registry import get_model
@@ -426,6 +427,32 @@ def test_ddpm_init_variance_and_bounds():
     assert abs(weight.square().mean().item() - variance) < 5 * variance * math.sqrt(0.8 / n)
     tiny = ddpm_init_(torch.empty(100, 100), 0.0)  # scale 0 means 1e-10
     assert 0 < tiny.abs().max() <= math.sqrt(3e-10 / 100)
+
+
+@pytest.mark.parametrize("shape", [(4, 32, 8, 8), (2, 128, 16, 16), (2, 128, 32, 32)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_group_norm_equals_torch_and_keeps_channels_last(shape, dtype):
+    """``layers.GroupNorm`` (small bf16 channels-last examples take the plain-layout kernel) gives torch's
+    ``F.group_norm`` of the same input to rounding of ``dtype``, forward and backward, and returns channels-last;
+    the state dict is ``nn.GroupNorm``'s."""
+    gen = torch.Generator().manual_seed(0)
+    norm = group_norm(shape[1])
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(shape[1], generator=gen))
+        norm.bias.copy_(torch.randn(shape[1], generator=gen))
+    assert isinstance(norm, torch.nn.GroupNorm) and list(norm.state_dict()) == ["weight", "bias"]
+    x = (3 * torch.randn(shape, generator=gen) + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    y = norm(x)
+    expected = F.group_norm(x.detach().float().contiguous(), norm.num_groups, norm.weight, norm.bias, norm.eps)
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5  # bf16 keeps 8 significant bits: 2^-8 relative, values up to ~4
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y.float(), expected, rtol=tolerance, atol=tolerance)
+    upstream = torch.randn(shape, generator=gen)
+    (y.float() * upstream).sum().backward()
+    x_ref = x.detach().float().requires_grad_(True)
+    (F.group_norm(x_ref, norm.num_groups, norm.weight, norm.bias, norm.eps) * upstream).sum().backward()
+    torch.testing.assert_close(x.grad.float(), x_ref.grad, rtol=10 * tolerance, atol=10 * tolerance)
 
 
 def test_nin_is_a_channel_contraction_with_w_stored_in_out():
