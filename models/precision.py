@@ -8,10 +8,9 @@ step's loss): the samplers' state, the SDE's coefficients and the likelihood's i
 
 bf16 is fast only on hardware with bf16 matrix units. Without them oneDNN has no bf16 convolution and torch runs
 its reference kernels, many times slower than float32 (``benchmarks/precision.py``). With AVX512-BF16 dot products
-but no AMX tiles the gain depends on the network: measured on a 2-core EPYC, the CIFAR-10 DDPM++ forward 1.7x
-faster, NCSN++ 1.2x, the digits network 1.8x slower (its GroupNorms on small channels-last maps), training at most
-1.2x. Hence the ``'auto'`` rule: bf16 where the device has matrix tiles (CUDA with bf16 support, or AMX), for
-training and sampling alike; float32 elsewhere.
+but no AMX tiles bf16 is faster, but by too little to change the numbers of a run by default (the README's figures).
+Hence the ``'auto'`` rule: bf16 where the device has matrix tiles (CUDA with bf16 support, or AMX), for training and
+sampling alike; float32 elsewhere.
 """
 
 from __future__ import annotations
