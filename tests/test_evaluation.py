@@ -50,6 +50,8 @@ from jobs.experiment import build_experiment
 from jobs.run import step_seed, train
 from jobs.streams import Stream
 
+from call_spies import count_built_calls
+
 ROOT = Path(__file__).resolve().parents[1]
 TOY_CONFIG = ROOT / "configs" / "vp" / "toy_mlp_continuous.py"
 DIGITS_CONFIG = ROOT / "configs" / "vp" / "digits_ddpmpp_continuous.py"
@@ -169,14 +171,7 @@ def test_sampling_rounds_resume_without_recomputing(toy_run, monkeypatch):
         (folder / f"samples_{r}.npz").unlink()
     (folder / ".samples_1.npz.killed.tmp").write_bytes(b"partial")  # what a killed writer leaves: ignored
     kept = {r: (folder / f"samples_{r}.npz").stat().st_mtime_ns for r in (0, 2)}
-    calls = []
-    real = experiment.get_sampling_fn
-
-    def spy(*args, **kwargs):
-        fn = real(*args, **kwargs)
-        return lambda *a, **k: calls.append(1) or fn(*a, **k)
-
-    monkeypatch.setattr(experiment, "get_sampling_fn", spy)
+    calls = count_built_calls(monkeypatch, [experiment], "get_sampling_fn")
     report = evaluate(make_config(TOY_CONFIG, TOY, eval__enable_loss=False, eval__enable_bpd=False), resumed)[1]
     assert len(calls) == 2
     assert {r: (folder / f"samples_{r}.npz").stat().st_mtime_ns for r in (0, 2)} == kept

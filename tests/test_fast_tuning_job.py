@@ -29,6 +29,7 @@ from samplers import tune_fast_sample
 from samplers.fast_tuning import FastSolverChoice
 from train_lib import restore_checkpoint
 
+from call_spies import count_built_calls
 from test_rounds import tiny_config, toy_run, workdir  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -41,15 +42,7 @@ TUNED = dict(sampling__method="fast", sampling__nfe=NFE, sampling__fast_tuning=T
 @pytest.fixture
 def tunings(monkeypatch):
     """The tuning functions the jobs call, counted."""
-    calls = []
-    real = fast_tuning.get_fast_tuning_fn
-
-    def spy(*args, **kwargs):
-        fn = real(*args, **kwargs)
-        return lambda *a, **k: calls.append(1) or fn(*a, **k)
-
-    monkeypatch.setattr(fast_tuning, "get_fast_tuning_fn", spy)
-    return calls
+    return count_built_calls(monkeypatch, [fast_tuning], "get_fast_tuning_fn")
 
 
 def records(workdir: Path) -> list[Path]:

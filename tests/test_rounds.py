@@ -27,6 +27,8 @@ from jobs.evaluation import evaluate, sample
 from jobs.run import train
 from train_lib import restore_checkpoint, save_checkpoint
 
+from call_spies import count_built_calls
+
 ROOT = Path(__file__).resolve().parents[1]
 N_LEVELS = 50  # model.num_scales: N score evaluations of PC without a corrector (VP needs beta_max / N < 1)
 TINY = {
@@ -67,18 +69,8 @@ def workdir(toy_run, tmp_path):
 @pytest.fixture
 def sampler_calls(monkeypatch):
     """The shapes of the sampling functions the jobs build and call, in call order."""
-    calls = []
-
-    def spy(real):
-        def build(config, sde, shape, *args, **kwargs):
-            fn = real(config, sde, shape, *args, **kwargs)
-            return lambda *a, **k: calls.append(tuple(shape)) or fn(*a, **k)
-
-        return build
-
-    monkeypatch.setattr(experiment, "get_sampling_fn", spy(experiment.get_sampling_fn))
-    monkeypatch.setattr(evaluation, "get_sampling_fn", spy(evaluation.get_sampling_fn))
-    return calls
+    return count_built_calls(monkeypatch, [experiment, evaluation], "get_sampling_fn",
+                             entry=lambda args, kwargs: tuple(args[2]))  # get_sampling_fn(config, sde, shape, ...)
 
 
 def round_files(folder: Path) -> dict[str, tuple[np.ndarray, int]]:
