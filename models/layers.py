@@ -93,11 +93,12 @@ def is_channels_last(t: Tensor) -> bool:
 
 
 class GroupNorm(nn.GroupNorm):
-    """``nn.GroupNorm`` (the same parameters, state dict and results) that steps around a slow CPU kernel.
+    """``nn.GroupNorm`` (the same parameters and state dict, the same results to rounding) that steps around a slow
+    CPU kernel.
 
-    torch's CPU kernel for a channels-last bf16/fp16 input is 2-30x slower than the plain-layout kernel when an
-    example has fewer than ``2**17`` elements (``C H W``; at 16x16 and below for 128-256 channels) and fast from
-    there on, where converting the layout costs more than it saves (measured with torch 2.13,
+    torch's CPU kernel for a channels-last bf16/fp16 input is several times slower than the plain-layout kernel when
+    an example has fewer than ``2**17`` elements (``C H W``: 16x16 maps and below at 128-256 channels), and fast
+    from there on, where converting the layout costs more than it saves (torch 2.13; figures in
     ``benchmarks/results/precision_cpu.txt``). Below that size the input is normalised in the plain layout and the
     result returned channels-last, as the blocks expect. Other devices, dtypes and layouts take the module as it is.
     """
