@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sde_lib import SDE, LinearSDE, ScoreFn, batch_broadcast
+from sde_lib import SDE, LinearSDE, ScoreFn, batch_broadcast, time_batch
 from base_lib.checks import check_finite_positive as check_positive  # noqa: F401 - re-exported for the samplers
 from base_lib.checks import check_choice, check_positive_int, check_shape  # noqa: F401 - re-exported for the samplers
 
@@ -86,11 +86,6 @@ def initial_state(
     if tuple(x_init.shape) != shape:
         raise ValueError(f"{name} has shape {tuple(x_init.shape)} but shape={shape}")
     return x_init.to(device=device)
-
-
-def time_batch(t: float | Tensor, batch: int, like: Tensor) -> Tensor:
-    """Time ``t`` as a ``(batch,)`` tensor with the dtype and device of ``like``."""
-    return torch.full((batch,), float(t), dtype=like.dtype, device=like.device)
 
 
 def progress_bar(iterable: Iterable[T_], enabled: bool, desc: str, total: int | None = None) -> Iterator[T_]:

@@ -46,7 +46,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .common import progress_bar, time_batch
+from sde_lib import time_batch
+
+from .common import progress_bar
 from .timesteps import NoiseLevel
 
 PREDICTIONS = ("data", "noise")

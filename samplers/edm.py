@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from sde_lib import EDM_SIGMA_MAX, EDM_SIGMA_MIN, LinearSDE, ScoreFn
+from sde_lib import EDM_SIGMA_MAX, EDM_SIGMA_MIN, LinearSDE, ScoreFn, time_batch
 
 from .common import (
     CountingScoreFn,
@@ -36,7 +36,6 @@ from .common import (
     progress_bar,
     resolve_device,
     resolve_dtype,
-    time_batch,
 )
 from .timesteps import EDM_RHO, NoiseLevel, grid_dtype, levels_at, time_of_scaled_sigma
 

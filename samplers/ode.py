@@ -18,10 +18,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from sde_lib import SDE, ScoreFn
+from sde_lib import SDE, ScoreFn, time_batch
 from base_lib.checks import check_bool
 
-from .common import CountingScoreFn, check_choice, check_eps, check_positive, check_shape, initial_state, resolve_device, time_batch
+from .common import CountingScoreFn, check_choice, check_eps, check_positive, check_shape, initial_state, resolve_device
 from .odeint import ODE_METHODS, odeint
 
 DEFAULT_METHOD = "RK45"

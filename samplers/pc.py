@@ -47,7 +47,7 @@ from typing import Callable, Generic, TypeVar
 import torch
 from torch import Tensor
 
-from sde_lib import SDE, VESDE, VPSDE, LinearSDE, ScoreFn, batch_broadcast, subVPSDE
+from sde_lib import SDE, VESDE, VPSDE, LinearSDE, ScoreFn, batch_broadcast, subVPSDE, time_batch
 
 from .common import (
     CountingScoreFn,
@@ -59,7 +59,6 @@ from .common import (
     progress_bar,
     resolve_device,
     resolve_dtype,
-    time_batch,
 )
 
 

@@ -25,7 +25,7 @@ import torch
 import torchsde
 from torch import Tensor
 
-from sde_lib import SDE, ReverseSDE, ScoreFn, batch_broadcast
+from sde_lib import SDE, ReverseSDE, ScoreFn, batch_broadcast, time_batch
 
 from .common import (
     CountingScoreFn,
@@ -38,7 +38,6 @@ from .common import (
     initial_state,
     check_sde,
     resolve_device,
-    time_batch,
     tweedie_denoise,
 )
 

@@ -6,7 +6,7 @@ paper with the 2021 reference's names and defaults, ``EDMSDE`` is EDM's ``sigma(
 ml-collections config and ``register_sde`` adds new ones.
 """
 
-from .base import SDE, LinearSDE, ReverseSDE, ScoreFn, batch_broadcast
+from .base import SDE, LinearSDE, ReverseSDE, ScoreFn, batch_broadcast, time_batch
 from .diffusions import COSINE_DEFAULT_T, EDM_SIGMA_MAX, EDM_SIGMA_MIN, VP_SCHEDULES, EDMSDE, VESDE, VPSDE, subVPSDE
 from .gaussian_mixture import GaussianMixture
 from .gaussian_process import GaussianProcess, ar1_kernel, squared_exponential_kernel
@@ -34,6 +34,7 @@ __all__ = [
     "LinearSchedule",
     "CosineSchedule",
     "batch_broadcast",
+    "time_batch",
     "get_sde",
     "register_sde",
     "available_sdes",

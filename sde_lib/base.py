@@ -29,6 +29,21 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 """``score_fn(x, t)``: ``x`` of shape ``(B, ...)``, ``t`` of shape ``(B,)``; returns a tensor like ``x``."""
 
 
+def time_batch(t: float, batch: int, like: Tensor) -> Tensor:
+    """Time ``t`` (a host number) as a ``(batch,)`` tensor with the dtype and device of ``like``, carrying ``t``: an
+    SDE checks the range of such a tensor on the host, with no device-to-host sync (samplers build one per step)."""
+    value = float(t)
+    times = torch.full((batch,), value, dtype=like.dtype, device=like.device)
+    times._host_time = (value, times._version)  # stale once the tensor is changed in place
+    return times
+
+
+def _host_time(t: Tensor) -> float | None:
+    """The host value a :func:`time_batch` tensor carries, unless it was changed in place since."""
+    carried = getattr(t, "_host_time", None)
+    return carried[0] if carried is not None and carried[1] == t._version else None
+
+
 def batch_broadcast(v: Tensor, x: Tensor) -> Tensor:
     """Reshape a per-sample tensor ``v`` of shape ``(B,)`` to ``(B, 1, ..., 1)`` so it broadcasts against ``x``."""
     return v.reshape(v.shape[0], *([1] * (x.ndim - 1)))
@@ -65,6 +80,7 @@ class SDE(abc.ABC):
         """
         if not isinstance(t, Tensor):
             t = torch.as_tensor(t, dtype=torch.get_default_dtype())
+        host = _host_time(t)  # read before a cast to like's dtype or device makes another tensor
         if like is not None:
             dtype = like.dtype if like.is_floating_point() else t.dtype
             t = t.to(device=like.device, dtype=dtype)
@@ -75,7 +91,10 @@ class SDE(abc.ABC):
             raise ValueError(f"t must have shape {expected} (one time per batch element), got {tuple(t.shape)}")
         if not t.is_floating_point():
             raise ValueError(f"t must be a floating-point tensor, got dtype {t.dtype}")
-        if not self._already_in_range(t):
+        if host is not None:
+            if not 0.0 <= host <= self.T:
+                raise ValueError(f"t must lie in [0, T] = [0, {self.T}], got {host}")
+        elif not self._already_in_range(t):
             if bool(((t < 0) | (t > self.T) | t.isnan()).any()):
                 raise ValueError(
                     f"t must lie in [0, T] = [0, {self.T}], got values in [{t.min().item()}, {t.max().item()}]"

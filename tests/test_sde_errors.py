@@ -188,6 +188,41 @@ def test_training_loss_runs_no_range_check(monkeypatch, importance_weighting):
         uniform_times(sde, torch.zeros(2, 3), 1.5, None)
 
 
+@pytest.mark.parametrize("sampler", ["dpm_solver", "heun", "pc", "edm"])
+def test_samplers_check_their_step_times_on_the_host(monkeypatch, sampler):
+    """A sampler's per-step times carry their host value (``sde_lib.time_batch``): the SDE checks their range on the
+    host, never on the device (a sync per evaluation on a GPU); a time out of range is still refused, and one
+    changed in place is checked on the device again."""
+    from samplers import edm_sample, fast_sample, pc_sample
+
+    sde = sde_lib.VPSDE(N=50)
+    device_checks = []
+    original = sde_lib.SDE._already_in_range
+
+    def spy(self, t):
+        device_checks.append(1)
+        return original(self, t)
+
+    monkeypatch.setattr(sde_lib.SDE, "_already_in_range", spy)
+    score = lambda x, t: -x / sde.marginal_prob(x, t)[1][:, None] ** 2  # noqa: E731  (reads the SDE at t)
+    gen = torch.Generator().manual_seed(0)
+    if sampler == "pc":
+        x, _ = pc_sample(sde, score, (4, 2), generator=gen)
+    elif sampler == "edm":
+        x, _ = edm_sample(sde, score, (4, 2), steps=5, S_churn=1.0, generator=gen)
+    else:
+        x, _ = fast_sample(sde, score, (4, 2), nfe=6, method=sampler, generator=gen)
+    assert torch.isfinite(x).all() and device_checks == []
+    times = sde_lib.time_batch(1.5, 4, x)
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T\] = \[0, 1.0\], got 1.5"):
+        sde.marginal_prob(x, times)
+    times = sde_lib.time_batch(0.5, 4, x)
+    times.add_(1.0)
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+        sde.marginal_prob(x, times)
+    assert device_checks == [1]
+
+
 def test_sdes_still_copy_and_pickle_after_a_check():
     import copy
     import pickle
