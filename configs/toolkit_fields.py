@@ -54,7 +54,8 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
         "fast_tuning": (False, bool, "method 'fast': --mode sample / eval choose fast_sample's options for each "
                         "checkpoint at this nfe by their error against a converged solve on pilot samples "
                         "(samplers.tune_fast_sample), cached in workdir/fast_tuning/; order and schedule must be unset"),
-        "fast_tuning_points": (64, int, "fast_tuning: pilot samples (each costs the pilot's ~4000-8000 evaluations)"),
+        "fast_tuning_points": (None, int, "fast_tuning: pilot samples (each costs the pilot's ~4000-8000 evaluations); "
+                               "unset: max(64, ceil(4096 / data dimension))"),
         "fast_tuning_evidence": (0.0, float, "fast_tuning: keep the fixed default unless a candidate leads by this "
                                  "many standard errors on the pilot (0: take the pilot's best)"),
         "inpainting": ("replacement", str, "--mode inpaint / colorize: 'replacement' or 'smc'"),

@@ -4,7 +4,7 @@ With ``config.sampling.method='fast'`` and ``fast_tuning=True``, the ``sample`` 
 :func:`fast_solver_choice` after loading a checkpoint's EMA weights and before drawing its rounds:
 :func:`samplers.tune_fast_sample` measures every option combination for the ODE's share of ``config.sampling.nfe``
 (less ``noise_removal``'s evaluation) against a converged
-solve from ``fast_tuning_points`` pilot prior samples (seeded by ``(config.seed, FAST_TUNING, step)``), following
+solve from ``fast_tuning_points`` pilot prior samples (unset: ``samplers.fast_tuning.default_pilot_points``) (seeded by ``(config.seed, FAST_TUNING, step)``), following
 the score the rounds follow (guidance and ``clip_denoised`` included), and the rounds are drawn with the best.
 
 The choice is cached as ``workdir/fast_tuning/<key>.json``: the rounds' sampling source
@@ -29,11 +29,10 @@ from typing import Any
 
 import torch
 
-from base_lib.checks import check_positive_int
 from base_lib.config import config_value
 from base_lib.files import atomic_write
 from samplers.fast_tuning import FastSolverChoice
-from samplers.from_config import fast_tuning_enabled, get_fast_tuning_fn
+from samplers.from_config import fast_tuning_enabled, fast_tuning_points, get_fast_tuning_fn
 
 from .conditional import sample_class_labels
 from .experiment import Experiment
@@ -86,7 +85,7 @@ def fast_solver_choice(
         logger.info("fast_sample options for step %d from %s: %s", step, path, choice.options.label())
         return choice
     if exp.distributed.is_main:
-        points = check_positive_int("config.sampling.fast_tuning_points", config_value(config, "sampling.fast_tuning_points", 64))
+        points = fast_tuning_points(config, exp.data_shape)
         factory = None
         if exp.conditioning is not None:
             factory = dataclasses.replace(exp.conditioning, labels=sample_class_labels(config, points)).score_factory

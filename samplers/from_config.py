@@ -11,7 +11,7 @@ here, when the config is read, for a network that knows its ``N`` noise levels o
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ from .denoised_projection import clip_denoised
 from .common import check_choice, check_shape
 from .edm import check_edm_options, edm_sample
 from .fast import fast_sample
-from .fast_tuning import FastSolverChoice, FastSolverOptions, tune_fast_sample
+from .fast_tuning import FastSolverChoice, FastSolverOptions, default_pilot_points, tune_fast_sample
 from .likelihood import DIVERGENCES, bits_per_dim
 from .ode import ode_sample
 from .odeint import ODE_METHODS
@@ -93,20 +93,29 @@ def fast_tuning_enabled(config: Any) -> bool:
     return method == "fast" and bool(config_value(config, "sampling.fast_tuning", False))
 
 
+def fast_tuning_points(config: Any, data_shape: Sequence[int]) -> int:
+    """The pilot batch of ``config.sampling.fast_tuning``: ``config.sampling.fast_tuning_points``, unset
+    :func:`samplers.fast_tuning.default_pilot_points` of the data's shape."""
+    points = config_value(config, "sampling.fast_tuning_points", None)
+    if points is None:
+        return default_pilot_points(data_shape)
+    return check_positive_int("config.sampling.fast_tuning_points", points)
+
+
 def get_fast_tuning_fn(
     config: Any, sde: SDE, data_shape: tuple[int, ...], eps: float, score_fn_factory: ScoreFactory | None = None
 ):
     """:func:`samplers.tune_fast_sample` for the config's sampler as ``fn(model, generator=None, progress=False) ->
     FastSolverChoice``: the options of ``fast_sample`` for the ODE's share of ``config.sampling.nfe`` (less the
     evaluation of ``noise_removal``, which follows the ODE and is the same for every option), chosen on
-    ``config.sampling.fast_tuning_points`` [64] pilot samples drawn from the prior with ``generator``, following the
+    :func:`fast_tuning_points` pilot samples drawn from the prior with ``generator``, following the
     score :func:`get_sampling_fn` follows (``score_fn_factory`` guides the pilot batch). The fixed default is kept
     unless a candidate leads by ``config.sampling.fast_tuning_evidence`` [0] standard errors.
     """
     method = config_value(config, "sampling.method")
     if str(method).lower() != "fast":
         raise ValueError(f"config.sampling.fast_tuning tunes method 'fast'; config.sampling.method is {method!r}")
-    points = check_positive_int("config.sampling.fast_tuning_points", config_value(config, "sampling.fast_tuning_points", 64))
+    points = fast_tuning_points(config, data_shape)
     nfe = check_positive_int("config.sampling.nfe", config_value(config, "sampling.nfe", 20))
     nfe -= int(bool(config_value(config, "sampling.noise_removal", False)))  # the ODE's share of the budget
     nfe = check_positive_int("config.sampling.nfe less noise_removal's evaluation", nfe)

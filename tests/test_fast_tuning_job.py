@@ -25,8 +25,9 @@ from jobs.evaluation import evaluate, sample
 from jobs.experiment import ConfigError, build_experiment
 from jobs.run import step_seed
 from jobs.streams import Stream
+import samplers.from_config
 from samplers import tune_fast_sample
-from samplers.fast_tuning import FastSolverChoice
+from samplers.fast_tuning import FastSolverChoice, default_pilot_points
 from train_lib import restore_checkpoint
 
 from call_spies import count_built_calls
@@ -113,6 +114,19 @@ def test_evaluation_rounds_use_the_choice(workdir, tunings):
     assert len(tunings) == 1 and report["samples"]["fast_tuning"]["pilot_points"] == POINTS
     with np.load(workdir / "eval" / "ckpt_1" / "samples_0.npz") as file:
         assert json.loads(str(file["record"]))["fast_options"]["order"] in (1, 2, 3)
+
+
+def test_unset_pilot_size_follows_the_data_dimension(workdir, tunings, monkeypatch):
+    assert [default_pilot_points(shape) for shape in [(2,), (3,), (1, 8, 8), (3, 32, 32)]] == [2048, 1366, 64, 64]
+    asked = []
+
+    def small_pilot(shape):  # the job and the tuning function must both take the rule's size
+        asked.append(tuple(shape))
+        return 8
+
+    monkeypatch.setattr(samplers.from_config, "default_pilot_points", small_pilot)
+    report = evaluate(tiny_config(**{**TUNED, "sampling__fast_tuning_points": None}), workdir)[1]
+    assert report["samples"]["fast_tuning"]["pilot_points"] == 8 and set(asked) == {(2,)}
 
 
 @pytest.mark.parametrize("extra, match", [
