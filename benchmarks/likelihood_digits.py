@@ -13,11 +13,16 @@ index, and both paths get those tensors, so the difference of their means is the
   :func:`samplers.likelihood.choose_tolerance` picks for that accuracy (bits/dim) on the first ``--check`` problems
   (the check's solves are counted in the fast path's wall time and evaluations), and ``--product``;
 * fixed (one path per ``--rtol``): dopri5 at that tolerance, its error estimated on the same ``--check`` problems
-  (:func:`samplers.likelihood.solver_error`, counted), as the eval job does without ``eval.likelihood_accuracy``.
+  (:func:`samplers.likelihood.solver_error`, counted), as the eval job does without ``eval.likelihood_accuracy``;
+* grid (one path per ``--steps``): the classic Runge--Kutta method (``rk4``) with that many steps on the grid uniform
+  in the log-SNR, shifted by a random fraction of a step per example (:func:`samplers.likelihood.likelihood_grid`),
+  its error estimated the same way (against twice the steps, counted).
 
 The batches are interleaved (reference batch ``i``, then each fast path's batch ``i``) so that load from other processes falls on
 both paths alike. Printed: wall time, NFE, mean bits/dim, its standard error (over test examples), the solver error
 estimate, the difference of the means in units of the standard error, the wall-time ratio and the load average.
+
+``--time-spectrum`` only prints how the probability-flow drift oscillates in ``t`` (:func:`time_spectrum`).
 
 ``--products`` also times the divergence products ``v^T J v`` per evaluation, reverse mode (``vjp``) and forward
 mode (``jvp``), with and without the Winograd convolutions, beside the forward pass alone, on the digits network and
@@ -47,13 +52,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fast paths: mean per-example solver error asked for, bits/dim (one path each)")
     parser.add_argument("--rtol", type=float, nargs="*", default=[],
                         help="fast paths at these fixed tolerances, each with the error estimate on --check problems")
+    parser.add_argument("--steps", type=int, nargs="*", default=[],
+                        help="fixed-grid paths: rk4 with these steps on the log-SNR grid, each with the error estimate")
     parser.add_argument("--check", type=int, default=4, help="fast path: problems the tolerance is chosen on")
-    parser.add_argument("--method", default="dopri5", help="fast path: the torch solver (dopri5, bosh3)")
+    parser.add_argument("--method", default="dopri5", help="fast path: the torch solver (dopri5, bosh3, or rk4: steps "
+                        "chosen from the accuracy)")
     parser.add_argument("--product", default="vjp", choices=["vjp", "jvp"], help="fast path: the divergence product")
     parser.add_argument("--batch", type=int, default=None, help="examples per batch; default: the run's eval.batch_size")
     parser.add_argument("--limit", type=int, default=None, help="use only the first LIMIT test examples")
     parser.add_argument("--seed", type=int, default=0, help="seeds the dequantization and probes")
     parser.add_argument("--products", action="store_true", help="also time the divergence products (module docstring)")
+    parser.add_argument("--time-spectrum", action="store_true",
+                        help="only print how the drift oscillates in t (time_spectrum)")
     parser.add_argument("--products-only", action="store_true", help="only time the divergence products")
     parser.add_argument("--cifar-batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="--products: timed rounds (median)")
@@ -64,6 +74,8 @@ if __name__ == "__main__":
     from base_lib.openmp import set_openmp_defaults
 
     ARGS = parse_args()
+    if ARGS.method == "rk4" and ARGS.rtol:
+        raise SystemExit("--rtol paths are for the adaptive methods; with --method rk4 give --steps")
     set_openmp_defaults()  # waiting OpenMP threads sleep, as in main.py: a shared machine does not stall both paths
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(ARGS.threads)  # numpy's BLAS (the scipy path's stage arithmetic) reads these at load
@@ -81,6 +93,7 @@ from samplers.likelihood import (  # noqa: E402
     _drift_and_divergence,
     bits_per_dim,
     choose_tolerance,
+    grid_offsets,
     hutchinson_probe,
     solver_error,
 )
@@ -105,7 +118,8 @@ def load_run(workdir: str):
 
 
 def problems(exp, batch_size: int, limit: int | None, seed: int):
-    """``(y, probe)`` per test batch: dequantized data in the model's space and Rademacher probes, seeded per batch."""
+    """``(y, probe, offset)`` per test batch: dequantized data in the model's space, Rademacher probes and the fixed-grid
+    solver's grid offsets, seeded per batch."""
     count = 0
     for index, batch in enumerate(data_lib.iterate_batches(exp.test_ds, batch_size, shuffle=False, uniform_dequantization=False)):
         if limit is not None:
@@ -115,7 +129,8 @@ def problems(exp, batch_size: int, limit: int | None, seed: int):
         count += batch.shape[0]
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
         y = exp.scaler(uniform_dequantize(batch.float(), exp.test_ds.num_levels, generator))
-        yield y, hutchinson_probe(y, "rademacher", generator)
+        probe = hutchinson_probe(y, "rademacher", generator)
+        yield y, probe, grid_offsets(y, generator)
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
@@ -136,17 +151,20 @@ def compare(exp, args: argparse.Namespace) -> None:
     # each fast path's tolerance, from the accuracy asked for, on the first problems of the first batch (counted)
     paths = {"reference": dict(REFERENCE)}
     walls, nfes, choices = {"reference": 0.0}, {"reference": 0}, {}
-    y0, probe0 = batches[0]
+    y0, probe0, offset0 = batches[0]
+    grid = {"grid_offset": offset0[: args.check]} if args.method == "rk4" else {}
     for accuracy in args.accuracy:
         name = f"fast {accuracy:.0e}"
         start = time.perf_counter()
         choices[name] = choose_tolerance(
             exp.sde, score_fn, y0[: args.check], accuracy * nats_per_bit_dim, probe=probe0[: args.check],
-            method=args.method, eps=eps, product=args.product,
+            method=args.method, eps=eps, product=args.product, **grid,
         )
         walls[name], nfes[name] = time.perf_counter() - start, choices[name].nfe
-        paths[name] = {"method": args.method, "rtol": choices[name].rtol, "atol": choices[name].atol, "product": args.product}
-        print(f"  {name}: rtol = atol = {choices[name].rtol:.0e} chosen on {choices[name].samples} problems "
+        paths[name] = {"method": args.method, "rtol": choices[name].rtol, "atol": choices[name].atol, "product": args.product,
+                       "steps": choices[name].steps}
+        chosen = f"{choices[name].steps} steps" if choices[name].steps else f"rtol = atol = {choices[name].rtol:.0e}"
+        print(f"  {name}: {chosen} chosen on {choices[name].samples} problems "
               f"({choices[name].nfe} evaluations, {walls[name]:.1f} s, counted below)", flush=True)
 
     for rtol in args.rtol:
@@ -161,11 +179,24 @@ def compare(exp, args: argparse.Namespace) -> None:
         print(f"  {name}: error estimated on {choices[name].samples} problems ({choices[name].nfe} evaluations, "
               f"{walls[name]:.1f} s, counted below)", flush=True)
 
+    for steps in args.steps:
+        name = f"rk4 {steps}"
+        start = time.perf_counter()
+        choices[name] = solver_error(
+            exp.sde, score_fn, y0[: args.check], probe=probe0[: args.check], method="rk4", steps=steps, eps=eps,
+            product=args.product, grid_offset=offset0[: args.check],
+        )
+        walls[name], nfes[name] = time.perf_counter() - start, choices[name].nfe
+        paths[name] = {"method": "rk4", "steps": steps, "product": args.product}
+        print(f"  {name}: error estimated on {choices[name].samples} problems ({choices[name].nfe} evaluations, "
+              f"{walls[name]:.1f} s, counted below)", flush=True)
+
     values: dict[str, list[torch.Tensor]] = {name: [] for name in paths}
-    for index, (y, probe) in enumerate(batches):
+    for index, (y, probe, offset) in enumerate(batches):
         for name, options in paths.items():
             start = time.perf_counter()
-            bpd, _, nfe = bits_per_dim(exp.sde, score_fn, y, probe=probe, **common, **options)
+            grid = {"grid_offset": offset} if options["method"] == "rk4" else {}
+            bpd, _, nfe = bits_per_dim(exp.sde, score_fn, y, probe=probe, **common, **options, **grid)
             walls[name] += time.perf_counter() - start
             nfes[name] += nfe
             values[name].append(bpd.detach())
@@ -185,7 +216,8 @@ def compare(exp, args: argparse.Namespace) -> None:
     for name, options in paths.items():
         bpd = torch.cat(values[name]).double()
         mean, se = mean_and_stderr(bpd)
-        solver = f"{options['method']} {options['rtol']:.0e} {options['product']}"
+        resolution = f"{options['steps']} steps" if options.get("steps") else f"{options['rtol']:.0e}"
+        solver = f"{options['method']} {resolution} {options['product']}"
         err = f"{choices[name].error / nats_per_bit_dim:10.2e}" if name in choices else f"{'-':>10s}"
         print(f"{name:11s} {solver:24s} {walls[name]:8.1f} {nfes[name]:6d} {mean:9.5f} {se:8.5f} {err} "
               f"{(mean - ref_mean) / ref_se:+8.3f} {float((bpd - reference).abs().mean()):10.2e} "
@@ -247,12 +279,41 @@ def products(exp, args: argparse.Namespace) -> None:
                   max(1, args.repeats // 2))
 
 
+def time_spectrum(exp, args: argparse.Namespace) -> None:
+    """How smooth the probability-flow drift is in ``t``: at 4 fixed test examples, the drift on 601 times in each of
+    three windows of width 0.03, less a degree-8 polynomial fit in ``t``; the RMS of what is left and the frequencies
+    (cycles per unit ``t``) where it is largest. The continuous DDPM++ embeds ``999 t`` with sinusoids of frequencies up
+    to 1 rad per unit, that is ``999 / (2 pi) = 159`` cycles per unit ``t`` (the frequency resolution here is 1/0.03)."""
+    import numpy as np
+
+    from samplers.common import CountingScoreFn
+
+    flow = probability_flow_drift(exp.sde, CountingScoreFn(full_precision(exp.score_model).score_fn()))
+    x = next(problems(exp, 4, 4, args.seed))[0]
+    print(f"\nprobability-flow drift in t at 4 test examples (degree-8 fit removed; top embedding frequency "
+          f"{999 / (2 * math.pi):.0f} cycles per unit t):")
+    for low in (0.01, 0.1, 0.3):
+        times = torch.linspace(low, low + 0.03, 601, dtype=torch.float64)
+        with torch.no_grad():
+            drift = torch.stack([flow(torch.full((4,), float(t)), x) for t in times]).flatten(1).double().numpy()
+        u = (times.numpy() - times.numpy().mean()) / 0.015
+        basis = np.vander(u, 9)
+        residual = drift - basis @ np.linalg.lstsq(basis, drift, rcond=None)[0]
+        spectrum = np.abs(np.fft.rfft(residual, axis=0)).mean(1)
+        top = np.fft.rfftfreq(601, d=0.03 / 600)[np.argsort(spectrum)[-3:][::-1]]
+        print(f"  t in [{low:.2f}, {low + 0.03:.2f}]: drift RMS {np.sqrt((drift**2).mean()):.3f}, left after the fit "
+              f"{np.sqrt((residual**2).mean()):.2e}, largest at {', '.join(f'{f:.0f}' for f in top)} cycles per unit t")
+
+
 def main(args: argparse.Namespace) -> None:
     exp, step = load_run(args.workdir)
     exp.model.eval()
     torch.set_num_threads(args.threads)  # after the build, which applies the run's own thread setting
     print(f"run {args.workdir} (step {step}), torch {torch.__version__}, {torch.get_num_threads()} torch thread(s); "
-          f"fast path(s) {args.method}, accuracy {args.accuracy} bits/dim, fixed rtol {args.rtol}, product {args.product}")
+          f"fast path(s) {args.method}, accuracy {args.accuracy} bits/dim, fixed rtol {args.rtol}, rk4 steps {args.steps}, product {args.product}")
+    if args.time_spectrum:
+        time_spectrum(exp, args)
+        return
     if not args.products_only:
         compare(exp, args)
     if args.products or args.products_only:

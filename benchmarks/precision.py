@@ -88,9 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         compare_sampling(args.workdir, args.samples)
 
 
-def sample_run(workdir: Path, mixed_precision: str, count: int, seed: int) -> tuple[torch.Tensor, float, int]:
-    """``count`` samples of the run's last checkpoint (EMA weights) by its sampler in ``mixed_precision``, batch
-    ``b`` drawn with seed ``seed * 1000 + b``; and the sampling wall time (s) and score evaluations per batch."""
+def load_sampler(workdir: Path, mixed_precision: str):
+    """The run's experiment for sampling its last checkpoint (EMA weights) in ``mixed_precision``."""
     from jobs.experiment import build_experiment
     from jobs.run_config import read_record
     from train_lib import restore_checkpoint
@@ -105,30 +104,44 @@ def sample_run(workdir: Path, mixed_precision: str, count: int, seed: int) -> tu
     exp = build_experiment(config, workdir / "precision_benchmark", "sample")
     restore_checkpoint(checkpoints[-1], exp.state)
     exp.ema.copy_to(exp.model.parameters())
-    batches, seconds, nfe = [], 0.0, 0
-    for b in range(-(-count // int(config.eval.batch_size))):
-        start = time.perf_counter()
-        x, nfe = exp.sampling_fn(exp.model, generator=torch.Generator().manual_seed(seed * 1000 + b))
-        seconds += time.perf_counter() - start
-        batches.append(x)
-    return torch.cat(batches)[:count], seconds, nfe
+    return exp
 
 
 def compare_sampling(workdir: Path, count: int) -> None:
+    """Each row samples ``count`` images in batches of the run's ``eval.batch_size``, batch ``b`` of a row drawn with
+    seed ``seed * 1000 + b``. The rows take turns batch by batch, so load from other processes falls on all alike;
+    the bf16 / float32 ratio is the median over batches of the ratio of the two same-noise batches' times."""
+    import statistics
+
     from sample_quality import digits_metrics
 
-    print(f"\nsampling {workdir}: {count} samples per row, the run's sampler, EMA weights; load average "
-          f"{os.getloadavg()[0]:.2f}")
-    print(f"{'sampling':28s} {'wall s':>7s} {'NFE':>4s} {'FID':>7s} {'coverage':>9s} {'max |x - x_fp32|':>17s}")
     rows = (("float32, seed 0", "no", 0), ("bf16, seed 0 (same noise)", "bf16", 0), ("float32, seed 1", "no", 1))
-    reference = None
-    for label, mode, seed in rows:
-        x, seconds, nfe = sample_run(workdir, mode, count, seed)
+    samplers = {label: load_sampler(workdir, mode) for label, mode, _ in rows}
+    batch = int(next(iter(samplers.values())).config.eval.batch_size)
+    images = {label: [] for label, _, _ in rows}
+    seconds = {label: [] for label, _, _ in rows}
+    nfe = {}
+    print(f"\nsampling {workdir}: {count} samples per row, the run's sampler, EMA weights, rows interleaved batch by "
+          f"batch; load average {os.getloadavg()[0]:.2f}")
+    for b in range(-(-count // batch)):
+        for label, _, seed in rows:
+            exp = samplers[label]
+            start = time.perf_counter()
+            x, nfe[label] = exp.sampling_fn(exp.model, generator=torch.Generator().manual_seed(seed * 1000 + b))
+            seconds[label].append(time.perf_counter() - start)
+            images[label].append(x)
+    print(f"{'sampling':28s} {'wall s':>7s} {'NFE':>4s} {'FID':>7s} {'coverage':>9s} {'max |x - x_fp32|':>17s}")
+    reference = torch.cat(images[rows[0][0]])[:count]
+    for label, _, seed in rows:
+        x = torch.cat(images[label])[:count]
         metrics = digits_metrics(x.clamp(0, 1))
-        diff = "" if reference is None or seed != 0 else f"{float((x - reference).abs().max()):17.4f}"
-        reference = x if reference is None else reference
-        print(f"{label:28s} {seconds:7.2f} {nfe:4d} {metrics['digits_fid']:7.2f} {metrics['digits_class_coverage']:9.2f} {diff}")
+        diff = f"{float((x - reference).abs().max()):17.4f}" if seed == 0 and label != rows[0][0] else ""
+        print(f"{label:28s} {sum(seconds[label]):7.2f} {nfe[label]:4d} {metrics['digits_fid']:7.2f} "
+              f"{metrics['digits_class_coverage']:9.2f} {diff}")
+    ratios = [bf / fp for bf, fp in zip(seconds[rows[1][0]], seconds[rows[0][0]])]
     print(f"FID floor (train digits, same number): {metrics['digits_fid_train_floor']:.2f}")
+    print(f"bf16 / float32 sampling time, median over {len(ratios)} batch pairs: {statistics.median(ratios):.2f} "
+          f"(range {min(ratios):.2f}-{max(ratios):.2f}); load average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

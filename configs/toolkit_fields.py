@@ -72,15 +72,19 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
         "after_training": (False, bool, "--mode train: evaluate the last checkpoint when training ends"),
         "bpd_num_repeats": (1, int, "dequantizations averaged per test example"),
         "hutchinson_type": ("Rademacher", str, "divergence of the likelihood: 'Rademacher', 'Gaussian' or 'exact'"),
-        "likelihood_method": ("RK45", str, "ODE solver of the likelihood"),
+        "likelihood_method": ("RK45", str, "ODE solver of the likelihood: adaptive (scipy's 'RK45', ..., torch's "
+                              "'dopri5', 'bosh3') or on a fixed log-SNR grid ('rk4', likelihood_steps steps)"),
+        "likelihood_steps": (None, int, "likelihood_method 'rk4': steps on the grid; unset: chosen from "
+                             "likelihood_accuracy"),
         "likelihood_rtol": (1e-5, float, "its relative tolerance"),
         "likelihood_atol": (1e-5, float, "its absolute tolerance"),
         "likelihood_eps": (1e-5, float, "its smallest time"),
         "likelihood_product": ("vjp", str, "Hutchinson product v^T J v: 'vjp' (reverse mode) or 'jvp' (forward mode)"),
         "likelihood_accuracy": (None, float, "solver error asked for, in the likelihood's unit (bits/dim or nats per "
-                                "example): the tolerance is chosen from it; unset: likelihood_rtol / likelihood_atol"),
-        "likelihood_error_samples": (4, int, "test examples also solved at a 10x tighter tolerance to estimate the "
-                                     "solver's error (0: no estimate)"),
+                                "example): the tolerance (for 'rk4', the steps) is chosen from it; unset: likelihood_rtol / likelihood_atol "
+                                "(likelihood_steps)"),
+        "likelihood_error_samples": (4, int, "test examples also solved at a 10x tighter tolerance (for 'rk4', twice "
+                                     "the steps) to estimate the solver's error (0: no estimate)"),
         "likelihood_mixed_precision": ("no", str, "autocast of the network in the likelihood: 'no' (full "
                                        "precision), 'bf16', 'fp16' (CUDA) or 'auto'"),
         "stats_path": (None, str, "Inception statistics (.npz) of the data for FID / KID; unset: no Inception metrics"),

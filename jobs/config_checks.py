@@ -20,7 +20,8 @@ from models.score_model import available_parameterizations
 from models.precision import PRECISION_SETTINGS
 from samplers.dpm_solver import MAX_ORDER
 from samplers.from_config import SAMPLING_METHODS, fast_tuning_enabled
-from samplers.odeint import ODE_METHODS
+from samplers.likelihood import LIKELIHOOD_METHODS
+from samplers.odeint import GRID_METHODS, ODE_METHODS
 from samplers.pc import available_correctors, available_predictors
 from samplers.sde_solvers import SDE_METHODS
 from samplers.timesteps import SCHEDULES
@@ -140,6 +141,8 @@ CHECKS: dict[str, Check] = {
     "eval.bpd_dataset": _choice("train", "test"),
     "eval.bpd_num_repeats": _integer(1),
     "eval.hutchinson_type": _choice("Rademacher", "Gaussian", "exact", case=False),
+    "eval.likelihood_method": _choice(*LIKELIHOOD_METHODS),
+    "eval.likelihood_steps": _integer(1),
     "eval.likelihood_rtol": _number(0.0, low_open=True),
     "eval.likelihood_atol": _number(0.0, low_open=True),
     "eval.likelihood_eps": _number(0.0, 1.0, low_open=True, high_open=True),
@@ -210,10 +213,23 @@ def fast_tuning_error(config: Any) -> str | None:
     return None
 
 
+def likelihood_error(config: Any) -> str | None:
+    """What is wrong with the likelihood's solver beside the other fields, else ``None``: a fixed-grid
+    ``eval.likelihood_method`` needs its steps, given or chosen from ``eval.likelihood_accuracy``."""
+    method = config_value(config, "eval.likelihood_method", None)
+    if not config_value(config, "eval.enable_bpd", False) or method not in GRID_METHODS:
+        return None
+    if config_value(config, "eval.likelihood_steps", None) is None and config_value(config, "eval.likelihood_accuracy", None) is None:
+        return (f"config.eval.likelihood_method={method!r} (a fixed grid) needs config.eval.likelihood_steps, or "
+                "config.eval.likelihood_accuracy to choose them")
+    return None
+
+
 def config_errors(config: Any) -> list[str]:
-    """One message per field of :data:`CHECKS` whose value is out of range, then any :func:`conditioning_error` and
-    :func:`fast_tuning_error`."""
-    errors = [field_error(config, field) for field in CHECKS] + [conditioning_error(config), fast_tuning_error(config)]
+    """One message per field of :data:`CHECKS` whose value is out of range, then any :func:`conditioning_error`,
+    :func:`fast_tuning_error` and :func:`likelihood_error`."""
+    errors = [field_error(config, field) for field in CHECKS]
+    errors += [conditioning_error(config), fast_tuning_error(config), likelihood_error(config)]
     return [error for error in errors if error is not None]
 
 

@@ -12,8 +12,9 @@ weights of each, computes what ``config.eval`` enables:
   exact log-likelihood in nats per example (no quantization; the exact divergence for low dimensions), beside the
   true log-density of the same points where :func:`data_lib.toy_log_prob` has one. Beside the standard error it
   reports the solver's error estimate (:func:`likelihood_error_check`: ``eval.likelihood_error_samples`` examples
-  solved again at a 10x tighter tolerance); with ``eval.likelihood_accuracy`` the tolerance is chosen from the
-  accuracy asked for (:func:`samplers.likelihood.choose_tolerance`) instead of ``likelihood_rtol`` / ``_atol``.
+  solved again at a 10x tighter tolerance, or with twice the steps of the fixed-grid ``rk4``); with
+  ``eval.likelihood_accuracy`` the tolerance (the steps) is chosen from the accuracy asked for
+  (:func:`samplers.likelihood.choose_tolerance`) instead of ``likelihood_rtol`` / ``_atol`` (``likelihood_steps``).
 * ``enable_sampling``: ``num_samples`` samples of the configured sampler in rounds of ``eval.batch_size`` (the
   last round draws only what is left), round ``r`` saved as ``ckpt_{k}/samples_{r}.npz`` (written atomically: a
   temporary file renamed over the target) and drawn from a generator seeded by ``(config.seed, k, r)``. Each
@@ -80,7 +81,10 @@ from models.precision import resolve_mixed_precision
 from samplers import dequantized_bits_per_dim, log_likelihood
 from samplers.from_config import get_sampling_fn
 from base_lib.checks import check_choice, check_positive_int
-from samplers.likelihood import DIVERGENCE_PRODUCTS, DIVERGENCES, choose_tolerance, hutchinson_probe, solver_error
+from samplers.likelihood import (
+    DIVERGENCE_PRODUCTS, DIVERGENCES, LIKELIHOOD_METHODS, choose_tolerance, grid_offsets, hutchinson_probe, solver_error,
+)
+from samplers.odeint import GRID_METHODS
 from base_lib.config import config_value, flatten_fields
 
 from train_lib.checkpoints import CheckpointError, restore_checkpoint
@@ -417,14 +421,16 @@ def likelihood_options(config: Any) -> dict[str, Any]:
     return {
         "divergence": check_choice("config.eval.hutchinson_type", str(get("hutchinson_type")).lower(), DIVERGENCES),
         "rtol": float(get("likelihood_rtol")), "atol": float(get("likelihood_atol")),
-        "method": str(get("likelihood_method")), "eps": float(get("likelihood_eps")),
+        "method": check_choice("config.eval.likelihood_method", str(get("likelihood_method")), LIKELIHOOD_METHODS),
+        "eps": float(get("likelihood_eps")), "steps": get("likelihood_steps"),
         "product": check_choice("config.eval.likelihood_product", str(get("likelihood_product")).lower(), DIVERGENCE_PRODUCTS),
     }
 
 
 def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, options: dict[str, Any]) -> dict[str, Any]:
     """The solver's error estimate, in the likelihood's unit, and with ``eval.likelihood_accuracy`` the tolerance
-    chosen from it (:func:`samplers.likelihood.choose_tolerance`; ``options`` gets ``rtol = atol``).
+    chosen from it (:func:`samplers.likelihood.choose_tolerance`; ``options`` gets ``rtol = atol``, or a fixed-grid
+    method's ``steps``).
 
     It is taken on the first ``eval.likelihood_error_samples`` problems of the test split's first batch, with the
     dequantization and probes that batch gets (its seed, drawn in the order of ``dequantized_bits_per_dim``), so on the
@@ -445,16 +451,20 @@ def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, 
     quantized = exp.test_ds.num_levels is not None
     x = exp.scaler(data_lib.dequantize.uniform_dequantize(batch, exp.test_ds.num_levels, generator) if quantized else batch)
     probe = None if options["divergence"] == "exact" else hutchinson_probe(x, options["divergence"], generator)[:samples]
+    offset = grid_offsets(x, generator)[:samples] if options["method"] in GRID_METHODS else None  # drawn as the pass does
     x = x[:samples]
     if isinstance(score_fn, models.ScoreModel):  # a signal-conditioned network: given these examples' signals
         score_fn = signal_conditioned.score_fn_for(score_fn, exp.scaler, batch[:samples])
     nats_per_unit = math.prod(exp.data_shape) * math.log(2.0) if quantized else 1.0
     solve = {"divergence": options["divergence"], "method": options["method"], "eps": options["eps"], "product": options["product"]}
+    if offset is not None:
+        solve["grid_offset"] = offset
     if accuracy is None:
-        estimate = solver_error(exp.sde, score_fn, x, options["rtol"], options["atol"], probe=probe, **solve)
+        estimate = solver_error(exp.sde, score_fn, x, options["rtol"], options["atol"], probe=probe, steps=options["steps"], **solve)
     else:
         estimate = choose_tolerance(exp.sde, score_fn, x, float(accuracy) * nats_per_unit, probe=probe, **solve)
         options["rtol"] = options["atol"] = estimate.rtol
+        options["steps"] = estimate.steps
     return {"accuracy": accuracy, "solver_error": estimate.error / nats_per_unit, "solver_error_samples": estimate.samples,
             "solver_error_nfe": estimate.nfe}
 
@@ -693,7 +703,10 @@ def _describe(ckpt: int, step: int, report: dict[str, Any]) -> list[str]:
             line += f" ({lik['num_repeats']} dequantization(s), {lik['n_bins']} levels)"
         if "true_log_density_mean" in lik:
             line += f"; true log-density of the same points {lik['true_log_density_mean']:.4f}"
-        if lik.get("solver_error") is not None:
+        if lik.get("solver_error") is not None and lik.get("steps") is not None:
+            line += (f"; solver error ~{lik['solver_error']:.2g} ({lik['method']} {lik['steps']} steps, estimated on "
+                     f"{lik['solver_error_samples']} examples against {2 * lik['steps']})")
+        elif lik.get("solver_error") is not None:
             line += (f"; solver error ~{lik['solver_error']:.2g} (rtol {lik['rtol']:.2g}, estimated on "
                      f"{lik['solver_error_samples']} examples at rtol / 10)")
         lines.append(f"{line}; {lik['nfe']} score evaluations")

@@ -307,12 +307,16 @@ def _with_trajectory_of(config: ml_collections.ConfigDict, recorded: ml_collecti
             if not _is_free(field) and field in known:
                 continue
             parts = field.split(".")
-            node = out
+            node, source = out, config
             for part in parts[:-1]:
                 if part not in node:
                     node[part] = ml_collections.ConfigDict()
-                node = node[part]
-            node[parts[-1]] = copy.deepcopy(value)
+                node, source = node[part], source[part]
+            kind = _declared_type(source, parts[-1])
+            if value is None and kind is not None and parts[-1] not in node:  # an unset placeholder keeps its type
+                node[parts[-1]] = placeholder(kind)
+            else:
+                node[parts[-1]] = copy.deepcopy(value)
     return out
 
 

@@ -48,11 +48,11 @@ from .fast import fast_sample
 from .fast_tuning import FastSolverChoice, FastSolverOptions, tune_fast_sample
 from .from_config import get_likelihood_fn, get_sampling_fn, sampling_score_transform
 from .likelihood import (
-    BitsPerDim, SolverError, bits_per_dim, choose_tolerance, dequantized_bits_per_dim, hutchinson_probe, log_likelihood,
-    solver_error,
+    LIKELIHOOD_METHODS, BitsPerDim, SolverError, bits_per_dim, choose_tolerance, dequantized_bits_per_dim, grid_offsets,
+    hutchinson_probe, likelihood_grid, log_likelihood, solver_error,
 )
 from .ode import denoise_step, ode_encode, ode_sample, probability_flow_drift
-from .odeint import ODE_METHODS, SCIPY_METHODS, TORCH_METHODS, ODESolution, odeint
+from .odeint import GRID_METHODS, ODE_METHODS, SCIPY_METHODS, TORCH_METHODS, ODESolution, odeint, odeint_grid
 from .pc import (
     Corrector,
     Predictor,
@@ -105,6 +105,9 @@ __all__ = [
     "bits_per_dim",
     "dequantized_bits_per_dim",
     "hutchinson_probe",
+    "likelihood_grid",
+    "grid_offsets",
+    "LIKELIHOOD_METHODS",
     "BitsPerDim",
     "Predictor",
     "Corrector",
@@ -115,8 +118,10 @@ __all__ = [
     "available_predictors",
     "available_correctors",
     "odeint",
+    "odeint_grid",
     "ODESolution",
     "ODE_METHODS",
+    "GRID_METHODS",
     "TORCH_METHODS",
     "SCIPY_METHODS",
     "probability_flow_drift",

@@ -23,6 +23,9 @@ if the error of a solve at tolerance ``tol`` is ``e(tol) ~ c tol`` (tolerance pr
 
 :func:`solver_error` evaluates it on a few samples (same probes, so the difference is the solver's alone) and
 :func:`choose_tolerance` walks a ladder ``tol_0, tol_0 / q, ...`` until the estimate is within the accuracy asked.
+A fixed-grid solver of order ``p`` (``"rk4"``, on a grid uniform in the log-SNR: :func:`likelihood_grid`) takes the
+same estimate with ``2N`` steps as the finer solve and ``q = 2^p`` (Richardson extrapolation, [HNW] II.4), and its
+ladder doubles the steps.
 [HNW] E. Hairer, S. P. Norsett, G. Wanner, "Solving Ordinary Differential Equations I" (2nd ed., 1993).
 """
 
@@ -43,15 +46,18 @@ from data_lib.dequantize import check_n_bins, uniform_dequantize
 from models.winograd import winograd_disabled
 from sde_lib import SDE, ScoreFn
 
-from .common import CountingScoreFn, check_choice, check_eps, check_positive, check_positive_int
+from .common import CountingScoreFn, check_choice, check_eps, check_linear_sde, check_positive, check_positive_int
 from .ode import bound_drift
-from .odeint import ODE_METHODS, odeint
+from .odeint import GRID_METHODS, GRID_TABLEAUS, ODE_METHODS, odeint, odeint_grid
+from .timesteps import grid_dtype, half_log_snr, inverse_half_log_snr
 
 DIVERGENCES = ("rademacher", "gaussian", "exact")
 #: how the Hutchinson product ``v^T J v`` is formed: reverse mode (``(v^T J) v``) or forward mode (``v^T (J v)``)
 DIVERGENCE_PRODUCTS = ("vjp", "jvp")
 #: tolerance ratio ``q`` of the tighter solve that estimates the solver's error (module docstring)
 ERROR_CHECK_RATIO = 10.0
+#: adaptive solvers (tolerances) and fixed-grid ones (a number of steps on :func:`likelihood_grid`)
+LIKELIHOOD_METHODS = ODE_METHODS + GRID_METHODS
 InverseScaler = Callable[[Tensor], Tensor]
 
 
@@ -131,6 +137,8 @@ def log_likelihood(
     progress: bool = False,
     product: str = "vjp",
     probe: Tensor | None = None,
+    steps: int | None = None,
+    grid_offset: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """Log-likelihood of ``x`` (taken as a sample at time ``eps``) under the probability-flow ODE of ``sde`` and ``score_fn``.
 
@@ -140,26 +148,36 @@ def log_likelihood(
         x: data ``(B, ...)`` in the model's space.
         divergence: ``"rademacher"`` or ``"gaussian"`` (Hutchinson--Skilling, one probe per sample fixed along
             the trajectory) or ``"exact"`` (Jacobian trace: one backward pass per dimension, for low-dimensional data).
-        rtol, atol: tolerances of the adaptive solver.
+        rtol, atol: tolerances of an adaptive solver.
         eps: start time in ``(0, T)``; the density computed is ``p_eps``.
-        method: a torch-native solver (``"dopri5"``, ``"bosh3"``: on the data's device, per-sample steps) or a
-            scipy one (``"RK45"``, ... as in the 2021 reference).
+        method: a torch-native adaptive solver (``"dopri5"``, ``"bosh3"``: on the data's device, per-sample steps),
+            a scipy one (``"RK45"``, ... as in the 2021 reference) or a fixed-grid one (``"rk4"``: ``steps`` steps
+            on :func:`likelihood_grid`, a linear SDE only).
         generator: draws the Hutchinson probes.
         product: the Hutchinson product ``v^T J v``: ``"vjp"`` (reverse mode) or ``"jvp"`` (forward mode; the
             network must support forward-mode AD). The same number up to rounding (module docstring).
         probe: the Hutchinson probes ``(B, ...)`` shaped like ``x``, instead of drawing them from ``generator``
             (e.g. to solve the same problems at two tolerances).
+        steps: the fixed-grid solver's steps (required for it; not used by the adaptive ones): it takes ``steps + 1``
+            steps, the first and last two parts of one (:func:`likelihood_grid`), ``4 (steps + 1)`` evaluations.
+        grid_offset: ``(B,)`` in ``[0, 1)``, where each sample's fixed grid starts (:func:`likelihood_grid`), instead of
+            drawing it from ``generator`` (:func:`grid_offsets`, after the probes).
 
     Returns:
         ``(logp, z, nfe)``: ``logp`` ``(B,)`` in nats per sample, ``z = x(T)`` the latent, ``nfe`` the number of
         (batched) score evaluations.
     """
     check_choice("divergence", divergence, DIVERGENCES)
-    check_choice("method", method, ODE_METHODS)
+    check_choice("method", method, LIKELIHOOD_METHODS)
     check_choice("product", product, DIVERGENCE_PRODUCTS)
     check_positive("rtol", rtol)
     check_positive("atol", atol)
     eps = check_eps(eps, sde)
+    if method in GRID_METHODS and steps is None:
+        raise ValueError(f"method={method!r} (a fixed grid) needs steps, the number of steps on the grid")
+    if grid_offset is not None and (not isinstance(grid_offset, Tensor) or grid_offset.shape != x.shape[:1]
+                                    or not bool(((grid_offset >= 0) & (grid_offset < 1)).all())):
+        raise ValueError(f"grid_offset must be a tensor ({x.shape[0]},) of values in [0, 1)")
     if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
         raise ValueError("x must be a floating-point tensor of shape (B, ...) with at least one data dimension")
     exact = divergence == "exact"
@@ -169,65 +187,118 @@ def log_likelihood(
     drift_fn, rows = bound_drift(sde, counter, x)
     if not exact:
         probe = hutchinson_probe(x, divergence, generator) if probe is None else probe.to(device=x.device, dtype=x.dtype)
+    grid = None
+    if method in GRID_METHODS:
+        offset = grid_offsets(x, generator) if grid_offset is None else grid_offset
+        grid = likelihood_grid(sde, check_positive_int("steps", steps), eps, offset.to(x.device))
 
     def augmented(t: Tensor, state: tuple[Tensor, Tensor], *args: Tensor) -> tuple[Tensor, Tensor]:
+        if grid is not None:
+            sde.mark_times_checked(t)  # a grid's times lie in [eps, T] by construction: no device-side check
         drift = lambda s, y: drift_fn(s, y, *args)  # noqa: E731  (the rows, if any, are the last argument)
         return _drift_and_divergence(drift, t, state[0], None if exact else args[0], product)
 
     state0 = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
-    solution = odeint(
-        augmented, state0, eps, sde.T, method=method, rtol=rtol, atol=atol,
-        args=(() if exact else (probe,)) + rows, progress=progress, desc="log-likelihood",
-    )
+    args = (() if exact else (probe,)) + rows
+    if grid is not None:
+        solution = odeint_grid(augmented, state0, grid, method=method, args=args, progress=progress, desc="log-likelihood")
+    else:
+        solution = odeint(
+            augmented, state0, eps, sde.T, method=method, rtol=rtol, atol=atol, args=args, progress=progress,
+            desc="log-likelihood",
+        )
     z, delta_logp = solution.y
     return sde.prior_logp(z) + delta_logp, z, counter.nfe
 
 
+def grid_offsets(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One uniform draw from ``[0, 1)`` per sample of ``x``: where its fixed grid starts (:func:`likelihood_grid`)."""
+    device = generator.device if generator is not None else x.device
+    return torch.rand(x.shape[0], generator=generator, dtype=grid_dtype(device), device=device).to(x.device)
+
+
+def likelihood_grid(sde: SDE, steps: int, eps: float, offset: Tensor) -> Tensor:
+    """The fixed-grid solvers' times from ``eps`` to ``T``, one grid per sample: ``(steps + 2, B)``.
+
+    The grid is uniform in the half-log-SNR ``lambda(t) = log(alpha_t / sigma_t)``, with step ``(lambda(eps) -
+    lambda(T)) / steps``, shifted by ``offset[i]`` (in ``[0, 1)``, a fraction of a step) for sample ``i``: nodes at the
+    fractions ``0, (k + offset[i]) / steps`` for ``k = 0, ..., steps - 1``, and ``1`` of the way from ``lambda(eps)``
+    to ``lambda(T)``. In ``lambda`` the probability-flow ODE is the same for every linear SDE (DPM-Solver, sec. 3.1),
+    so the steps fall where the flow changes. The shift is for networks whose output oscillates in ``t`` faster than
+    a step (a sinusoidal time embedding): one grid for every sample would alias those oscillations into an error of
+    one sign in every sample, while grids shifted by uniform offsets make the error's mean over the offsets that of
+    the exact integral (for a quadrature exactly: randomly shifted composite rules are unbiased).
+    """
+    sde = check_linear_sde(sde)
+    dtype = grid_dtype(offset.device)
+    ends = half_log_snr(sde, torch.tensor([eps, sde.T], dtype=dtype, device=offset.device))
+    k = torch.arange(steps, dtype=dtype, device=offset.device).unsqueeze(1)
+    zero, one = torch.zeros_like(offset, dtype=dtype).unsqueeze(0), torch.ones_like(offset, dtype=dtype).unsqueeze(0)
+    fraction = torch.cat([zero, (k + offset.to(dtype)) / steps, one])  # (steps + 2, B)
+    times = inverse_half_log_snr(sde, ends[0] + fraction * (ends[1] - ends[0]), eps)
+    times[0], times[-1] = eps, sde.T
+    return times.clamp(eps, sde.T)
+
+
 @dataclass
 class SolverError:
-    """The probability-flow solve's error on a few samples, estimated against a solve at ``tolerance / ratio``."""
+    """The probability-flow solve's error on a few samples, estimated against a finer solve: tolerances divided by
+    ``ratio`` (adaptive solvers) or twice the steps (fixed-grid solvers)."""
 
-    rtol: float  # tolerances of the solve whose error is estimated
+    rtol: float  # tolerances of the solve whose error is estimated (not used by a fixed-grid solver)
     atol: float
-    error: float  # q / (q - 1) * mean_i |l_i(tol) - l_i(tol / q)|, nats per sample (module docstring)
+    error: float  # q / (q - 1) * mean_i |l_i - l_i(finer)|, nats per sample (module docstring)
     bound: float  # ``error`` plus two standard errors of that mean over the samples (``inf`` for one sample)
     samples: int  # samples the estimate is taken over
     nfe: int  # score evaluations spent on it (every solve of those samples)
+    steps: int | None = None  # a fixed-grid solver's steps; None for an adaptive one
 
 
 def _error_ladder(
-    sde: SDE, score_fn: ScoreFn, x: Tensor, rtol: float, atol: float, ratio: float, divergence: str,
+    sde: SDE, score_fn: ScoreFn, x: Tensor, rtol: float, atol: float, steps: int | None, ratio: float, divergence: str,
     generator: torch.Generator | None, probe: Tensor | None, kwargs: dict,
 ) -> Iterator[SolverError]:
-    """Estimates at ``(rtol, atol) / ratio^k``, k = 0, 1, ...; each rung costs one more solve of ``x``."""
-    for name in ("rtol", "atol", "probe"):
+    """Estimates at ``(rtol, atol) / ratio^k`` (adaptive ``method``) or at ``steps * 2^k`` (fixed-grid ``method``),
+    k = 0, 1, ...; each rung costs one more solve of ``x``."""
+    for name in ("rtol", "atol", "probe", "steps"):
         if name in kwargs:
             raise ValueError(f"{name} is set by the error estimate itself; pass it as its own argument")
     if not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 1:
         raise ValueError(f"ratio must be a finite number > 1, got {ratio!r}")
     if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
         raise ValueError("x must be a floating-point tensor of shape (B, ...) with at least one data dimension")
+    method = kwargs.get("method", "dopri5")
+    grid = method in GRID_METHODS
+    if grid:
+        steps = check_positive_int("steps", steps) if steps is not None else None
+        if steps is None:
+            raise ValueError(f"method={method!r} (a fixed grid) needs steps, the number of steps on the grid")
+        ratio = 2.0 ** GRID_TABLEAUS[method].order  # halving the step divides the error by 2^order
     if probe is None and divergence != "exact":
         probe = hutchinson_probe(x, check_choice("divergence", divergence, DIVERGENCES), generator)
+    if grid and kwargs.get("grid_offset") is None:
+        kwargs = {**kwargs, "grid_offset": grid_offsets(x, generator)}  # the same grids' phases at every rung
     nfe = 0
 
-    def solve(scale: float) -> Tensor:
+    def solve(level: int) -> Tensor:
         nonlocal nfe
-        logp, _, n = log_likelihood(
-            sde, score_fn, x, divergence=divergence, rtol=rtol * scale, atol=atol * scale, probe=probe, **kwargs
-        )
+        resolution = {"steps": steps * 2**level} if grid else {"rtol": rtol / ratio**level, "atol": atol / ratio**level}
+        logp, _, n = log_likelihood(sde, score_fn, x, divergence=divergence, probe=probe, **resolution, **kwargs)
         nfe += n
         return logp.detach().to(torch.float64)
 
-    scale, loose = 1.0, solve(1.0)
+    level, coarse = 0, solve(0)
     while True:
-        tight = solve(scale / ratio)
-        per_sample = ratio / (ratio - 1) * (loose - tight).abs()
+        fine = solve(level + 1)
+        per_sample = ratio / (ratio - 1) * (coarse - fine).abs()
         error = float(per_sample.mean())
         # the samples checked are a few of many: their mean error is itself uncertain
         spread = float(per_sample.std() / math.sqrt(per_sample.numel())) if per_sample.numel() > 1 else math.inf
-        yield SolverError(rtol * scale, atol * scale, error, error + 2 * spread, x.shape[0], nfe)
-        scale, loose = scale / ratio, tight
+        if grid:
+            yield SolverError(rtol, atol, error, error + 2 * spread, x.shape[0], nfe, steps * 2**level)
+        else:
+            yield SolverError(rtol / ratio**level, atol / ratio**level, error, error + 2 * spread, x.shape[0], nfe)
+        level, coarse = level + 1, fine
 
 
 def solver_error(
@@ -240,15 +311,17 @@ def solver_error(
     divergence: str = "rademacher",
     generator: torch.Generator | None = None,
     probe: Tensor | None = None,
+    steps: int | None = None,
     **kwargs,
 ) -> SolverError:
-    """The error of :func:`log_likelihood` at ``(rtol, atol)`` on ``x``, estimated from a second solve at
-    ``(rtol, atol) / ratio`` with the same probes: ``e ~ q / (q - 1) mean |l(tol) - l(tol / q)|`` (module docstring).
+    """The error of :func:`log_likelihood` at ``(rtol, atol)`` (or, for a fixed-grid ``method``, at ``steps``) on
+    ``x``, estimated from a second solve at ``(rtol, atol) / ratio`` (or ``2 steps``) with the same probes:
+    ``e ~ q / (q - 1) mean |l - l(finer)|`` with ``q = ratio`` (or ``2^order``) (module docstring).
 
     ``kwargs`` are :func:`log_likelihood`'s other options (``method``, ``eps``, ``product``). On the torch solvers every
     sample has its own steps, so the estimate for a subset of a batch is that of the same samples solved in the batch.
     """
-    return next(_error_ladder(sde, score_fn, x, rtol, atol, ratio, divergence, generator, probe, kwargs))
+    return next(_error_ladder(sde, score_fn, x, rtol, atol, steps, ratio, divergence, generator, probe, kwargs))
 
 
 def choose_tolerance(
@@ -262,27 +335,37 @@ def choose_tolerance(
     divergence: str = "rademacher",
     generator: torch.Generator | None = None,
     probe: Tensor | None = None,
+    steps_start: int = 8,
+    steps_max: int = 4096,
     **kwargs,
 ) -> SolverError:
-    """The loosest ``rtol = atol`` of the ladder ``rtol_start / ratio^k`` whose estimated error on ``x``
-    (:func:`solver_error`) is at most ``accuracy`` nats per sample with two standard errors to spare (its ``bound``:
-    the samples of ``x`` stand for many), with that estimate and every evaluation spent.
+    """The loosest ``rtol = atol`` of the ladder ``rtol_start / ratio^k`` (for a fixed-grid ``method``: the fewest
+    steps of ``steps_start * 2^k``) whose estimated error on ``x`` (:func:`solver_error`) is at most ``accuracy`` nats
+    per sample with two standard errors to spare (its ``bound``: the samples of ``x`` stand for many), with that
+    estimate and every evaluation spent.
 
     ``x``: a few samples like those to be solved (the same preprocessing and probes' law). A rung costs one solve of
-    ``x``; the last solve (at the chosen tolerance over ``ratio``) is the check of the one chosen. ``ValueError`` if
-    no tolerance down to ``rtol_min`` reaches ``accuracy``.
+    ``x``; the last solve (the finer one) is the check of the one chosen. ``ValueError`` if no tolerance down to
+    ``rtol_min`` (no grid up to ``steps_max`` steps) reaches ``accuracy``.
     """
     accuracy = check_positive("accuracy", accuracy)
     rtol_start, rtol_min = check_positive("rtol_start", rtol_start), check_positive("rtol_min", rtol_min)
+    steps_start, steps_max = check_positive_int("steps_start", steps_start), check_positive_int("steps_max", steps_max)
     if rtol_min > rtol_start:
         raise ValueError(f"rtol_min must be <= rtol_start, got {rtol_min} > {rtol_start}")
-    for estimate in _error_ladder(sde, score_fn, x, rtol_start, rtol_start, ratio, divergence, generator, probe, kwargs):
+    grid = kwargs.get("method") in GRID_METHODS
+    ladder = _error_ladder(
+        sde, score_fn, x, rtol_start, rtol_start, steps_start if grid else None, ratio, divergence, generator, probe, kwargs
+    )
+    for estimate in ladder:
         if estimate.bound <= accuracy:
             return estimate
-        if estimate.rtol / ratio < rtol_min:
+        if (grid and estimate.steps * 2 > steps_max) or (not grid and estimate.rtol / ratio < rtol_min):
+            limit = f"no grid up to steps_max={steps_max}" if grid else f"no rtol down to rtol_min={rtol_min:.3g}"
+            at = f"{estimate.steps} steps" if grid else f"rtol {estimate.rtol:.3g}"
             raise ValueError(
-                f"accuracy={accuracy:.3g} nats is not reached by any rtol down to rtol_min={rtol_min:.3g} "
-                f"(estimated error {estimate.error:.3g}, bound {estimate.bound:.3g}, at rtol {estimate.rtol:.3g})"
+                f"accuracy={accuracy:.3g} nats is not reached by {limit} (estimated error {estimate.error:.3g}, "
+                f"bound {estimate.bound:.3g}, at {at})"
             )
     raise AssertionError("unreachable")  # the ladder is endless
 

@@ -1,4 +1,4 @@
-"""Adaptive ODE solvers for batches of independent initial-value problems ``dy/dt = func(t, y)``.
+"""ODE solvers for batches of independent initial-value problems ``dy/dt = func(t, y)``.
 
 Used by the probability-flow ODE sampler ([SDE] eq. (13)) and by likelihood computation, which integrates
 an augmented state (``x`` together with a per-sample log-density accumulator). Two back ends:
@@ -8,6 +8,8 @@ an augmented state (``x`` together with a per-sample log-density accumulator). T
   is its own initial-value problem with its **own time, step size and error norm**: a sample's result does
   not depend on the rest of the batch, an easy sample is not stepped at the stiffest sample's rate, and
   finished samples are frozen and dropped from later evaluations (``func`` sees only the active ones).
+* **fixed grid** (``"rk4"``, :func:`odeint_grid`): the classic Runge--Kutta method on a grid of times the caller
+  chooses (e.g. uniform in the log-SNR), the same for the whole batch; no error control, no host synchronisation.
 * **scipy** (``"RK45"``, ``"RK23"``, ``"DOP853"``, ``"Radau"``, ``"BDF"``, ``"LSODA"``):
   :func:`scipy.integrate.solve_ivp` on the flattened batch, one global step size and error norm for the
   whole batch, as the 2021 reference does (a numpy round trip per evaluation, for parity).
@@ -38,6 +40,8 @@ import scipy.integrate
 import scipy.sparse
 import torch
 from torch import Tensor
+
+from sde_lib import time_batch
 
 from .common import TimeProgress, check_choice, check_positive, check_positive_int
 
@@ -98,6 +102,26 @@ BOSH3 = ButcherTableau(
 """Bogacki & Shampine (1989) 3(2) (``RK23`` in scipy, ``bosh3`` in torchdiffeq)."""
 
 TABLEAUS = {"dopri5": DOPRI5, "bosh3": BOSH3}
+
+
+@dataclass(frozen=True)
+class FixedStepTableau:
+    """An explicit Runge--Kutta method without error estimate, for steps on a given grid:
+    ``k_i = f(t + c_i h, y + h sum_j a_ij k_j)``, ``y_new = y + h sum_i b_i k_i``."""
+
+    order: int  # order of the solution: the global error is O(h^order)
+    c: tuple[float, ...]  # stage times, c_1 = 0
+    a: tuple[tuple[float, ...], ...]  # rows a_i (i >= 2) of the Runge-Kutta matrix
+    b: tuple[float, ...]  # weights of the solution
+
+
+RK4 = FixedStepTableau(
+    order=4, c=(0.0, 1 / 2, 1 / 2, 1.0), a=((1 / 2,), (0.0, 1 / 2), (0.0, 0.0, 1.0)), b=(1 / 6, 1 / 3, 1 / 3, 1 / 6)
+)
+"""Kutta (1901), "the" Runge--Kutta method, [HNW] Table II.1.2 (left)."""
+
+GRID_TABLEAUS = {"rk4": RK4}
+GRID_METHODS = tuple(GRID_TABLEAUS)
 
 
 # ---------------------------------------------------------------------------------------------- result
@@ -513,3 +537,76 @@ def odeint(
         return _adaptive_runge_kutta(func, y0, t0v, t1v, TABLEAUS[method], rtol, atol, args, max_steps, bar, bool(progress))
     finally:
         bar.close()
+
+
+def _grid_times(times: Sequence[float] | Tensor, like: Tensor) -> tuple[list[float] | None, Tensor | None]:
+    """``times`` checked: host floats of one grid for the whole batch, or a ``(steps + 1, B)`` tensor of one grid per
+    sample on ``like``'s device and dtype; the other is ``None``."""
+    batch = like.shape[0]
+    if isinstance(times, Tensor) and times.ndim == 2:
+        if times.shape[0] < 2 or times.shape[1] != batch or not times.is_floating_point():
+            raise ValueError(f"times must be a tensor (steps + 1, {batch}) with steps >= 1, got {tuple(times.shape)}")
+        steps = times[1:] - times[:-1]
+        total = times[-1] - times[0]
+        same_way = (steps * total.sign() >= 0).all() & (total != 0).all()  # zero-length steps are allowed
+        if not bool(torch.isfinite(times).all() & same_way):
+            raise ValueError("times must be finite, and each sample's grid monotone with t0 != t1")
+        return None, times.to(device=like.device, dtype=like.dtype)
+    grid = [float(t) for t in (times.tolist() if isinstance(times, Tensor) else times)]
+    steps = [b - a for a, b in zip(grid[:-1], grid[1:])]
+    if not steps or not all(math.isfinite(t) for t in grid) or not (all(h > 0 for h in steps) or all(h < 0 for h in steps)):
+        raise ValueError(f"times must hold at least two finite numbers in strictly monotone order, got {grid[:4]}...")
+    return grid, None
+
+
+def odeint_grid(
+    func: ODEFunc,
+    y0: State,
+    times: Sequence[float] | Tensor,
+    method: str = "rk4",
+    args: Sequence[Tensor] = (),
+    progress: bool = False,
+    desc: str = "odeint",
+) -> ODESolution:
+    """Solve ``dy/dt = func(t, y, *args)``, ``y(times[0]) = y0``, up to ``times[-1]`` with one step of ``method``
+    (:data:`GRID_METHODS`) between consecutive grid times.
+
+    ``times``: one grid for the whole batch (at least two finite numbers, strictly increasing or strictly
+    decreasing; the stage times are host values, so an SDE checks their range without a device sync), or a tensor
+    ``(steps + 1, B)`` with each sample's own grid in its column (monotone; steps of length zero change nothing).
+    The global error is ``O(h^order)`` in the largest step, so solves on a grid and on its refinement estimate
+    their own error (Richardson). Costs ``len(tableau.c)`` evaluations per step; ``func`` always gets the whole batch.
+    """
+    check_choice("method", method, GRID_METHODS)
+    tableau = GRID_TABLEAUS[method]
+    layout, y = _Layout.of(y0)
+    grid, per_sample = _grid_times(times, y)
+    f = _packed(func, layout)
+    batch = y.shape[0]
+    args = tuple(args)
+    if any(not isinstance(a, Tensor) or a.ndim < 1 or a.shape[0] != batch for a in args):
+        raise ValueError(f"args must be tensors with leading batch dimension {batch}")
+    stage_rows = ((),) + tableau.a
+    if grid is not None:
+        nodes = [(t, t_next, t_next - t) for t, t_next in zip(grid[:-1], grid[1:])]
+        start, end = grid[0], grid[-1]
+    else:
+        nodes = list(zip(per_sample[:-1], per_sample[1:], per_sample[1:] - per_sample[:-1]))
+        marks = per_sample[:, 0].tolist() if progress else [0.0] * per_sample.shape[0]  # the first sample's grid
+        start, end = marks[0], marks[-1]
+    bar = TimeProgress(progress, start, end, desc)
+    try:
+        for index, (t, t_next, h) in enumerate(nodes):
+            step = h if grid is not None else h.unsqueeze(1)  # a number, or (B, 1) against the packed state
+            ks: list[Tensor] = []
+            for c_i, a_i in zip(tableau.c, stage_rows):
+                increment = _weighted_sum(a_i, ks)
+                y_stage = y if increment is None else y + step * increment
+                t_stage = t_next if c_i == 1.0 else t + c_i * h
+                ks.append(f(time_batch(t_stage, batch, y) if grid is not None else t_stage, y_stage, args))
+            y = y + step * _weighted_sum(tableau.b, ks)
+            bar.advance_to(t_next if grid is not None else marks[index + 1])
+    finally:
+        bar.close()
+    count = torch.full((batch,), len(nodes), dtype=torch.long, device=y.device)
+    return ODESolution(y=layout.unpack(y), nfe=len(tableau.c) * len(nodes), steps=count, rejected=None)

@@ -243,6 +243,21 @@ def test_fields_the_record_lacks_come_from_the_file(tmp_path):
     assert notes and "num_classes" not in notes[0] and "config.model.nf (16 -> 32)" in notes[0]
 
 
+def test_a_placeholder_the_record_lacks_keeps_its_type(tmp_path):
+    """A run recorded before a field existed: an unset placeholder the file declares (``eval.likelihood_steps``, an
+    int) still parses an override as its type, not as text."""
+    trained = load_config(ROOT / "configs/vp/digits_ddpmpp_continuous.py")
+    with trained.unlocked():
+        del trained.eval["likelihood_steps"]
+    write_record(trained, tmp_path)
+    file = str(ROOT / "configs/vp/digits_ddpmpp_continuous.py")
+    config, _ = resolve_config(file, [("eval.likelihood_steps", "24"), ("eval.likelihood_method", "rk4")], tmp_path, "eval")
+    assert config.eval.likelihood_steps == 24 and config_errors(config) == []
+    config, _ = resolve_config(file, [], tmp_path, "eval")
+    assert config.eval.likelihood_steps is None
+    assert resolve_config(file, [("eval.likelihood_steps", "24")], tmp_path, "eval")[0].eval.likelihood_steps == 24
+
+
 # ------------------------------------------------------------------ main.py's front door
 BAD_FILES = {
     "syntax.py": ("def get_config(:\n", "has a syntax error at line 1"),

@@ -38,6 +38,7 @@ from configs import load_config
 from sample_quality import sliced_wasserstein
 from data_lib.dequantize import uniform_dequantize
 from samplers import log_likelihood
+from samplers.likelihood import grid_offsets, solver_error
 from train_lib import CheckpointError, get_loss_fn, restore_checkpoint, step_fn_options
 from jobs.evaluation import (
     MetricContext,
@@ -157,6 +158,32 @@ def test_toy_log_likelihood_matches_a_direct_computation_and_gibbs(toy_run):
     # and the model has learnt more than the moment-matched Gaussian (mean log-density -log(2 pi e var) ~ -4.9)
     gaussian = -math.log(2 * math.pi * math.e) - 0.5 * float(torch.log(test.double().var(0)).sum())
     assert report["mean"] > gaussian + 1.0
+
+
+def test_fixed_grid_likelihood_and_its_error_check(toy_run):
+    """``eval.likelihood_method='rk4'``: the reported mean is that of ``samplers.log_likelihood`` with the same per-batch
+    generator (probes, then each sample's grid offset), and the error check solves the first test examples on the
+    grids they get in the reported pass, against twice the steps."""
+    config, workdir, _ = toy_run
+    config = make_config(TOY_CONFIG, TOY, eval__likelihood_method="rk4", eval__likelihood_steps=8)
+    exp = ema_experiment(config, workdir, workdir / "checkpoints" / "checkpoint_1.pth")
+    report = evaluation.test_likelihood(exp, 1)
+    assert report["method"] == "rk4" and report["steps"] == 8 and report["solver_error_samples"] == 4
+    score_fn = exp.score_model.in_precision("no").score_fn()
+    values, first = [], None
+    for index, batch in enumerate(evaluation._test_batches(exp, dequantize=False)):
+        generator = torch.Generator().manual_seed(step_seed(config, Stream.LIKELIHOOD, 1, 0, index))
+        values.append(log_likelihood(exp.sde, score_fn, exp.scaler(batch), divergence="exact", method="rk4", steps=8,
+                                     eps=1e-5, generator=generator)[0].double())
+        first = exp.scaler(batch) if index == 0 else first
+    logp = torch.cat(values)
+    assert report["mean"] == pytest.approx(float(logp.mean()), rel=1e-6, abs=1e-6)
+    assert report["nfe"] == 4 * 9 * len(values) + report["solver_error_nfe"]
+    offsets = grid_offsets(first, torch.Generator().manual_seed(step_seed(config, Stream.LIKELIHOOD, 1, 0, 0)))[:4]
+    coarse = log_likelihood(exp.sde, score_fn, first[:4], divergence="exact", method="rk4", steps=8, eps=1e-5, grid_offset=offsets)[0]
+    torch.testing.assert_close(coarse.double(), values[0][:4], rtol=0, atol=1e-5)  # the reported values themselves
+    estimate = solver_error(exp.sde, score_fn, first[:4], divergence="exact", method="rk4", steps=8, eps=1e-5, grid_offset=offsets)
+    assert report["solver_error"] == pytest.approx(estimate.error, rel=1e-6)
 
 
 def test_sampling_rounds_resume_without_recomputing(toy_run, monkeypatch):

@@ -12,7 +12,9 @@ import math
 import pytest
 import torch
 
-from samplers.odeint import BOSH3, DOPRI5, MAX_FACTOR, MIN_FACTOR, ODE_METHODS, SAFETY, TORCH_METHODS, _step_factor, odeint, runge_kutta_step
+from samplers.odeint import (
+    BOSH3, DOPRI5, MAX_FACTOR, MIN_FACTOR, ODE_METHODS, SAFETY, TORCH_METHODS, _step_factor, odeint, odeint_grid, runge_kutta_step,
+)
 
 F64 = torch.float64
 
@@ -315,3 +317,48 @@ def test_failures_are_reported():
     nan_after_half = lambda t, y: torch.where((t > 0.5)[:, None], torch.full_like(y, float("nan")), -y)
     with pytest.raises(RuntimeError, match="underflow"):
         odeint(nan_after_half, y0, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- fixed grid
+def test_fixed_grid_rk4_converges_at_order_four_forward_and_backward():
+    """Classic RK4 on the exactly solvable rotation-decay system: halving the step divides the maximum error by
+    2^4 = 16 (within [12, 20] at 16-128 steps on [0, 2], where higher-order terms are small), in both directions."""
+    y0, k, w = _problem()
+    for t0, t1 in ((0.0, 2.0), (2.0, 0.0)):
+        start = _rotation_decay_exact(y0, k, w, torch.full((8,), t0, dtype=F64)) if t0 else y0
+        exact = _rotation_decay_exact(y0, k, w, torch.full((8,), t1, dtype=F64)) if t1 else y0
+        errors = []
+        for steps in (16, 32, 64, 128):
+            times = torch.linspace(t0, t1, steps + 1, dtype=F64).tolist()
+            solution = odeint_grid(lambda t, y, k, w: _rotation_decay(t, y, k, w), start, times, args=(k, w))
+            assert solution.nfe == 4 * steps and solution.rejected is None and bool((solution.steps == steps).all())
+            errors.append(float((solution.y - exact).abs().max()))
+        assert all(12 <= coarse / fine <= 20 for coarse, fine in zip(errors, errors[1:])), errors
+
+
+def test_fixed_grid_steps_a_tuple_state_on_an_uneven_grid():
+    """``(y, q)`` with ``dq/dt = |y|^2``: both parts follow the exact solution on a grid that is not uniform (largest
+    step 0.01, where RK4's global error is about 1e-8; bounds 1e-7)."""
+    y0, k, w = _problem(seed=1)
+    times = (torch.linspace(0, 1, 201, dtype=F64) ** 2).tolist()
+
+    def func(t, state, k, w):
+        y, _ = state
+        return _rotation_decay(t, y, k, w), y.square().sum(1)
+
+    y, q = odeint_grid(func, (y0, torch.zeros(8, dtype=F64)), times, args=(k, w)).y
+    torch.testing.assert_close(y, _rotation_decay_exact(y0, k, w, torch.ones(8, dtype=F64)), rtol=0, atol=1e-7)
+    # |y(t)|^2 = exp(-k t^2) |y0|^2 (rotations keep the norm): q(1) = |y0|^2 sqrt(pi / (4k)) erf(sqrt(k))
+    exact_q = y0.square().sum(1) * torch.sqrt(math.pi / (4 * k)) * torch.erf(torch.sqrt(k))
+    torch.testing.assert_close(q, exact_q, rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("times, message", [
+    ([0.0], "times must hold at least two"), ([0.0, 0.5, 0.5, 1.0], "strictly monotone"),
+    ([0.0, 1.0, 0.5], "strictly monotone"), ([0.0, float("nan")], "finite"),
+])
+def test_fixed_grid_refuses_bad_grids(times, message):
+    with pytest.raises(ValueError, match=message):
+        odeint_grid(lambda t, y: -y, torch.ones(2, 1, dtype=F64), times)
+    with pytest.raises(ValueError, match="method"):
+        odeint_grid(lambda t, y: -y, torch.ones(2, 1, dtype=F64), [0.0, 1.0], method="euler")

@@ -14,6 +14,8 @@ import torch
 
 from sde_lib import VESDE, VPSDE, GaussianMixture, LinearSDE
 from samplers.common import tweedie_denoise
+import sde_lib.base
+from samplers import sde_solvers
 from samplers.sde_solvers import SDE_METHODS, sde_sample
 from sampler_checks import (
     GAUSS_MEAN,
@@ -152,6 +154,24 @@ def test_nfe_equals_score_calls(method: str) -> None:
     steps = math.ceil((1.0 - 0.01) / 0.1)
     assert nfe == len(calls) == EVALS_PER_STEP[method] * steps + 1
     assert calls[0][0].item() == pytest.approx(sde.T) and calls[-1][0].item() == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("method", ["euler", "srk"])
+def test_torchsde_times_are_host_values(method: str, monkeypatch) -> None:
+    """torchsde steps on CPU float64 times, so reading a step's time is no device-to-host sync on a GPU, and every
+    score call gets a time tensor that carries its host value (the SDE's range check runs on the host)."""
+    seen = []
+    original = sde_solvers._TorchsdeReverseSDE._time
+
+    def spy(self, s, y):
+        seen.append((s.device.type, s.dtype))
+        t = original(self, s, y)
+        assert sde_lib.base._host_time(t) == pytest.approx(float(t[0]))
+        return t
+
+    monkeypatch.setattr(sde_solvers._TorchsdeReverseSDE, "_time", spy)
+    sde_sample(VPSDE(), RING.score_fn(VPSDE()), (4, 2), method=method, dt=0.1, generator=torch.Generator().manual_seed(0))
+    assert seen and set(seen) == {("cpu", torch.float64)}
 
 
 def test_reproducible_and_global_rng_untouched() -> None:
