@@ -81,8 +81,8 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
         "likelihood_eps": (1e-5, float, "its smallest time"),
         "likelihood_product": ("vjp", str, "Hutchinson product v^T J v: 'vjp' (reverse mode) or 'jvp' (forward mode)"),
         "likelihood_accuracy": (None, float, "solver error asked for, in the likelihood's unit (bits/dim or nats per "
-                                "example): the tolerance (for 'rk4', the steps) is chosen from it; unset: likelihood_rtol / likelihood_atol "
-                                "(likelihood_steps)"),
+                                "example): the tolerance (for 'rk4', the steps) is chosen from it; unset: "
+                                "likelihood_rtol / likelihood_atol (likelihood_steps)"),
         "likelihood_error_samples": (4, int, "test examples also solved at a 10x tighter tolerance (for 'rk4', twice "
                                      "the steps) to estimate the solver's error (0: no estimate)"),
         "likelihood_mixed_precision": ("no", str, "autocast of the network in the likelihood: 'no' (full "

@@ -3,8 +3,8 @@
 With ``config.sampling.method='fast'`` and ``fast_tuning=True``, the ``sample`` and ``eval`` jobs call
 :func:`fast_solver_choice` after loading a checkpoint's EMA weights and before drawing its rounds:
 :func:`samplers.tune_fast_sample` measures every option combination for the ODE's share of ``config.sampling.nfe``
-(less ``noise_removal``'s evaluation) against a converged
-solve from ``fast_tuning_points`` pilot prior samples (unset: ``samplers.fast_tuning.default_pilot_points``) (seeded by ``(config.seed, FAST_TUNING, step)``), following
+(less ``noise_removal``'s evaluation) against a converged solve from ``fast_tuning_points`` pilot prior samples
+(unset: :func:`samplers.fast_tuning.default_pilot_points`; seeded by ``(config.seed, FAST_TUNING, step)``), following
 the score the rounds follow (guidance and ``clip_denoised`` included), and the rounds are drawn with the best.
 
 The choice is cached as ``workdir/fast_tuning/<key>.json``: the rounds' sampling source

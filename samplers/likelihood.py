@@ -270,9 +270,9 @@ def _error_ladder(
     method = kwargs.get("method", "dopri5")
     grid = method in GRID_METHODS
     if grid:
-        steps = check_positive_int("steps", steps) if steps is not None else None
         if steps is None:
             raise ValueError(f"method={method!r} (a fixed grid) needs steps, the number of steps on the grid")
+        steps = check_positive_int("steps", steps)
         ratio = 2.0 ** GRID_TABLEAUS[method].order  # halving the step divides the error by 2^order
     if probe is None and divergence != "exact":
         probe = hutchinson_probe(x, check_choice("divergence", divergence, DIVERGENCES), generator)
