@@ -4,7 +4,8 @@ The step is that of ``configs/vp/digits_ddpmpp_continuous.py`` (the README's mai
 ``benchmarks/training.py`` builds it (:func:`jobs.experiment.build_experiment`, the config's step function, real
 digits batches made before the clock starts). For each number of competing processes (``--competitors``, default
 0, 1 and 2; each one ``python -c 'while True: pass'``, a CPU-bound loop this script starts and kills) and each
-OpenMP wait policy (``default``: ``OMP_WAIT_POLICY`` unset; ``passive``: ``OMP_WAIT_POLICY=PASSIVE``), a fresh
+OpenMP wait policy (``default``: ``OMP_WAIT_POLICY`` unset; ``passive``: ``OMP_WAIT_POLICY=PASSIVE``; ``spin1k`` and
+``spin10k``: ``GOMP_SPINCOUNT`` 1000 and 10000, a short spin before sleeping; :data:`POLICIES`), a fresh
 worker process is started, because the OpenMP runtime reads the policy once, when torch loads it. After one
 untimed step at 2 threads, the worker times blocks of training steps at 1 and at 2 threads
 (``torch.set_num_threads``) in the order 1, 2, 2, 1, each lasting ``--block-seconds`` (at least one step), so the
@@ -30,7 +31,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
-POLICIES = {"default": None, "passive": "PASSIVE"}
+#: OpenMP environment of each policy's worker: libgomp's default (a waiting thread spins 300,000 times, then sleeps),
+#: sleeping at once (PASSIVE), and shorter spins before sleeping (GOMP_SPINCOUNT, libgomp's variable)
+POLICIES = {
+    "default": {},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin1k": {"GOMP_SPINCOUNT": "1000"},
+    "spin10k": {"GOMP_SPINCOUNT": "10000"},
+}
 THREAD_ORDER = (1, 2, 2, 1)
 #: variables that would pin the thread count or the wait policy of the worker
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
@@ -48,9 +56,9 @@ def measure_in_this_process(block_seconds: float, max_block_steps: int) -> dict[
     from train_lib import get_step_fn_from_config
 
     device = torch.device("cpu")
-    config = experiment_config("digits", SimpleNamespace(batch=None, mixed_precision=None), device)
+    config = experiment_config("digits", SimpleNamespace(batch=None, mixed_precision=None, compile="none"), device)
     with tempfile.TemporaryDirectory() as workdir:
-        exp = build_experiment(config, workdir, "sample")  # validated and seeded; opens no dataset
+        exp = build_experiment(config, workdir, "train")  # validated and seeded, with the optimizer state
     step_fn = get_step_fn_from_config(exp.config, exp.sde, train=True)
     exp.model.train()
     batches = make_batches("digits", exp, 8)
@@ -79,9 +87,7 @@ def measure_in_this_process(block_seconds: float, max_block_steps: int) -> dict[
 
 def worker_env(policy: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
-    if POLICIES[policy] is not None:
-        env["OMP_WAIT_POLICY"] = POLICIES[policy]
-    return env
+    return {**env, **POLICIES[policy]}
 
 
 def run_worker(policy: str, args: argparse.Namespace) -> dict[int, float]:
@@ -118,6 +124,7 @@ def main() -> None:
     parser.add_argument("--block-seconds", type=float, default=3.0, help="timed seconds per block of steps")
     parser.add_argument("--max-block-steps", type=int, default=60, help="at most this many steps per block")
     parser.add_argument("--repeats", type=int, default=1, help="runs of the whole table (the median is reported)")
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -132,7 +139,7 @@ def main() -> None:
             competitors = start_competitors(count)
             try:
                 time.sleep(1.0)  # let them reach the run queue
-                for policy in list(POLICIES)[:: 1 if repeat % 2 == 0 else -1]:
+                for policy in args.policies[:: 1 if repeat % 2 == 0 else -1]:
                     before = load()
                     rates = run_worker(policy, args)
                     runs.setdefault((count, policy), []).append(rates)
@@ -146,13 +153,14 @@ def main() -> None:
         for (count, policy), rates in table.items():
             print(f"{count:>11}  {policy:>7}  {'':>14}  {rates[1]:>8.2f}  {rates[2]:>9.2f}  "
                   f"{rates[2] / rates[1]:>5.2f}")
-    print("\npassive / default, same thread count and competitors; the best setting and the worst:")
+    print(f"\neach policy / {args.policies[0]} at 2 threads, same competitors; the best setting and the worst:")
     for count in args.competitors:
-        ratios = [table[count, "passive"][n] / table[count, "default"][n] for n in (1, 2)]
-        settings = {(policy, n): table[count, policy][n] for policy in POLICIES for n in (1, 2)}
+        ratios = ", ".join(f"{policy} {table[count, policy][2] / table[count, args.policies[0]][2]:.2f}"
+                           for policy in args.policies[1:])
+        settings = {(policy, n): table[count, policy][n] for policy in args.policies for n in (1, 2)}
         (policy, threads), best = max(settings.items(), key=lambda item: item[1])
-        print(f"  {count} competitor(s): passive/default at 1 thread {ratios[0]:.2f}, at 2 threads {ratios[1]:.2f}; "
-              f"best: {threads} thread(s) {policy}, {best:.2f} steps/s, {best / min(settings.values()):.1f}x the worst")
+        print(f"  {count} competitor(s): {ratios}; best: {threads} thread(s) {policy}, {best:.2f} steps/s, "
+              f"{best / min(settings.values()):.1f}x the worst")
     print(f"\nload average at the end: {load()}")
 
 
