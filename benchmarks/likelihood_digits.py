@@ -152,13 +152,17 @@ def compare(exp, args: argparse.Namespace) -> None:
     paths = {"reference": dict(REFERENCE)}
     walls, nfes, choices = {"reference": 0.0}, {"reference": 0}, {}
     y0, probe0, offset0 = batches[0]
-    grid = {"grid_offset": offset0[: args.check]} if args.method == "rk4" else {}
+
+    def grid(method: str, offset: torch.Tensor) -> dict:
+        """The fixed-grid solver's offsets for these problems; nothing for an adaptive one."""
+        return {"grid_offset": offset} if method == "rk4" else {}
+
     for accuracy in args.accuracy:
         name = f"fast {accuracy:.0e}"
         start = time.perf_counter()
         choices[name] = choose_tolerance(
             exp.sde, score_fn, y0[: args.check], accuracy * nats_per_bit_dim, probe=probe0[: args.check],
-            method=args.method, eps=eps, product=args.product, **grid,
+            method=args.method, eps=eps, product=args.product, **grid(args.method, offset0[: args.check]),
         )
         walls[name], nfes[name] = time.perf_counter() - start, choices[name].nfe
         paths[name] = {"method": args.method, "rtol": choices[name].rtol, "atol": choices[name].atol, "product": args.product,
@@ -167,27 +171,17 @@ def compare(exp, args: argparse.Namespace) -> None:
         print(f"  {name}: {chosen} chosen on {choices[name].samples} problems "
               f"({choices[name].nfe} evaluations, {walls[name]:.1f} s, counted below)", flush=True)
 
-    for rtol in args.rtol:
-        name = f"fixed {rtol:.0e}"
+    # fixed paths: a tolerance or a grid, each with its error estimated on the same problems (counted)
+    fixed = [(f"fixed {rtol:.0e}", {"method": args.method, "rtol": rtol, "atol": rtol}) for rtol in args.rtol]
+    fixed += [(f"rk4 {steps}", {"method": "rk4", "steps": steps}) for steps in args.steps]
+    for name, options in fixed:
         start = time.perf_counter()
         choices[name] = solver_error(
-            exp.sde, score_fn, y0[: args.check], rtol, rtol, probe=probe0[: args.check], method=args.method, eps=eps,
-            product=args.product,
+            exp.sde, score_fn, y0[: args.check], probe=probe0[: args.check], eps=eps, product=args.product, **options,
+            **grid(options["method"], offset0[: args.check]),
         )
         walls[name], nfes[name] = time.perf_counter() - start, choices[name].nfe
-        paths[name] = {"method": args.method, "rtol": rtol, "atol": rtol, "product": args.product}
-        print(f"  {name}: error estimated on {choices[name].samples} problems ({choices[name].nfe} evaluations, "
-              f"{walls[name]:.1f} s, counted below)", flush=True)
-
-    for steps in args.steps:
-        name = f"rk4 {steps}"
-        start = time.perf_counter()
-        choices[name] = solver_error(
-            exp.sde, score_fn, y0[: args.check], probe=probe0[: args.check], method="rk4", steps=steps, eps=eps,
-            product=args.product, grid_offset=offset0[: args.check],
-        )
-        walls[name], nfes[name] = time.perf_counter() - start, choices[name].nfe
-        paths[name] = {"method": "rk4", "steps": steps, "product": args.product}
+        paths[name] = {**options, "product": args.product}
         print(f"  {name}: error estimated on {choices[name].samples} problems ({choices[name].nfe} evaluations, "
               f"{walls[name]:.1f} s, counted below)", flush=True)
 
@@ -195,8 +189,7 @@ def compare(exp, args: argparse.Namespace) -> None:
     for index, (y, probe, offset) in enumerate(batches):
         for name, options in paths.items():
             start = time.perf_counter()
-            grid = {"grid_offset": offset} if options["method"] == "rk4" else {}
-            bpd, _, nfe = bits_per_dim(exp.sde, score_fn, y, probe=probe, **common, **options, **grid)
+            bpd, _, nfe = bits_per_dim(exp.sde, score_fn, y, probe=probe, **common, **options, **grid(options["method"], offset))
             walls[name] += time.perf_counter() - start
             nfes[name] += nfe
             values[name].append(bpd.detach())

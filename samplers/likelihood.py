@@ -61,6 +61,13 @@ LIKELIHOOD_METHODS = ODE_METHODS + GRID_METHODS
 InverseScaler = Callable[[Tensor], Tensor]
 
 
+def _grid_steps(method: str, steps: int | None) -> int:
+    """The steps a fixed-grid ``method`` is given, checked: required, a positive integer."""
+    if steps is None:
+        raise ValueError(f"method={method!r} (a fixed grid) needs steps, the number of steps on the grid")
+    return check_positive_int("steps", steps)
+
+
 def hutchinson_probe(x: Tensor, kind: str, generator: torch.Generator | None = None) -> Tensor:
     """One probe per sample for the Hutchinson estimator: Rademacher (+-1) or standard Gaussian entries, shaped like ``x``."""
     if kind == "gaussian":
@@ -173,13 +180,13 @@ def log_likelihood(
     check_positive("rtol", rtol)
     check_positive("atol", atol)
     eps = check_eps(eps, sde)
-    if method in GRID_METHODS and steps is None:
-        raise ValueError(f"method={method!r} (a fixed grid) needs steps, the number of steps on the grid")
+    if method in GRID_METHODS:
+        steps = _grid_steps(method, steps)
+    if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
+        raise ValueError("x must be a floating-point tensor of shape (B, ...) with at least one data dimension")
     if grid_offset is not None and (not isinstance(grid_offset, Tensor) or grid_offset.shape != x.shape[:1]
                                     or not bool(((grid_offset >= 0) & (grid_offset < 1)).all())):
         raise ValueError(f"grid_offset must be a tensor ({x.shape[0]},) of values in [0, 1)")
-    if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
-        raise ValueError("x must be a floating-point tensor of shape (B, ...) with at least one data dimension")
     exact = divergence == "exact"
     if probe is not None and (exact or not isinstance(probe, Tensor) or probe.shape != x.shape):
         raise ValueError(f"probe must be a tensor shaped like x {tuple(x.shape)}, and only with a Hutchinson divergence")
@@ -190,7 +197,7 @@ def log_likelihood(
     grid = None
     if method in GRID_METHODS:
         offset = grid_offsets(x, generator) if grid_offset is None else grid_offset
-        grid = likelihood_grid(sde, check_positive_int("steps", steps), eps, offset.to(x.device))
+        grid = likelihood_grid(sde, steps, eps, offset.to(x.device))
 
     def augmented(t: Tensor, state: tuple[Tensor, Tensor], *args: Tensor) -> tuple[Tensor, Tensor]:
         if grid is not None:
@@ -270,9 +277,7 @@ def _error_ladder(
     method = kwargs.get("method", "dopri5")
     grid = method in GRID_METHODS
     if grid:
-        if steps is None:
-            raise ValueError(f"method={method!r} (a fixed grid) needs steps, the number of steps on the grid")
-        steps = check_positive_int("steps", steps)
+        steps = _grid_steps(method, steps)
         ratio = 2.0 ** GRID_TABLEAUS[method].order  # halving the step divides the error by 2^order
     if probe is None and divergence != "exact":
         probe = hutchinson_probe(x, check_choice("divergence", divergence, DIVERGENCES), generator)
