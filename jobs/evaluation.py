@@ -427,18 +427,26 @@ def likelihood_options(config: Any) -> dict[str, Any]:
     }
 
 
-def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, options: dict[str, Any]) -> dict[str, Any]:
+def likelihood_error_samples(config: Any) -> int:
+    """``eval.likelihood_error_samples``: the test examples the solver's error is estimated on (0: no estimate)."""
+    return int(config_value(config, "eval.likelihood_error_samples", TOOLKIT_FIELDS["eval"]["likelihood_error_samples"][0]))
+
+
+def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, options: dict[str, Any],
+                           coarse: Tensor | None = None) -> dict[str, Any]:
     """The solver's error estimate, in the likelihood's unit, and with ``eval.likelihood_accuracy`` the tolerance
     chosen from it (:func:`samplers.likelihood.choose_tolerance`; ``options`` gets ``rtol = atol``, or a fixed-grid
     method's ``steps``).
 
     It is taken on the first ``eval.likelihood_error_samples`` problems of the test split's first batch, with the
     dequantization and probes that batch gets (its seed, drawn in the order of ``dequantized_bits_per_dim``), so on the
-    torch solvers it is the error of values in the reported mean. Every rank computes the same (unsharded) check, so all
-    ranks solve at one tolerance. An error of ``e`` nats per example is ``e / (D ln 2)`` bits/dim.
+    torch solvers and fixed grids it is the error of values in the reported mean. ``coarse``: those values (nats, the
+    first dequantization) when the pass has computed them; only the finer solve is then made. Every rank computes the
+    same (unsharded) check, so all ranks solve at one tolerance. An error of ``e`` nats per example is ``e / (D ln 2)``
+    bits/dim.
     """
     accuracy = config_value(exp.config, "eval.likelihood_accuracy", None)
-    samples = int(config_value(exp.config, "eval.likelihood_error_samples", TOOLKIT_FIELDS["eval"]["likelihood_error_samples"][0]))
+    samples = likelihood_error_samples(exp.config)
     if accuracy is not None:
         check_positive_int("config.eval.likelihood_error_samples (with config.eval.likelihood_accuracy)", samples)
     if samples < 1:
@@ -460,7 +468,8 @@ def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, 
     if offset is not None:
         solve["grid_offset"] = offset
     if accuracy is None:
-        estimate = solver_error(exp.sde, score_fn, x, options["rtol"], options["atol"], probe=probe, steps=options["steps"], **solve)
+        estimate = solver_error(exp.sde, score_fn, x, options["rtol"], options["atol"], probe=probe, steps=options["steps"],
+                                coarse=coarse, **solve)
     else:
         estimate = choose_tolerance(exp.sde, score_fn, x, float(accuracy) * nats_per_unit, probe=probe, **solve)
         options["rtol"] = options["atol"] = estimate.rtol
@@ -484,7 +493,12 @@ def test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
     quantized = exp.test_ds.num_levels is not None
     if not quantized and math.prod(exp.data_shape) <= EXACT_DIVERGENCE_MAX_DIM:
         options["divergence"] = "exact"
-    error_check = likelihood_error_check(exp, ckpt, score_fn, options)  # may set options' rtol and atol
+    # a tolerance chosen from the accuracy must come before the pass; a plain estimate comes after it, and on one process
+    # takes the first examples' values from the pass (their dequantization, probes and grids are the check's)
+    chooses = config_value(exp.config, "eval.likelihood_accuracy", None) is not None
+    error_check = likelihood_error_check(exp, ckpt, score_fn, options) if chooses else None  # may set the tolerance
+    reuse = likelihood_error_samples(exp.config) if not chooses and exp.distributed.world_size == 1 else 0
+    first_values = None
     repeats = check_positive_int("config.eval.bpd_num_repeats", int(config_value(exp.config, "eval.bpd_num_repeats", 1)))
     total = total_sq = count = nfe = true_total = 0.0
     toy = exp.test_ds.name.lower() in data_lib.TOY_DATASETS
@@ -500,15 +514,20 @@ def test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
                 exp.sde, batch_score_fn, batch, n_bins=exp.test_ds.num_levels, scaler=exp.scaler,
                 inverse_scaler=exp.inverse_scaler, num_repeats=repeats, generator=generator, **options,
             )
-            values, batch_nfe = result.per_sample, result.nfe
+            values, batch_nfe, nats = result.per_sample, result.nfe, result.log_likelihood[0]
         else:
             values, _, batch_nfe = log_likelihood(exp.sde, batch_score_fn, exp.scaler(batch), generator=generator, **options)
+            nats = values
             if true_log_prob is not None:
                 true_total += float(true_log_prob(batch.to(torch.float64)).sum())
+        if index == 0 and reuse:
+            first_values = nats[:reuse]
         values = values.detach().to(torch.float64)
         total, total_sq = total + float(values.sum()), total_sq + float((values**2).sum())
         count, nfe = count + values.numel(), nfe + batch_nfe
         progress.tick(index + 1)
+    if error_check is None:
+        error_check = likelihood_error_check(exp, ckpt, score_fn, options, coarse=first_values)
     nfe += error_check["solver_error_nfe"]  # the check's solves are part of the cost
     total, total_sq, count, nfe, true_total = _all_reduce_sums([total, total_sq, count, nfe, true_total], exp)
     mean, stderr = _mean_and_stderr(total, total_sq, count)

@@ -263,10 +263,11 @@ class SolverError:
 
 def _error_ladder(
     sde: SDE, score_fn: ScoreFn, x: Tensor, rtol: float, atol: float, steps: int | None, ratio: float, divergence: str,
-    generator: torch.Generator | None, probe: Tensor | None, kwargs: dict,
+    generator: torch.Generator | None, probe: Tensor | None, kwargs: dict, coarse: Tensor | None = None,
 ) -> Iterator[SolverError]:
     """Estimates at ``(rtol, atol) / ratio^k`` (adaptive ``method``) or at ``steps * 2^k`` (fixed-grid ``method``),
-    k = 0, 1, ...; each rung costs one more solve of ``x``."""
+    k = 0, 1, ...; each rung costs one more solve of ``x``. ``coarse``: the values of the first resolution, if the
+    caller has them (it then saves that solve)."""
     for name in ("rtol", "atol", "probe", "steps"):
         if name in kwargs:
             raise ValueError(f"{name} is set by the error estimate itself; pass it as its own argument")
@@ -274,11 +275,16 @@ def _error_ladder(
         raise ValueError(f"ratio must be a finite number > 1, got {ratio!r}")
     if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
         raise ValueError("x must be a floating-point tensor of shape (B, ...) with at least one data dimension")
+    if coarse is not None and (not isinstance(coarse, Tensor) or coarse.shape != x.shape[:1]
+                               or not bool(torch.isfinite(coarse).all())):
+        raise ValueError(f"coarse must be a tensor ({x.shape[0]},) of finite log-likelihoods of x")
     method = kwargs.get("method", "dopri5")
     grid = method in GRID_METHODS
     if grid:
         steps = _grid_steps(method, steps)
         ratio = 2.0 ** GRID_TABLEAUS[method].order  # halving the step divides the error by 2^order
+    if coarse is not None and ((probe is None and divergence != "exact") or (grid and kwargs.get("grid_offset") is None)):
+        raise ValueError("coarse needs the probe (and, on a fixed grid, the grid_offset) it was computed with")
     if probe is None and divergence != "exact":
         probe = hutchinson_probe(x, check_choice("divergence", divergence, DIVERGENCES), generator)
     if grid and kwargs.get("grid_offset") is None:
@@ -292,7 +298,7 @@ def _error_ladder(
         nfe += n
         return logp.detach().to(torch.float64)
 
-    level, coarse = 0, solve(0)
+    level, coarse = 0, solve(0) if coarse is None else coarse.detach().to(device=x.device, dtype=torch.float64)
     while True:
         fine = solve(level + 1)
         per_sample = ratio / (ratio - 1) * (coarse - fine).abs()
@@ -317,16 +323,20 @@ def solver_error(
     generator: torch.Generator | None = None,
     probe: Tensor | None = None,
     steps: int | None = None,
+    coarse: Tensor | None = None,
     **kwargs,
 ) -> SolverError:
     """The error of :func:`log_likelihood` at ``(rtol, atol)`` (or, for a fixed-grid ``method``, at ``steps``) on
     ``x``, estimated from a second solve at ``(rtol, atol) / ratio`` (or ``2 steps``) with the same probes:
     ``e ~ q / (q - 1) mean |l - l(finer)|`` with ``q = ratio`` (or ``2^order``) (module docstring).
 
-    ``kwargs`` are :func:`log_likelihood`'s other options (``method``, ``eps``, ``product``). On the torch solvers every
-    sample has its own steps, so the estimate for a subset of a batch is that of the same samples solved in the batch.
+    ``kwargs`` are :func:`log_likelihood`'s other options (``method``, ``eps``, ``product``, ``grid_offset``). On the
+    torch solvers and the fixed grids every sample has its own steps, so the estimate for a subset of a batch is that
+    of the same samples solved in the batch. ``coarse``: ``(B,)`` the log-likelihoods of ``x`` at ``(rtol, atol)`` (or
+    ``steps``) with these probes (and grid offsets), if already computed, e.g. by the batch they belong to: the
+    estimate then costs only the finer solve (``nfe`` counts only it).
     """
-    return next(_error_ladder(sde, score_fn, x, rtol, atol, steps, ratio, divergence, generator, probe, kwargs))
+    return next(_error_ladder(sde, score_fn, x, rtol, atol, steps, ratio, divergence, generator, probe, kwargs, coarse))
 
 
 def choose_tolerance(
@@ -406,6 +416,19 @@ def bits_per_dim(
     (For 8-bit data this gives the reference's offsets: 8 for ``[0, 1]`` data, 7 for ``[-1, 1]``.) ``kwargs`` go
     to :func:`log_likelihood`. Returns ``(bpd (B,), z, nfe)``.
     """
+    bpd, _, z, nfe = _bits_and_nats_per_sample(sde, score_fn, x, n_bins, inverse_scaler, **kwargs)
+    return bpd, z, nfe
+
+
+def _bits_and_nats_per_sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x: Tensor,
+    n_bins: int = 256,
+    inverse_scaler: InverseScaler | None = None,
+    **kwargs,
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """:func:`bits_per_dim` with the log-likelihoods it comes from: ``(bpd, logp, z, nfe)``."""
     check_n_bins(n_bins)
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError("x must be a tensor of shape (B, ...) with at least one data dimension")
@@ -419,7 +442,7 @@ def bits_per_dim(
     logp, z, nfe = log_likelihood(sde, score_fn, x, **kwargs)
     dim = x[0].numel()
     bpd = -logp / (dim * math.log(2.0)) + math.log2(n_bins) + math.log2(abs(slope))
-    return bpd, z, nfe
+    return bpd, logp, z, nfe
 
 
 @dataclass
@@ -430,6 +453,7 @@ class BitsPerDim:
     mean: float  # mean over samples and repeats
     stderr: float  # standard error of ``mean`` (over the B * num_repeats values)
     nfe: int  # total score evaluations
+    log_likelihood: Tensor  # (num_repeats, B) nats of each dequantized sample in the model's space (log_likelihood)
 
 
 def dequantized_bits_per_dim(
@@ -448,14 +472,16 @@ def dequantized_bits_per_dim(
     ``inverse_scaler`` back. Returns a :class:`BitsPerDim` with the standard error of the mean.
     """
     check_positive_int("num_repeats", num_repeats)
-    values, nfe = [], 0
+    values, nats, nfe = [], [], 0
     for _ in range(num_repeats):
         u = uniform_dequantize(x, n_bins, generator)
         y = scaler(u) if scaler is not None else u
-        bpd, _, n = bits_per_dim(sde, score_fn, y, n_bins=n_bins, inverse_scaler=inverse_scaler, generator=generator, **kwargs)
+        bpd, logp, _, n = _bits_and_nats_per_sample(sde, score_fn, y, n_bins, inverse_scaler, generator=generator, **kwargs)
         values.append(bpd)
+        nats.append(logp)
         nfe += n
     stacked = torch.stack(values)  # (repeats, B)
     flat = stacked.flatten().to(torch.float64)
     stderr = float(flat.std(unbiased=True) / math.sqrt(flat.numel())) if flat.numel() > 1 else float("nan")
-    return BitsPerDim(per_sample=stacked.mean(0), mean=float(flat.mean()), stderr=stderr, nfe=nfe)
+    return BitsPerDim(per_sample=stacked.mean(0), mean=float(flat.mean()), stderr=stderr, nfe=nfe,
+                      log_likelihood=torch.stack(nats))

@@ -162,8 +162,8 @@ def test_toy_log_likelihood_matches_a_direct_computation_and_gibbs(toy_run):
 
 def test_fixed_grid_likelihood_and_its_error_check(toy_run):
     """``eval.likelihood_method='rk4'``: the reported mean is that of ``samplers.log_likelihood`` with the same per-batch
-    generator (probes, then each sample's grid offset), and the error check solves the first test examples on the
-    grids they get in the reported pass, against twice the steps."""
+    generator (probes, then each sample's grid offset), and the error check compares the first test examples' reported
+    values with a solve on the same grids at twice the steps, the only solve it makes."""
     config, workdir, _ = toy_run
     config = make_config(TOY_CONFIG, TOY, eval__likelihood_method="rk4", eval__likelihood_steps=8)
     exp = ema_experiment(config, workdir, workdir / "checkpoints" / "checkpoint_1.pth")
@@ -179,6 +179,7 @@ def test_fixed_grid_likelihood_and_its_error_check(toy_run):
     logp = torch.cat(values)
     assert report["mean"] == pytest.approx(float(logp.mean()), rel=1e-6, abs=1e-6)
     assert report["nfe"] == 4 * 9 * len(values) + report["solver_error_nfe"]
+    assert report["solver_error_nfe"] == 4 * (2 * 8 + 1)  # the finer solve; the coarse values are the pass's
     offsets = grid_offsets(first, torch.Generator().manual_seed(step_seed(config, Stream.LIKELIHOOD, 1, 0, 0)))[:4]
     coarse = log_likelihood(exp.sde, score_fn, first[:4], divergence="exact", method="rk4", steps=8, eps=1e-5, grid_offset=offsets)[0]
     torch.testing.assert_close(coarse.double(), values[0][:4], rtol=0, atol=1e-5)  # the reported values themselves

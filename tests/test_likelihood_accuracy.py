@@ -112,6 +112,28 @@ def test_solver_error_tracks_the_true_error_across_tolerances():
         assert true / 3 <= estimate.error <= 3 * true, (tol, estimate.error, true)
 
 
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_solver_error_takes_the_coarse_values_a_batch_already_has(method):
+    """Given the values of its first resolution (here from the batch the samples belong to, as the eval job gives
+    them), the estimate is the same and only the finer solve is made."""
+    sde, data = sde_lib.VPSDE(), gaussian((16,))
+    score = data.score_fn(sde)
+    batch = data.sample(12, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    probe = torch.randint(0, 2, batch.shape, generator=torch.Generator().manual_seed(14)).to(batch) * 2 - 1
+    offset = torch.rand(12, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
+    if method == "rk4":
+        coarse, fine, batch_grid, first_grid = dict(steps=8), dict(steps=16), dict(grid_offset=offset), dict(grid_offset=offset[:4])
+    else:
+        coarse, fine, batch_grid, first_grid = dict(rtol=1e-3, atol=1e-3), dict(rtol=1e-4, atol=1e-4), {}, {}
+    in_batch = log_likelihood(sde, score, batch, method=method, probe=probe, **coarse, **batch_grid)[0]
+    first = dict(method=method, probe=probe[:4], **coarse, **first_grid)
+    solved = solver_error(sde, score, batch[:4], **first)
+    reused = solver_error(sde, score, batch[:4], coarse=in_batch[:4], **first)
+    assert reused.error == pytest.approx(solved.error, rel=1e-6) and reused.error > 0
+    fine_nfe = log_likelihood(sde, score, batch[:4], method=method, probe=probe[:4], **fine, **first_grid)[2]
+    assert reused.nfe == fine_nfe and solved.nfe > fine_nfe
+
+
 @pytest.mark.parametrize("sde", [sde_lib.VPSDE(), sde_lib.subVPSDE(), sde_lib.VESDE(sigma_max=10.0)], ids=["vp", "subvp", "ve"])
 def test_fixed_grid_converges_at_order_four(sde):
     """rk4 on the log-SNR grid, 192-D Gaussian: each halving of the step divides the mean |error| by about 2^4 = 16
@@ -233,6 +255,11 @@ def test_bad_arguments_raise_one_line_errors_naming_the_parameter():
         ("steps_max", lambda: choose_tolerance(sde, score, x, 1e-3, method="rk4", steps_max=0)),
         ("accuracy", lambda: choose_tolerance(sde, score, x, 1e-14, method="rk4", steps_max=16)),
         ("method", lambda: log_likelihood(sde, score, x, method="rk5", steps=8)),
+        ("coarse", lambda: solver_error(sde, score, x, probe=torch.ones_like(x), coarse=torch.zeros(2, dtype=torch.float64))),
+        ("coarse", lambda: solver_error(sde, score, x, probe=torch.ones_like(x), coarse=torch.full((3,), math.nan))),
+        ("coarse", lambda: solver_error(sde, score, x, coarse=torch.zeros(3, dtype=torch.float64))),  # no probe
+        ("coarse", lambda: solver_error(sde, score, x, method="rk4", steps=8, divergence="exact",
+                                        coarse=torch.zeros(3, dtype=torch.float64))),  # no grid_offset
     ]
     for name, call in cases:
         with pytest.raises(ValueError) as error:
