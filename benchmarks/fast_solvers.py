@@ -39,7 +39,7 @@ The exact score is ``GaussianMixture.score_fn`` (float64; matrix products for a 
 solved in blocks of 64k numbers (every point's trajectory is independent of the others), which stay in the CPU cache.
 
     python benchmarks/fast_solvers.py [--quick] [--problems ring mix64 ...] [--sdes VP subVP VE] [--threads 1]
-        [--seed 0] [--pilot-fraction 1] [--csv benchmarks/results/fast_solvers_cpu.csv]
+        [--seed 0] [--pilot-fraction 1 | --default-pilot] [--evidence 0] [--csv benchmarks/results/fast_solvers_cpu.csv]
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ sys.path.insert(0, ROOT)  # run as a script: this repository's packages, not ben
 import sde_lib  # noqa: E402
 from samplers import fast_sample  # noqa: E402
 from samplers.fast_tuning import (  # noqa: E402
-    REFERENCE_OPTIONS, FastSolverOptions, fast_solver_grid, solve_key, tune_fast_sample,
+    REFERENCE_OPTIONS, FastSolverOptions, default_most_pilot_points, default_pilot_points, fast_solver_grid, solve_key, tune_fast_sample,
 )
 from samplers.timesteps import SCHEDULES, half_log_snr, noise_levels  # noqa: E402
 
@@ -480,21 +480,28 @@ def prior_points(sde: sde_lib.LinearSDE, problem: Problem, points: int, seed: in
     return sde.prior_sampling((points, *problem.data.event_shape), generator=gen, dtype=DTYPE)
 
 
-def tuned_rows(case: Case, rows: list[Row], pilot: Tensor) -> tuple[list[Row], str]:
-    """The ``tuned`` row at each NFE: :func:`tune_fast_sample` on the pilot points (independent of the test points)
-    chooses a grid row, whose errors on the test points are copied; and a summary of the tuning's cost."""
+def tuned_rows(case: Case, rows: list[Row], pilot: Tensor, evidence: float, first_points: int | None) -> tuple[list[Row], str]:
+    """The ``tuned`` row at each NFE: :func:`tune_fast_sample` on the pilot points (independent of the test points;
+    its ``evidence`` and ``first_points``) chooses a grid row, whose errors on the test points are copied; and a
+    summary of the tuning's cost."""
     by_key = {(r.nfe, r.config): r for r in rows}
-    tuned, evaluations, pilot_ratios = [], [], []
+    tuned, evaluations, pilot_ratios, leads, sizes = [], [], [], [], []
     for nfe in NFES:
-        choice = tune_fast_sample(case.sde, case.score, tuple(pilot.shape), nfe, eps=EPS, x_init=pilot)
+        choice = tune_fast_sample(case.sde, case.score, tuple(pilot.shape), nfe, eps=EPS, x_init=pilot, evidence=evidence,
+                                  first_points=first_points)
         chosen = by_key[nfe, Config.of(choice.options)]
         tuned.append(Row(chosen.problem, chosen.sde, nfe, Config(tuned=True), chosen.config, chosen.rms, chosen.max,
                          chosen.switches, chosen.nonfinite))
         evaluations.append(choice.evaluations)
         pilot_ratios.append(choice.default_rms / choice.rms)
-    summary = (f"tuned on {pilot.shape[0]} pilot points: {min(evaluations)}-{max(evaluations)} evaluations per NFE "
+        leads.append(choice.lead)
+        sizes.append(choice.pilot_points)
+    pilot_sizes = f"{pilot.shape[0]}" if first_points is None else f"{', '.join(map(str, sizes))} of {pilot.shape[0]}"
+    summary = (f"tuned on {pilot_sizes} pilot points (evidence {evidence:g}): {min(evaluations)}-{max(evaluations)} "
+               f"evaluations per NFE "
                f"(reference {choice.reference_steps} steps); pilot default/tuned RMS "
-               f"{min(pilot_ratios):.2f}-{max(pilot_ratios):.2f}")
+               f"{min(pilot_ratios):.2f}-{max(pilot_ratios):.2f}; the pilot's best row's lead over the default "
+               f"{', '.join(f'{lead:.1f}' for lead in leads)} SE at NFE {', '.join(map(str, NFES))}")
     return tuned, summary
 
 
@@ -543,7 +550,8 @@ def check_misses(case: Case, rows: list[Row], fresh: Tensor) -> list[Miss]:
 
 
 def run_case(problem: Problem, sde_name: str, sde: sde_lib.LinearSDE, points: int, seed: int,
-             configs: list[Config], pilot_points: int) -> tuple[list[Row], Reference, list[Miss]]:
+             configs: list[Config], pilot_points: int, evidence: float,
+             first_points: int | None) -> tuple[list[Row], Reference, list[Miss]]:
     start = time.perf_counter()
     z = prior_points(sde, problem, points, seed)
     score = problem.data.score_fn(sde)
@@ -551,7 +559,8 @@ def run_case(problem: Problem, sde_name: str, sde: sde_lib.LinearSDE, points: in
     reference = make_reference(problem, sde, score, solve, z)
     case = Case(problem, sde_name, sde, score, solve, reference)
     rows = solve_rows(case, configs)
-    tuned, tuning = tuned_rows(case, rows, prior_points(sde, problem, pilot_points, seed + 1))
+    tuned, tuning = tuned_rows(case, rows, prior_points(sde, problem, pilot_points, seed + 1), evidence,
+                                first_points)
     rows += tuned
     closed = "" if reference.closed_form_diff is None else \
         f"; closed form - ref RMS {reference.closed_form_diff[0]:.1e} max {reference.closed_form_diff[1]:.1e}"
@@ -601,6 +610,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior points")
     parser.add_argument("--pilot-fraction", type=float, default=1.0,
                         help="the tuned row's pilot points, drawn with seed + 1, as a fraction of the test points")
+    parser.add_argument("--default-pilot", action="store_true",
+                        help="the tuned row's pilot as config.sampling.fast_tuning takes it by default: sequential, from "
+                             "default_pilot_points up to default_most_pilot_points (not a fraction)")
+    parser.add_argument("--evidence", type=float, default=0.0, help="tune_fast_sample's evidence for the tuned row")
     parser.add_argument("--csv", default=None, help="write every row to this CSV file")
     return parser.parse_args(argv)
 
@@ -626,8 +639,11 @@ def main(argv: list[str] | None = None) -> None:
         for sde_name in args.sdes:
             problem = problems[name]
             points = max(problem.points // divisor, 16)
+            shape = problem.data.event_shape
+            pilot = default_most_pilot_points(shape) if args.default_pilot else max(round(args.pilot_fraction * points), 8)
+            first = default_pilot_points(shape) if args.default_pilot else None
             case_rows, reference, case_misses = run_case(problem, sde_name, sdes[sde_name], points, args.seed,
-                                                         configs, max(round(args.pilot_fraction * points), 8))
+                                                         configs, pilot, args.evidence, first)
             rows += case_rows
             misses += case_misses
             floors[name, sde_name] = FLOOR_FACTOR * reference.self_diff[0]

@@ -1,12 +1,13 @@
 """Few-step options on a trained network: the fixed default and the tuned choice against the converged ODE.
 
-    python benchmarks/fast_solvers_network.py [--workdir runs/digits] [--nfe 5 10 20 30] [--pilot 64]
+    python benchmarks/fast_solvers_network.py [--workdir runs/digits] [--nfe 5 10 20 30] [--pilot 64] [--most N]
         [--fresh 128] [--top 3] [--threads 2] [--public-unipc DIR]
 
 The run is a trained workdir (the README's main job: ``python main.py --config configs/vp/digits_ddpmpp_continuous.py
 --workdir runs/digits``), read with its recorded config and the EMA weights of its latest checkpoint; the score is
 the one its sampling rounds follow. For each NFE, :func:`samplers.tune_fast_sample` ranks every option combination
-of ``fast_sample`` on ``--pilot`` prior samples (seed 1), as ``config.sampling.fast_tuning`` does. Then the fixed
+of ``fast_sample`` on ``--pilot`` prior samples (seed 1), as ``config.sampling.fast_tuning`` does (with ``--most``: a
+sequential pilot from ``--pilot`` up to ``--most`` samples, as the config's default pilot). Then the fixed
 default, the tuned choice and the next ``--top`` combinations of the pilot's ranking are solved from ``--fresh``
 other prior samples (seed 2) and compared with one converged solve from those (DPM-Solver-3 + UniC on ``logSNR``
 steps, doubled until two solves differ by at most 1/10 of the smallest error measured): a choice that was lucky on
@@ -49,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", default="runs/digits", help="a trained run (config.json, checkpoints/)")
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 30])
     parser.add_argument("--pilot", type=int, default=64, help="pilot samples of the tuning (seed 1)")
+    parser.add_argument("--most", type=int, default=None,
+                        help="a sequential pilot: start with --pilot samples, double up to this many while unclear")
     parser.add_argument("--fresh", type=int, default=128, help="other samples the chosen rows are re-measured on (seed 2)")
     parser.add_argument("--top", type=int, default=3, help="rows of the pilot's ranking re-measured after the tuned one")
     parser.add_argument("--threads", type=int, default=2)
@@ -78,11 +81,13 @@ def main(args: argparse.Namespace) -> None:
         choices = {}
         for nfe in args.nfe:
             start = time.perf_counter()
-            choices[nfe] = tune_fast_sample(exp.sde, score, (args.pilot, *exp.data_shape), nfe, eps=exp.sampling_eps,
-                                            generator=torch.Generator().manual_seed(1))
+            pilot = (args.pilot if args.most is None else args.most, *exp.data_shape)
+            choices[nfe] = tune_fast_sample(exp.sde, score, pilot, nfe, eps=exp.sampling_eps,
+                                            generator=torch.Generator().manual_seed(1),
+                                            first_points=None if args.most is None else args.pilot)
             c = choices[nfe]
-            print(f"NFE {nfe:3d}: pilot ({args.pilot}) RMS fixed default {c.default_rms:.4g}, tuned {c.rms:.4g} "
-                  f"({c.options.label()}); reference {c.reference_steps} steps; {c.evaluations} evaluations, "
+            print(f"NFE {nfe:3d}: pilot ({c.pilot_points}) RMS fixed default {c.default_rms:.4g}, tuned {c.rms:.4g} "
+                  f"({c.options.label()}, lead {c.lead:.1f} SE); reference {c.reference_steps} steps; {c.evaluations} evaluations, "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
 
         def solve(options: dict, nfe: int) -> torch.Tensor:

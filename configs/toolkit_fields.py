@@ -54,10 +54,11 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
         "fast_tuning": (False, bool, "method 'fast': --mode sample / eval choose fast_sample's options for each "
                         "checkpoint at this nfe by their error against a converged solve on pilot samples "
                         "(samplers.tune_fast_sample), cached in workdir/fast_tuning/; order and schedule must be unset"),
-        "fast_tuning_points": (None, int, "fast_tuning: pilot samples (each costs the pilot's ~4000-8000 evaluations); "
-                               "unset: max(64, ceil(4096 / data dimension))"),
+        "fast_tuning_points": (None, int, "fast_tuning: pilot samples, solved at once (~4000-8000 batched "
+                               "evaluations); unset: max(64, ceil(4096 / data dimension)), doubled while the "
+                               "choice is unclear up to 8 times that and 2048"),
         "fast_tuning_evidence": (0.0, float, "fast_tuning: keep the fixed default unless a candidate leads by this "
-                                 "many standard errors on the pilot (0: take the pilot's best)"),
+                                 "many standard errors on the whole pilot (0: take the pilot's best)"),
         "inpainting": ("replacement", str, "--mode inpaint / colorize: 'replacement' or 'smc'"),
         "smc_particles": (16, int, "inpainting 'smc': particles per image"),
         "superresolution_factor": (None, int, "--mode superresolve: side of the averaged pixel blocks; unset: "

@@ -3,8 +3,8 @@
 With ``config.sampling.method='fast'`` and ``fast_tuning=True``, the ``sample`` and ``eval`` jobs call
 :func:`fast_solver_choice` after loading a checkpoint's EMA weights and before drawing its rounds:
 :func:`samplers.tune_fast_sample` measures every option combination for the ODE's share of ``config.sampling.nfe``
-(less ``noise_removal``'s evaluation) against a converged solve from ``fast_tuning_points`` pilot prior samples
-(unset: :func:`samplers.fast_tuning.default_pilot_points`; seeded by ``(config.seed, FAST_TUNING, step)``), following
+(less ``noise_removal``'s evaluation) against a converged solve from pilot prior samples
+(:func:`samplers.from_config.fast_tuning_points`; seeded by ``(config.seed, FAST_TUNING, step)``), following
 the score the rounds follow (guidance and ``clip_denoised`` included), and the rounds are drawn with the best.
 
 The choice is cached as ``workdir/fast_tuning/<key>.json``: the rounds' sampling source
@@ -85,21 +85,24 @@ def fast_solver_choice(
         logger.info("fast_sample options for step %d from %s: %s", step, path, choice.options.label())
         return choice
     if exp.distributed.is_main:
-        points = fast_tuning_points(config, exp.data_shape)
+        first, most = fast_tuning_points(config, exp.data_shape, conditional=exp.conditioning is not None)
         factory = None
         if exp.conditioning is not None:
-            factory = dataclasses.replace(exp.conditioning, labels=sample_class_labels(config, points)).score_factory
+            factory = dataclasses.replace(exp.conditioning, labels=sample_class_labels(config, most)).score_factory
         tuning_fn = get_fast_tuning_fn(config, exp.sde, exp.data_shape, exp.sampling_eps, factory)
-        logger.info("tuning fast_sample's options for step %d at nfe=%s on %d pilot samples", step,
-                    config_value(config, "sampling.nfe", 20), points)
+        pilot = (f"{most} pilot samples" if first == most else
+                 f"{first} pilot samples, doubled up to {most} while the choice is unclear")
+        logger.info("tuning fast_sample's options for step %d at nfe=%s on %s", step,
+                    config_value(config, "sampling.nfe", 20), pilot)
         generator = torch.Generator(exp.device).manual_seed(step_seed(config, Stream.FAST_TUNING, step))
         start = time.perf_counter()
         lines = ProgressLog(logger, None, label="fast_sample tuning: score evaluations of the pilot batch", unit="evaluations")
         choice = tuning_fn(exp.model, generator=generator, on_progress=lambda done, planned: lines.tick(done))
         write_record(path, source, choice)
         logger.info(
-            "fast_sample options for step %d: %s (pilot RMS error %.3g; the fixed default's %.3g; reference %d steps; "
-            "%d score evaluations, %.0f s) -> %s", step, choice.options.label(), choice.rms, choice.default_rms,
+            "fast_sample options for step %d: %s (pilot RMS error %.3g on %d samples; the fixed default's %.3g; lead "
+            "%.1f standard errors; reference %d steps; %d score evaluations, %.0f s) -> %s", step,
+            choice.options.label(), choice.rms, choice.pilot_points, choice.default_rms, choice.lead,
             choice.reference_steps, choice.evaluations, time.perf_counter() - start, path,
         )
     if exp.distributed.is_distributed:

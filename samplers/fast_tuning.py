@@ -10,8 +10,11 @@ candidate configuration at the given budget, and returns the configuration of le
 ``sqrt(mean_z ||x(z) - x*(z)||^2 / D)``, the benchmark's criterion. The per-point errors are heavy-tailed where a
 few points end in another mode of the data (each adds about ``|mu_i - mu_j|^2 / (D P)`` to the mean over ``P``
 points), so the pilot must be large enough to see such points (the README has the benchmark's figures for 2000
-pilot points). With a small pilot, ``evidence > 0`` keeps the fixed default unless the best candidate's lead is
-that many standard errors of the paired per-point differences. It is per-model step-schedule optimisation
+pilot points). A sequential pilot (``first_points``) starts small and doubles while its best candidate is not the
+fixed default and leads it by fewer than ``GROWTH_EVIDENCE`` standard errors of the paired per-point differences
+(a group-sequential test of the default as the null hypothesis; with repeated looks the threshold is a rule of
+thumb, not a test level), so that a clear choice costs a small pilot and an unclear one a larger. With a small pilot, ``evidence > 0`` keeps the fixed default unless the
+best candidate's lead is that many standard errors. It is per-model step-schedule optimisation
 (Align Your Steps, Sabour et al. 2024) with an exhaustive search over ``fast_sample``'s discrete options in place of
 a gradient search over the grid; the choice is a small JSON record, made once per model and budget and reused.
 
@@ -50,6 +53,11 @@ REFERENCE_OPTIONS = dict(method="dpm_solver", order=3, prediction="noise", corre
 #: the default pilot: at least this many points, and at least PILOT_COORDINATES coordinates in all
 MIN_PILOT_POINTS = 64
 PILOT_COORDINATES = 64 * 64
+#: a default pilot grows to at most PILOT_GROWTH times its first points and MOST_PILOT_POINTS points
+PILOT_GROWTH = 8
+MOST_PILOT_POINTS = 2048
+#: a sequential pilot stops growing once a candidate other than the fixed default leads it by this many standard errors
+GROWTH_EVIDENCE = 2.0
 
 
 def default_pilot_points(data_shape: Sequence[int]) -> int:
@@ -61,6 +69,18 @@ def default_pilot_points(data_shape: Sequence[int]) -> int:
     """
     dim = math.prod(int(n) for n in data_shape)
     return max(MIN_PILOT_POINTS, math.ceil(PILOT_COORDINATES / max(dim, 1)))
+
+
+def default_most_pilot_points(data_shape: Sequence[int]) -> int:
+    """The most points a default (sequential) pilot grows to: :data:`PILOT_GROWTH` times
+    :func:`default_pilot_points`, at most :data:`MOST_PILOT_POINTS` (but never fewer than the start).
+
+    Where a few points that end in another mode of the data decide the RMS error, ranking the options takes about
+    2000 points in any dimension; a pilot that starts smaller grows only while its choice is not clear, and at most
+    to 8 times its first cost.
+    """
+    first = default_pilot_points(data_shape)
+    return max(first, min(MOST_PILOT_POINTS, PILOT_GROWTH * first))
 
 
 @dataclass(frozen=True)
@@ -154,11 +174,12 @@ class FastSolverChoice:
     eps: float  # the end time of the ODE
     rms: float  # its per-coordinate RMS error against the reference on the pilot points
     default_rms: float  # the same for fast_sample's fixed default
-    pilot_points: int
+    pilot_points: int  # the pilot points the choice was made on (a sequential pilot: those it grew to)
     reference_steps: int  # steps of the finer reference solve
     reference_difference: float  # RMS between the references of reference_steps / 2 and reference_steps steps
     evaluations: int  # batched score evaluations the tuning made
     errors: tuple[tuple[str, float], ...] = field(default=())  # (label, pilot RMS) of every distinct solve, best first
+    lead: float = math.nan  # the best solve's lead over the fixed default, in paired standard errors (improvement_evidence)
 
     def sample_kwargs(self) -> dict[str, Any]:
         return dict(nfe=self.nfe, eps=self.eps, **self.options.kwargs())
@@ -199,13 +220,14 @@ def tune_fast_sample(
     reference_tolerance: float = 0.1,
     max_reference_steps: int = 8192,
     evidence: float = 0.0,
+    first_points: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> FastSolverChoice:
     """Choose ``fast_sample``'s options for ``score_fn`` at budget ``nfe`` by their error on pilot points.
 
     Args:
         sde, score_fn, eps: as for :func:`samplers.fast_sample`.
-        shape: ``(P, ...)``: the pilot points' shape (``P`` points of the samples' shape).
+        shape: ``(P, ...)``: the pilot points' shape (``P`` points of the samples' shape), the most the pilot takes.
         nfe: the budget the options are chosen for.
         x_init: the pilot points ``z`` at ``t = T``; default ``P`` draws from the prior with ``generator``.
         dtype, generator, device: as for ``fast_sample``.
@@ -216,11 +238,15 @@ def tune_fast_sample(
         reference_tolerance: the largest RMS difference between the two references, relative to the best
             candidate's error.
         max_reference_steps: bound on ``2N``; if the references still differ by more, a warning says so.
-        evidence: the fixed default is kept unless the best candidate's mean squared error is lower than the
-            default's by at least this many standard errors of their paired per-point difference (0: always take
-            the best on the pilot points).
+        evidence: with all ``P`` points, the fixed default is kept unless the best candidate's mean squared error is
+            lower than the default's by at least this many standard errors of their paired per-point difference
+            (0: always take the best on the pilot points).
+        first_points: a sequential pilot: start with this many of the ``P`` points and double them while the best
+            candidate is not the fixed default and leads it by fewer than :data:`GROWTH_EVIDENCE` standard errors
+            (default: all ``P`` at once). Points are solved once; the candidates' errors are those on all points so far.
         on_progress: called after each solve with ``(evaluations made, evaluations planned)``, each a call of
-            ``score_fn`` on the pilot batch (the plan grows if the reference's steps double), for progress lines.
+            ``score_fn`` on a pilot batch (the plan grows if the reference's steps double or the pilot grows), for
+            progress lines.
 
     Returns:
         a :class:`FastSolverChoice`.
@@ -236,6 +262,7 @@ def tune_fast_sample(
         raise ValueError(f"evidence must be a finite number >= 0; got {evidence!r}")
     if 2 * reference_steps > max_reference_steps:
         raise ValueError(f"max_reference_steps must be >= 2 * reference_steps = {2 * reference_steps}; got {max_reference_steps}")
+    size = shape[0] if first_points is None else min(check_positive_int("first_points", first_points), shape[0])
     default = FastSolverOptions.default(sde, nfe)
     candidates = [default] + [c for c in (fast_solver_grid() if candidates is None else candidates) if c != default]
     bad = [c for c in candidates if not isinstance(c, FastSolverOptions)]
@@ -258,30 +285,46 @@ def tune_fast_sample(
         except ValueError:
             continue  # the budget is too small for this order
         chosen[key], labels[key] = options, options.label()
+    default_key = solve_key(default, sde, nfe, eps)
     planned = len(chosen) * nfe + 3 * reference_steps
     bar = tqdm(total=planned, desc="tune_fast_sample", unit="eval", leave=False, dynamic_ncols=True, disable=not progress)
 
-    def solve(options: dict[str, Any], steps: int) -> Tensor:
-        x = fast_sample(sde, counting, shape, nfe=steps, eps=eps, x_init=z, **options)[0]
+    def solve(options: dict[str, Any], steps: int, points: Tensor) -> Tensor:
+        x = fast_sample(sde, counting, tuple(points.shape), nfe=steps, eps=eps, x_init=points, **options)[0]
         bar.update(counting.nfe - bar.n)
         if on_progress is not None:
             on_progress(counting.nfe, planned)
         return x
 
-    solved = {key: solve(options.kwargs(), nfe) for key, options in chosen.items()}
-    coarse = solve(REFERENCE_OPTIONS, reference_steps)
-    fine = solve(REFERENCE_OPTIONS, 2 * reference_steps)
+    done = 0  # points solved so far: z[:done]
+    solved: dict[tuple, Tensor] = {}
+    coarse = fine = z[:0]
     while True:
-        per_point = {key: squared_errors(x, fine) for key, x in solved.items()}  # type: ignore[arg-type]
-        errors = {key: math.sqrt(float(e.mean())) for key, e in per_point.items()}
-        best = min(errors.values())
-        difference = math.sqrt(float(squared_errors(coarse, fine).mean()))
-        if difference <= reference_tolerance * best or 4 * reference_steps > max_reference_steps:
+        batch = z[done:size]
+        solved = {key: torch.cat([solved[key], solve(options.kwargs(), nfe, batch)]) if done else
+                  solve(options.kwargs(), nfe, batch) for key, options in chosen.items()}
+        coarse = torch.cat([coarse, solve(REFERENCE_OPTIONS, reference_steps, batch)])
+        fine = torch.cat([fine, solve(REFERENCE_OPTIONS, 2 * reference_steps, batch)])
+        done = size
+        while True:  # the reference of every point so far, refined until it cannot change the ranking
+            per_point = {key: squared_errors(x, fine) for key, x in solved.items()}  # type: ignore[arg-type]
+            errors = {key: math.sqrt(float(e.mean())) for key, e in per_point.items()}
+            best = min(errors.values())
+            difference = math.sqrt(float(squared_errors(coarse, fine).mean()))
+            if difference <= reference_tolerance * best or 4 * reference_steps > max_reference_steps:
+                break
+            reference_steps *= 2
+            planned += 2 * reference_steps
+            bar.total = planned
+            coarse, fine = fine, solve(REFERENCE_OPTIONS, 2 * reference_steps, z[:done])
+        ranked = sorted(errors, key=lambda key: errors[key])  # stable: the default first among equals
+        winner = ranked[0]
+        lead = improvement_evidence(per_point[winner], per_point[default_key]) if winner != default_key else 0.0
+        if done == shape[0] or winner == default_key or lead >= GROWTH_EVIDENCE:
             break
-        reference_steps *= 2
-        planned += 2 * reference_steps
+        size = min(2 * done, shape[0])
+        planned += len(chosen) * nfe + 3 * reference_steps  # calls on the new points' batch
         bar.total = planned
-        coarse, fine = fine, solve(REFERENCE_OPTIONS, 2 * reference_steps)
     bar.close()
     if difference > reference_tolerance * best:
         warnings.warn(
@@ -290,10 +333,7 @@ def tune_fast_sample(
             f"max_reference_steps for a firmer choice",
             stacklevel=2,
         )
-    ranked = sorted(errors, key=lambda key: errors[key])  # stable: the default first among equals
-    default_key = solve_key(default, sde, nfe, eps)
-    winner = ranked[0]
-    if improvement_evidence(per_point[winner], per_point[default_key]) < evidence:
+    if lead < evidence:
         winner = default_key
     return FastSolverChoice(
         options=chosen[winner],
@@ -301,9 +341,10 @@ def tune_fast_sample(
         eps=eps,
         rms=errors[winner],
         default_rms=errors[default_key],
-        pilot_points=shape[0],
+        pilot_points=done,
         reference_steps=2 * reference_steps,
         reference_difference=difference,
         evaluations=counting.nfe,
         errors=tuple((labels[key], errors[key]) for key in ranked),
+        lead=lead,
     )

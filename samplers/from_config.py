@@ -28,7 +28,7 @@ from .denoised_projection import clip_denoised
 from .common import check_choice, check_shape
 from .edm import check_edm_options, edm_sample
 from .fast import fast_sample
-from .fast_tuning import FastSolverChoice, FastSolverOptions, default_pilot_points, tune_fast_sample
+from .fast_tuning import FastSolverChoice, FastSolverOptions, default_most_pilot_points, default_pilot_points, tune_fast_sample
 from .likelihood import DIVERGENCES, bits_per_dim
 from .ode import ode_sample
 from .odeint import ODE_METHODS
@@ -93,13 +93,18 @@ def fast_tuning_enabled(config: Any) -> bool:
     return method == "fast" and bool(config_value(config, "sampling.fast_tuning", False))
 
 
-def fast_tuning_points(config: Any, data_shape: Sequence[int]) -> int:
-    """The pilot batch of ``config.sampling.fast_tuning``: ``config.sampling.fast_tuning_points``, unset
-    :func:`samplers.fast_tuning.default_pilot_points` of the data's shape."""
+def fast_tuning_points(config: Any, data_shape: Sequence[int], conditional: bool = False) -> tuple[int, int]:
+    """The pilot of ``config.sampling.fast_tuning`` as ``(first, most)`` points: ``config.sampling.fast_tuning_points``
+    at once if set; unset, a sequential pilot (:func:`samplers.tune_fast_sample`'s ``first_points``) that starts
+    with :func:`samplers.fast_tuning.default_pilot_points` and doubles up to
+    :func:`samplers.fast_tuning.default_most_pilot_points` while its choice is unclear. A ``conditional`` pilot (one
+    class label per point) is solved at once, on ``first`` points."""
     points = config_value(config, "sampling.fast_tuning_points", None)
-    if points is None:
-        return default_pilot_points(data_shape)
-    return check_positive_int("config.sampling.fast_tuning_points", points)
+    if points is not None:
+        points = check_positive_int("config.sampling.fast_tuning_points", points)
+        return points, points
+    first = default_pilot_points(data_shape)
+    return (first, first) if conditional else (first, default_most_pilot_points(data_shape))
 
 
 def get_fast_tuning_fn(
@@ -109,19 +114,20 @@ def get_fast_tuning_fn(
     FastSolverChoice``: the options of ``fast_sample`` for the ODE's share of ``config.sampling.nfe`` (less the
     evaluation of ``noise_removal``, which follows the ODE and is the same for every option), chosen on
     :func:`fast_tuning_points` pilot samples drawn from the prior with ``generator``, following the
-    score :func:`get_sampling_fn` follows (``score_fn_factory`` guides the pilot batch). The fixed default is kept
-    unless a candidate leads by ``config.sampling.fast_tuning_evidence`` [0] standard errors.
+    score :func:`get_sampling_fn` follows (``score_fn_factory`` guides the pilot batch: a conditional pilot, solved at
+    once). The fixed default is kept unless a candidate leads by ``config.sampling.fast_tuning_evidence`` [0]
+    standard errors on the whole pilot.
     """
     method = config_value(config, "sampling.method")
     if str(method).lower() != "fast":
         raise ValueError(f"config.sampling.fast_tuning tunes method 'fast'; config.sampling.method is {method!r}")
-    points = fast_tuning_points(config, data_shape)
+    first, most = fast_tuning_points(config, data_shape, conditional=score_fn_factory is not None)
     nfe = check_positive_int("config.sampling.nfe", config_value(config, "sampling.nfe", 20))
     nfe -= int(bool(config_value(config, "sampling.noise_removal", False)))  # the ODE's share of the budget
     nfe = check_positive_int("config.sampling.nfe less noise_removal's evaluation", nfe)
     evidence = float(config_value(config, "sampling.fast_tuning_evidence", 0.0))
     follow = followed_score(config, sde, score_fn_factory)
-    shape = check_shape((points, *data_shape))
+    shape = check_shape((most, *data_shape))
     device = config_value(config, "device", None)
 
     def tuning_fn(
@@ -130,7 +136,7 @@ def get_fast_tuning_fn(
     ) -> FastSolverChoice:
         with torch.no_grad():
             return tune_fast_sample(sde, follow(model), shape, nfe, eps=eps, generator=generator, device=device,
-                                    progress=progress, evidence=evidence, on_progress=on_progress)
+                                    progress=progress, evidence=evidence, first_points=first, on_progress=on_progress)
 
     return tuning_fn
 

@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
 import torch
 
+import samplers.fast_tuning
 import sde_lib
 from samplers import fast_sample
 from samplers.fast_tuning import FastSolverChoice, FastSolverOptions, fast_solver_grid, solve_key, tune_fast_sample
@@ -117,6 +119,35 @@ def test_evaluations_record_and_sampling_with_the_choice():
     assert nfe <= 6 and torch.isfinite(x).all()
 
 
+def test_a_sequential_pilot_grows_only_while_its_choice_is_unclear(monkeypatch):
+    """``first_points``: the pilot starts with its first points and doubles while a candidate other than the fixed
+    default wins by fewer than ``GROWTH_EVIDENCE`` standard errors. Grown to all its points, each solved once, it
+    gives the one-shot tuning's choice and errors (to the references' convergence); stopped at once, the one-shot
+    tuning's of its first points."""
+    data, sde = uneven_three(), sde_lib.VPSDE()
+    score, z = data.score_fn(sde), prior(sde, data, 48, 8)
+    candidates = [FastSolverOptions("dpm_solver", 2, "data", "bh2", "time_quadratic", True)]
+    tune = lambda points, **kwargs: tune_fast_sample(sde, score, points.shape, 10, x_init=points, candidates=candidates,  # noqa: E731
+                                                     reference_steps=64, **kwargs)
+    whole, first = tune(z), tune(z[:12])
+    assert whole.options == candidates[0] and first.options == candidates[0]  # data prediction wins here
+    assert first.lead < samplers.fast_tuning.GROWTH_EVIDENCE  # but by little on 12 points: the pilot grows
+    assert tune(z, first_points=12).pilot_points > 12
+    monkeypatch.setattr(samplers.fast_tuning, "GROWTH_EVIDENCE", math.inf)
+    grown = tune(z, first_points=12)
+    assert grown.pilot_points == 48 and grown.options == whole.options
+    for (label, error), (label_whole, error_whole) in zip(grown.errors, whole.errors):
+        assert label == label_whole and error == pytest.approx(error_whole, abs=2 * whole.reference_difference)
+    assert grown.evaluations >= 3 * first.evaluations  # 12, then 12 and 24 more points: three batches
+    monkeypatch.setattr(samplers.fast_tuning, "GROWTH_EVIDENCE", 0.0)
+    stopped = tune(z, first_points=12)
+    assert stopped.pilot_points == 12 and stopped.errors == first.errors and stopped.evaluations == first.evaluations
+    monkeypatch.setattr(samplers.fast_tuning, "GROWTH_EVIDENCE", math.inf)
+    kept = tune_fast_sample(sde, score, z.shape, 10, x_init=z, reference_steps=64, first_points=12,
+                            candidates=[FastSolverOptions("heun", 1, None, None, "time_uniform", False)])
+    assert kept.pilot_points == 12 and kept.options == FastSolverOptions.default(sde, 10)  # the default won: no growth
+
+
 def test_reference_that_does_not_converge_is_reported():
     data, sde = uneven_three(), sde_lib.VPSDE()
     z = prior(sde, data, 16, 6)
@@ -135,6 +166,7 @@ def test_reference_that_does_not_converge_is_reported():
     (dict(reference_steps=64, max_reference_steps=100), "max_reference_steps"),
     (dict(eps=2.0), "eps"),
     (dict(evidence=-1.0), "evidence"),
+    (dict(first_points=0), "first_points"),
 ])
 def test_bad_arguments_are_refused(kwargs, match):
     data, sde = uneven_three(), sde_lib.VPSDE()

@@ -27,7 +27,7 @@ from jobs.run import step_seed
 from jobs.streams import Stream
 import samplers.from_config
 from samplers import tune_fast_sample
-from samplers.fast_tuning import FastSolverChoice, default_pilot_points
+from samplers.fast_tuning import FastSolverChoice, default_most_pilot_points, default_pilot_points
 from train_lib import restore_checkpoint
 
 from call_spies import count_built_calls
@@ -117,16 +117,26 @@ def test_evaluation_rounds_use_the_choice(workdir, tunings):
 
 
 def test_unset_pilot_size_follows_the_data_dimension(workdir, tunings, monkeypatch):
+    """Unset, the pilot starts at the rule's size and may double up to 8 times that and 2048; the job and the tuning
+    take both sizes from the rule (spied, with small sizes)."""
     assert [default_pilot_points(shape) for shape in [(2,), (3,), (1, 8, 8), (3, 32, 32)]] == [2048, 1366, 64, 64]
-    asked = []
+    assert [default_most_pilot_points(shape) for shape in [(1,), (2,), (3,), (1, 8, 8)]] == [4096, 2048, 2048, 512]
+    asked, calls = [], []
 
-    def small_pilot(shape):  # the job and the tuning function must both take the rule's size
+    def small_pilot(shape):
         asked.append(tuple(shape))
         return 8
 
+    def spied_tuning(sde, score_fn, shape, nfe, **kwargs):
+        calls.append((tuple(shape), kwargs["first_points"]))
+        return tune_fast_sample(sde, score_fn, shape, nfe, **kwargs)
+
     monkeypatch.setattr(samplers.from_config, "default_pilot_points", small_pilot)
+    monkeypatch.setattr(samplers.from_config, "default_most_pilot_points", lambda shape: 4 * small_pilot(shape))
+    monkeypatch.setattr(samplers.from_config, "tune_fast_sample", spied_tuning)
     report = evaluate(tiny_config(**{**TUNED, "sampling__fast_tuning_points": None}), workdir)[1]
-    assert report["samples"]["fast_tuning"]["pilot_points"] == 8 and set(asked) == {(2,)}
+    assert calls == [((32, 2), 8)] and set(asked) == {(2,)}
+    assert report["samples"]["fast_tuning"]["pilot_points"] in (8, 16, 32)
 
 
 @pytest.mark.parametrize("extra, match", [
