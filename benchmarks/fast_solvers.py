@@ -63,7 +63,8 @@ sys.path.insert(0, ROOT)  # run as a script: this repository's packages, not ben
 import sde_lib  # noqa: E402
 from samplers import fast_sample  # noqa: E402
 from samplers.fast_tuning import (  # noqa: E402
-    REFERENCE_OPTIONS, FastSolverOptions, default_most_pilot_points, default_pilot_points, fast_solver_grid, solve_key, tune_fast_sample,
+    REFERENCE_OPTIONS, FastSolverOptions, default_most_pilot_points, default_pilot_points, fast_solver_grid, solve_key,
+    tune_fast_sample,
 )
 from samplers.timesteps import SCHEDULES, half_log_snr, noise_levels  # noqa: E402
 
@@ -480,15 +481,16 @@ def prior_points(sde: sde_lib.LinearSDE, problem: Problem, points: int, seed: in
     return sde.prior_sampling((points, *problem.data.event_shape), generator=gen, dtype=DTYPE)
 
 
-def tuned_rows(case: Case, rows: list[Row], pilot: Tensor, evidence: float, first_points: int | None) -> tuple[list[Row], str]:
+def tuned_rows(case: Case, rows: list[Row], pilot: Tensor, evidence: float,
+               first_points: int | None) -> tuple[list[Row], str]:
     """The ``tuned`` row at each NFE: :func:`tune_fast_sample` on the pilot points (independent of the test points;
     its ``evidence`` and ``first_points``) chooses a grid row, whose errors on the test points are copied; and a
     summary of the tuning's cost."""
     by_key = {(r.nfe, r.config): r for r in rows}
     tuned, evaluations, pilot_ratios, leads, sizes = [], [], [], [], []
     for nfe in NFES:
-        choice = tune_fast_sample(case.sde, case.score, tuple(pilot.shape), nfe, eps=EPS, x_init=pilot, evidence=evidence,
-                                  first_points=first_points)
+        choice = tune_fast_sample(case.sde, case.score, tuple(pilot.shape), nfe, eps=EPS, x_init=pilot,
+                                  evidence=evidence, first_points=first_points)
         chosen = by_key[nfe, Config.of(choice.options)]
         tuned.append(Row(chosen.problem, chosen.sde, nfe, Config(tuned=True), chosen.config, chosen.rms, chosen.max,
                          chosen.switches, chosen.nonfinite))
@@ -611,8 +613,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pilot-fraction", type=float, default=1.0,
                         help="the tuned row's pilot points, drawn with seed + 1, as a fraction of the test points")
     parser.add_argument("--default-pilot", action="store_true",
-                        help="the tuned row's pilot as config.sampling.fast_tuning takes it by default: sequential, from "
-                             "default_pilot_points up to default_most_pilot_points (not a fraction)")
+                        help="the tuned row's pilot as config.sampling.fast_tuning takes it by default: sequential, "
+                             "from default_pilot_points up to default_most_pilot_points (not a fraction)")
     parser.add_argument("--evidence", type=float, default=0.0, help="tune_fast_sample's evidence for the tuned row")
     parser.add_argument("--csv", default=None, help="write every row to this CSV file")
     return parser.parse_args(argv)
@@ -640,7 +642,8 @@ def main(argv: list[str] | None = None) -> None:
             problem = problems[name]
             points = max(problem.points // divisor, 16)
             shape = problem.data.event_shape
-            pilot = default_most_pilot_points(shape) if args.default_pilot else max(round(args.pilot_fraction * points), 8)
+            fraction = max(round(args.pilot_fraction * points), 8)
+            pilot = default_most_pilot_points(shape) if args.default_pilot else fraction
             first = default_pilot_points(shape) if args.default_pilot else None
             case_rows, reference, case_misses = run_case(problem, sde_name, sdes[sde_name], points, args.seed,
                                                          configs, pilot, args.evidence, first)

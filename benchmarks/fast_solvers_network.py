@@ -87,7 +87,8 @@ def main(args: argparse.Namespace) -> None:
                                             first_points=None if args.most is None else args.pilot)
             c = choices[nfe]
             print(f"NFE {nfe:3d}: pilot ({c.pilot_points}) RMS fixed default {c.default_rms:.4g}, tuned {c.rms:.4g} "
-                  f"({c.options.label()}, lead {c.lead:.1f} SE); reference {c.reference_steps} steps; {c.evaluations} evaluations, "
+                  f"({c.options.label()}, lead {c.lead:.1f} SE); "
+                  f"reference {c.reference_steps} steps; {c.evaluations} evaluations, "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
 
         def solve(options: dict, nfe: int) -> torch.Tensor:

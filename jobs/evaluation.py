@@ -429,7 +429,8 @@ def likelihood_options(config: Any) -> dict[str, Any]:
 
 def likelihood_error_samples(config: Any) -> int:
     """``eval.likelihood_error_samples``: the test examples the solver's error is estimated on (0: no estimate)."""
-    return int(config_value(config, "eval.likelihood_error_samples", TOOLKIT_FIELDS["eval"]["likelihood_error_samples"][0]))
+    default = TOOLKIT_FIELDS["eval"]["likelihood_error_samples"][0]
+    return int(config_value(config, "eval.likelihood_error_samples", default))
 
 
 def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, options: dict[str, Any],
@@ -468,8 +469,8 @@ def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, 
     if offset is not None:
         solve["grid_offset"] = offset
     if accuracy is None:
-        estimate = solver_error(exp.sde, score_fn, x, options["rtol"], options["atol"], probe=probe, steps=options["steps"],
-                                coarse=coarse, **solve)
+        estimate = solver_error(exp.sde, score_fn, x, options["rtol"], options["atol"], probe=probe,
+                                steps=options["steps"], coarse=coarse, **solve)
     else:
         estimate = choose_tolerance(exp.sde, score_fn, x, float(accuracy) * nats_per_unit, probe=probe, **solve)
         options["rtol"] = options["atol"] = estimate.rtol
@@ -493,8 +494,8 @@ def test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
     quantized = exp.test_ds.num_levels is not None
     if not quantized and math.prod(exp.data_shape) <= EXACT_DIVERGENCE_MAX_DIM:
         options["divergence"] = "exact"
-    # a tolerance chosen from the accuracy must come before the pass; a plain estimate comes after it, and on one process
-    # takes the first examples' values from the pass (their dequantization, probes and grids are the check's)
+    # a tolerance chosen from the accuracy must come before the pass; a plain estimate comes after it, and on one
+    # process takes the first examples' values from the pass (their dequantization, probes and grids are the check's)
     chooses = config_value(exp.config, "eval.likelihood_accuracy", None) is not None
     error_check = likelihood_error_check(exp, ckpt, score_fn, options) if chooses else None  # may set the tolerance
     reuse = likelihood_error_samples(exp.config) if not chooses and exp.distributed.world_size == 1 else 0

@@ -114,4 +114,4 @@ def fast_solver_choice(
 def report_entry(choice: FastSolverChoice) -> dict[str, Any]:
     """What a sampling report says about the tuned options."""
     return {"options": choice.options.label(), "pilot_rms": choice.rms, "default_pilot_rms": choice.default_rms,
-            "pilot_points": choice.pilot_points, "evaluations": choice.evaluations}
+            "pilot_points": choice.pilot_points, "lead": choice.lead, "evaluations": choice.evaluations}

@@ -13,8 +13,8 @@ points), so the pilot must be large enough to see such points (the README has th
 pilot points). A sequential pilot (``first_points``) starts small and doubles while its best candidate is not the
 fixed default and leads it by fewer than ``GROWTH_EVIDENCE`` standard errors of the paired per-point differences
 (a group-sequential test of the default as the null hypothesis; with repeated looks the threshold is a rule of
-thumb, not a test level), so that a clear choice costs a small pilot and an unclear one a larger. With a small pilot, ``evidence > 0`` keeps the fixed default unless the
-best candidate's lead is that many standard errors. It is per-model step-schedule optimisation
+thumb, not a test level), so that a clear choice costs a small pilot and an unclear one a larger. With a small
+pilot, ``evidence > 0`` keeps the fixed default unless the best candidate's lead is that many standard errors. It is per-model step-schedule optimisation
 (Align Your Steps, Sabour et al. 2024) with an exhaustive search over ``fast_sample``'s discrete options in place of
 a gradient search over the grid; the choice is a small JSON record, made once per model and budget and reused.
 
@@ -179,7 +179,7 @@ class FastSolverChoice:
     reference_difference: float  # RMS between the references of reference_steps / 2 and reference_steps steps
     evaluations: int  # batched score evaluations the tuning made
     errors: tuple[tuple[str, float], ...] = field(default=())  # (label, pilot RMS) of every distinct solve, best first
-    lead: float = math.nan  # the best solve's lead over the fixed default, in paired standard errors (improvement_evidence)
+    lead: float = math.nan  # the best solve's lead over the default, in paired standard errors (improvement_evidence)
 
     def sample_kwargs(self) -> dict[str, Any]:
         return dict(nfe=self.nfe, eps=self.eps, **self.options.kwargs())

@@ -28,7 +28,9 @@ from .denoised_projection import clip_denoised
 from .common import check_choice, check_shape
 from .edm import check_edm_options, edm_sample
 from .fast import fast_sample
-from .fast_tuning import FastSolverChoice, FastSolverOptions, default_most_pilot_points, default_pilot_points, tune_fast_sample
+from .fast_tuning import (
+    FastSolverChoice, FastSolverOptions, default_most_pilot_points, default_pilot_points, tune_fast_sample,
+)
 from .likelihood import DIVERGENCES, bits_per_dim
 from .ode import ode_sample
 from .odeint import ODE_METHODS

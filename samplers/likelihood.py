@@ -283,7 +283,8 @@ def _error_ladder(
     if grid:
         steps = _grid_steps(method, steps)
         ratio = 2.0 ** GRID_TABLEAUS[method].order  # halving the step divides the error by 2^order
-    if coarse is not None and ((probe is None and divergence != "exact") or (grid and kwargs.get("grid_offset") is None)):
+    unmatched = (probe is None and divergence != "exact") or (grid and kwargs.get("grid_offset") is None)
+    if coarse is not None and unmatched:
         raise ValueError("coarse needs the probe (and, on a fixed grid, the grid_offset) it was computed with")
     if probe is None and divergence != "exact":
         probe = hutchinson_probe(x, check_choice("divergence", divergence, DIVERGENCES), generator)
@@ -476,7 +477,8 @@ def dequantized_bits_per_dim(
     for _ in range(num_repeats):
         u = uniform_dequantize(x, n_bins, generator)
         y = scaler(u) if scaler is not None else u
-        bpd, logp, _, n = _bits_and_nats_per_sample(sde, score_fn, y, n_bins, inverse_scaler, generator=generator, **kwargs)
+        bpd, logp, _, n = _bits_and_nats_per_sample(sde, score_fn, y, n_bins, inverse_scaler, generator=generator,
+                                                    **kwargs)
         values.append(bpd)
         nats.append(logp)
         nfe += n

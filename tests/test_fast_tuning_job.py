@@ -60,7 +60,7 @@ def test_rounds_use_the_choice_of_a_direct_tuning(workdir, tunings):
     assert len(tunings) == 1 and len(records(workdir)) == 1
     stored = json.loads(records(workdir)[0].read_text())
     choice = FastSolverChoice.from_json(json.dumps(stored["choice"]))
-    assert report["fast_tuning"]["options"] == choice.options.label()
+    assert report["fast_tuning"]["options"] == choice.options.label() and report["fast_tuning"]["lead"] == choice.lead
     assert report["nfe_per_round"] == [NFE, NFE]
     for r in (0, 1):
         assert round_record(workdir, r)["fast_options"] == choice.options.kwargs()
