@@ -139,6 +139,16 @@ def test_unset_pilot_size_follows_the_data_dimension(workdir, tunings, monkeypat
     assert report["samples"]["fast_tuning"]["pilot_points"] in (8, 16, 32)
 
 
+def test_pilot_sizes_from_the_config():
+    """``(first, most)``: a set ``fast_tuning_points`` is solved at once; unset, the pilot grows from the rule's size up
+    to 8 times that and 2048, except a class-conditional one (a label per point), which is solved at once."""
+    sizes = samplers.from_config.fast_tuning_points
+    assert sizes(tiny_config(**TUNED), (2,)) == (POINTS, POINTS)
+    unset = tiny_config(**{**TUNED, "sampling__fast_tuning_points": None})
+    assert sizes(unset, (2,)) == (2048, 2048) and sizes(unset, (1, 8, 8)) == (64, 512)
+    assert sizes(unset, (1, 8, 8), conditional=True) == (64, 64)
+
+
 @pytest.mark.parametrize("extra, match", [
     (dict(sampling__order=2), r"config.sampling.fast_tuning=True chooses fast_sample's order and schedule, but config.sampling.order=2 is set"),
     (dict(sampling__schedule="logSNR"), r"config.sampling.schedule='logSNR' is set"),
