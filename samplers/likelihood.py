@@ -422,12 +422,7 @@ def bits_per_dim(
 
 
 def _bits_and_nats_per_sample(
-    sde: SDE,
-    score_fn: ScoreFn,
-    x: Tensor,
-    n_bins: int = 256,
-    inverse_scaler: InverseScaler | None = None,
-    **kwargs,
+    sde: SDE, score_fn: ScoreFn, x: Tensor, n_bins: int, inverse_scaler: InverseScaler | None, **kwargs
 ) -> tuple[Tensor, Tensor, Tensor, int]:
     """:func:`bits_per_dim` with the log-likelihoods it comes from: ``(bpd, logp, z, nfe)``."""
     check_n_bins(n_bins)
