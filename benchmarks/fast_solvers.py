@@ -487,7 +487,7 @@ def tuned_rows(case: Case, rows: list[Row], pilot: Tensor, evidence: float,
     its ``evidence`` and ``first_points``) chooses a grid row, whose errors on the test points are copied; and a
     summary of the tuning's cost."""
     by_key = {(r.nfe, r.config): r for r in rows}
-    tuned, evaluations, pilot_ratios, leads, sizes = [], [], [], [], []
+    tuned, evaluations, pilot_ratios, leads = [], [], [], []
     for nfe in NFES:
         choice = tune_fast_sample(case.sde, case.score, tuple(pilot.shape), nfe, eps=EPS, x_init=pilot,
                                   evidence=evidence, first_points=first_points)
@@ -497,10 +497,9 @@ def tuned_rows(case: Case, rows: list[Row], pilot: Tensor, evidence: float,
         evaluations.append(choice.evaluations)
         pilot_ratios.append(choice.default_rms / choice.rms)
         leads.append(choice.lead)
-        sizes.append(choice.pilot_points)
-    pilot_sizes = f"{pilot.shape[0]}" if first_points is None else f"{', '.join(map(str, sizes))} of {pilot.shape[0]}"
-    summary = (f"tuned on {pilot_sizes} pilot points (evidence {evidence:g}): {min(evaluations)}-{max(evaluations)} "
-               f"evaluations per NFE "
+    screened = "" if first_points is None else f", every row on the first {first_points}, the finalists on all"
+    summary = (f"tuned on {pilot.shape[0]} pilot points{screened} (evidence {evidence:g}): "
+               f"{min(evaluations)}-{max(evaluations)} evaluations per NFE "
                f"(reference {choice.reference_steps} steps); pilot default/tuned RMS "
                f"{min(pilot_ratios):.2f}-{max(pilot_ratios):.2f}; the pilot's best row's lead over the default "
                f"{', '.join(f'{lead:.1f}' for lead in leads)} SE at NFE {', '.join(map(str, NFES))}")
@@ -613,8 +612,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pilot-fraction", type=float, default=1.0,
                         help="the tuned row's pilot points, drawn with seed + 1, as a fraction of the test points")
     parser.add_argument("--default-pilot", action="store_true",
-                        help="the tuned row's pilot as config.sampling.fast_tuning takes it by default: sequential, "
-                             "from default_pilot_points up to default_most_pilot_points (not a fraction)")
+                        help="the tuned row's pilot as config.sampling.fast_tuning takes it by default: every "
+                             "candidate on default_pilot_points, finalists screened on default_most_pilot_points "
+                             "(not a fraction)")
     parser.add_argument("--evidence", type=float, default=0.0, help="tune_fast_sample's evidence for the tuned row")
     parser.add_argument("--csv", default=None, help="write every row to this CSV file")
     return parser.parse_args(argv)

@@ -7,8 +7,9 @@ The run is a trained workdir (the README's main job: ``python main.py --config c
 --workdir runs/digits``), read with its recorded config and the EMA weights of its latest checkpoint; the score is
 the one its sampling rounds follow. For each NFE, :func:`samplers.tune_fast_sample` ranks every option combination
 of ``fast_sample`` on ``--pilot`` prior samples (seed 1), as ``config.sampling.fast_tuning`` does (with ``--most``: a
-sequential pilot from ``--pilot`` up to ``--most`` samples, as the config's default pilot). Then the fixed
-default, the tuned choice and the next ``--top`` combinations of the pilot's ranking are solved from ``--fresh``
+screened pilot of ``--most`` samples, every combination on the first ``--pilot``, as the config's default pilot).
+Then the fixed default, the tuned choice and the next ``--top`` combinations of the pilot's ranking (a screened
+pilot's: of its finalists) are solved from ``--fresh``
 other prior samples (seed 2) and compared with one converged solve from those (DPM-Solver-3 + UniC on ``logSNR``
 steps, doubled until two solves differ by at most 1/10 of the smallest error measured): a choice that was lucky on
 the pilot shows there. The exact-score benchmark (``benchmarks/fast_solvers.py``) has no network error; this one
@@ -51,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 30])
     parser.add_argument("--pilot", type=int, default=64, help="pilot samples of the tuning (seed 1)")
     parser.add_argument("--most", type=int, default=None,
-                        help="a sequential pilot: start with --pilot samples, double up to this many while unclear")
+                        help="a screened pilot of this many samples, every combination on the first --pilot")
     parser.add_argument("--fresh", type=int, default=128, help="other samples the chosen rows are re-measured on (seed 2)")
     parser.add_argument("--top", type=int, default=3, help="rows of the pilot's ranking re-measured after the tuned one")
     parser.add_argument("--threads", type=int, default=2)
@@ -86,7 +87,7 @@ def main(args: argparse.Namespace) -> None:
                                             generator=torch.Generator().manual_seed(1),
                                             first_points=None if args.most is None else args.pilot)
             c = choices[nfe]
-            print(f"NFE {nfe:3d}: pilot ({c.pilot_points}) RMS fixed default {c.default_rms:.4g}, tuned {c.rms:.4g} "
+            print(f"NFE {nfe:3d}: pilot ({c.first_points} of {c.pilot_points}) RMS fixed default {c.default_rms:.4g}, tuned {c.rms:.4g} "
                   f"({c.options.label()}, lead {c.lead:.1f} SE); "
                   f"reference {c.reference_steps} steps; {c.evaluations} evaluations, "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
@@ -96,7 +97,8 @@ def main(args: argparse.Namespace) -> None:
 
         rows: dict[int, list[tuple[str, torch.Tensor]]] = {}
         for nfe, choice in choices.items():
-            labels = [FastSolverOptions.default(exp.sde, nfe).label()] + [label for label, _ in choice.errors[: 1 + args.top]]
+            ranking = choice.screened or choice.errors
+            labels = [FastSolverOptions.default(exp.sde, nfe).label()] + [label for label, _ in ranking[: 1 + args.top]]
             by_label = {o.label(): o for o in _grid_with_default(exp.sde, nfe)}
             rows[nfe] = [(label, solve(by_label[label].kwargs(), nfe)) for label in dict.fromkeys(labels)]
         steps, coarse, fine = 512, solve(REFERENCE_OPTIONS, 512), solve(REFERENCE_OPTIONS, 1024)

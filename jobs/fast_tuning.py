@@ -91,7 +91,7 @@ def fast_solver_choice(
             factory = dataclasses.replace(exp.conditioning, labels=sample_class_labels(config, most)).score_factory
         tuning_fn = get_fast_tuning_fn(config, exp.sde, exp.data_shape, exp.sampling_eps, factory)
         pilot = (f"{most} pilot samples" if first == most else
-                 f"{first} pilot samples, doubled up to {most} while the choice is unclear")
+                 f"{most} pilot samples, every option on the first {first}, the finalists on all")
         logger.info("tuning fast_sample's options for step %d at nfe=%s on %s", step,
                     config_value(config, "sampling.nfe", 20), pilot)
         generator = torch.Generator(exp.device).manual_seed(step_seed(config, Stream.FAST_TUNING, step))
@@ -114,4 +114,5 @@ def fast_solver_choice(
 def report_entry(choice: FastSolverChoice) -> dict[str, Any]:
     """What a sampling report says about the tuned options."""
     return {"options": choice.options.label(), "pilot_rms": choice.rms, "default_pilot_rms": choice.default_rms,
-            "pilot_points": choice.pilot_points, "lead": choice.lead, "evaluations": choice.evaluations}
+            "pilot_points": choice.pilot_points, "first_points": choice.first_points, "lead": choice.lead,
+            "evaluations": choice.evaluations}

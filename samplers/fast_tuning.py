@@ -10,20 +10,25 @@ candidate configuration at the given budget, and returns the configuration of le
 ``sqrt(mean_z ||x(z) - x*(z)||^2 / D)``, the benchmark's criterion. The per-point errors are heavy-tailed where a
 few points end in another mode of the data (each adds about ``|mu_i - mu_j|^2 / (D P)`` to the mean over ``P``
 points), so the pilot must be large enough to see such points (the README has the benchmark's figures for 2000
-pilot points). A sequential pilot (``first_points``) starts small and doubles while its best candidate is not the
-fixed default and leads it by fewer than ``GROWTH_EVIDENCE`` standard errors of the paired per-point differences
-(a group-sequential test of the default as the null hypothesis; with repeated looks the threshold is a rule of
-thumb, not a test level), so that a clear choice costs a small pilot and an unclear one a larger. With a small
-pilot, ``evidence > 0`` keeps the fixed default unless the best candidate's lead is that many standard errors. It is per-model step-schedule optimisation
-(Align Your Steps, Sabour et al. 2024) with an exhaustive search over ``fast_sample``'s discrete options in place of
-a gradient search over the grid; the choice is a small JSON record, made once per model and budget and reused.
+pilot points). A screened pilot (``first_points``) solves every candidate on its first points, then the
+:data:`FINALISTS` best of them, the best of each family and the fixed default on all points, and every candidate
+and the reference on as many more points, those where the finalists disagree most: two solutions ``x_a``, ``x_b``
+of one point differ in squared error by at most ``|x_a - x_b| (|x_a - x*| + |x_b - x*|)``, so where the finalists
+agree their ranking cannot change, and the rare points that end in different modes are the ones referenced. The
+errors over all points are then estimated by stratified sampling (:class:`Strata`): exact on the points of most
+disagreement, sampled by the first points elsewhere. With a small pilot, ``evidence > 0`` keeps the fixed default
+unless the best candidate's lead is that many standard errors. It is per-model step-schedule optimisation (Align
+Your Steps, Sabour et al. 2024) with an exhaustive search over ``fast_sample``'s discrete options in place of a
+gradient search over the grid; the choice is a small JSON record, made once per model and budget and reused.
 
 The reference is DPM-Solver-3 with the UniC corrector (order 4), noise prediction, on the ``logSNR`` grid, solved with
 ``N`` and ``2N`` steps; ``N`` doubles until the two differ by at most ``reference_tolerance`` times the best
 candidate's error, so that the reference's own error (about 1/16 of that difference at order 4) cannot change
 the ranking. Cost, per pilot point: ``3N`` evaluations for the reference (more if it doubles) and ``nfe`` for each
 distinct candidate solve (candidates that take the same steps, by :func:`samplers.dpm_solver.step_orders`, are solved
-once, 150-160 of the 190): with the full grid at 20 evaluations about 1500 + 3100.
+once, 150-160 of the 190): with the full grid at 20 evaluations about 1500 + 3100. A screened pilot's other points
+cost ``nfe`` per finalist each (about 20 finalists), and as many of them as it has first points cost the full grid
+and ``3N`` more.
 """
 
 from __future__ import annotations
@@ -53,11 +58,10 @@ REFERENCE_OPTIONS = dict(method="dpm_solver", order=3, prediction="noise", corre
 #: the default pilot: at least this many points, and at least PILOT_COORDINATES coordinates in all
 MIN_PILOT_POINTS = 64
 PILOT_COORDINATES = 64 * 64
-#: a default pilot grows to at most PILOT_GROWTH times its first points and MOST_PILOT_POINTS points
-PILOT_GROWTH = 8
+#: a default pilot screens its finalists on at least this many points in all
 MOST_PILOT_POINTS = 2048
-#: a sequential pilot stops growing once a candidate other than the fixed default leads it by this many standard errors
-GROWTH_EVIDENCE = 2.0
+#: a screened pilot solves this many of the best candidates on its first points on all points (finalists_of)
+FINALISTS = 8
 
 
 def default_pilot_points(data_shape: Sequence[int]) -> int:
@@ -72,15 +76,13 @@ def default_pilot_points(data_shape: Sequence[int]) -> int:
 
 
 def default_most_pilot_points(data_shape: Sequence[int]) -> int:
-    """The most points a default (sequential) pilot grows to: :data:`PILOT_GROWTH` times
-    :func:`default_pilot_points`, at most :data:`MOST_PILOT_POINTS` (but never fewer than the start).
+    """The points of a default (screened) pilot: :data:`MOST_PILOT_POINTS`, or :func:`default_pilot_points` if more.
 
     Where a few points that end in another mode of the data decide the RMS error, ranking the options takes about
-    2000 points in any dimension; a pilot that starts smaller grows only while its choice is not clear, and at most
-    to 8 times its first cost.
+    2000 points in any dimension (the README has the benchmark's figures); screening solves only the finalists and
+    a few references on the points beyond the first.
     """
-    first = default_pilot_points(data_shape)
-    return max(first, min(MOST_PILOT_POINTS, PILOT_GROWTH * first))
+    return max(default_pilot_points(data_shape), MOST_PILOT_POINTS)
 
 
 @dataclass(frozen=True)
@@ -154,15 +156,60 @@ def squared_errors(x: Tensor, reference: Tensor) -> Tensor:
     return torch.nan_to_num(flat.square().mean(dim=1), nan=math.inf)
 
 
-def improvement_evidence(candidate: Tensor, baseline: Tensor) -> float:
-    """How many standard errors the candidate's mean squared error lies below the baseline's, from the paired
-    per-point differences (the same pilot points); ``inf`` if the baseline alone is not finite."""
-    if not math.isfinite(float(baseline.sum())):
-        return math.inf if math.isfinite(float(candidate.sum())) else 0.0
-    difference = baseline - candidate
-    standard_error = float(difference.std() / math.sqrt(difference.numel())) if difference.numel() > 1 else 0.0
-    mean = float(difference.mean())
-    return mean / standard_error if standard_error > 0 else (math.inf if mean > 0 else 0.0)
+@dataclass(frozen=True)
+class Strata:
+    """Estimates of means over ``total`` points from per-point errors known at some of them, by stratified sampling
+    (Cochran, *Sampling Techniques*, 3rd ed. 1977, ch. 5).
+
+    The known points come in the order of the errors given to :meth:`mean`. Those marked ``sampled`` are a simple
+    random sample of the ``low_size`` points of the low stratum; the others are the whole high stratum. The mean is
+    ``(sum_high e + low_size * mean_sampled e) / total``, unbiased, and its sampling error comes from the low stratum
+    alone: ``low_size / total * sd_sampled(e) / sqrt(n_sampled)`` (without the finite-population correction, so on
+    the safe side).
+    """
+
+    sampled: Tensor  # bool, one per known point: a random member of the low stratum
+    low_size: int  # points in the low stratum, known or not
+    total: int  # all points
+
+    @classmethod
+    def everything(cls, points: int) -> Strata:
+        """Every point known, all one random sample: the plain mean and its standard error."""
+        return cls(torch.ones(points, dtype=torch.bool), points, points)
+
+    @classmethod
+    def screened(cls, first_spread: Tensor, spread: Tensor, widest: Tensor) -> Strata:
+        """The first points (random, known) and the rest's points ``widest`` (known), strata by the finalists'
+        ``spread``: the high stratum holds every point whose spread exceeds the least among ``widest`` (all known:
+        ``widest`` and such first points), and the first points below it sample the rest at random. The known points'
+        order: the first points, then ``widest``."""
+        threshold = spread[widest].min() if widest.numel() else torch.tensor(math.inf)
+        low_first = first_spread <= threshold
+        low_size = spread.numel() - widest.numel() + int(low_first.sum())
+        sampled = torch.cat([low_first, torch.zeros(widest.numel(), dtype=torch.bool, device=low_first.device)])
+        return cls(sampled, low_size, first_spread.numel() + spread.numel())
+
+    def mean(self, errors: Tensor) -> float:
+        """The mean of ``errors`` (one per known point) over all points. With no sampled point of a non-empty low
+        stratum, the known points' mean stands for it."""
+        sampled = self.sampled.to(errors.device)
+        high = errors[~sampled].sum()
+        if not self.low_size:
+            return float(high / self.total)
+        low = errors[sampled].mean() if bool(sampled.any()) else errors.mean()
+        return float((high + self.low_size * low) / self.total)
+
+    def lead(self, candidate: Tensor, baseline: Tensor) -> float:
+        """How many standard errors the candidate's mean squared error lies below the baseline's, from the paired
+        per-point differences; ``inf`` if the baseline alone is not finite."""
+        if not math.isfinite(float(baseline.sum())):
+            return math.inf if math.isfinite(float(candidate.sum())) else 0.0
+        difference = baseline - candidate
+        mean = self.mean(difference)
+        low = difference[self.sampled.to(difference.device)]
+        spread = float(low.std() / math.sqrt(low.numel())) if low.numel() > 1 else 0.0
+        standard_error = self.low_size / self.total * spread
+        return mean / standard_error if standard_error > 0 else (math.inf if mean > 0 else 0.0)
 
 
 @dataclass(frozen=True)
@@ -174,12 +221,14 @@ class FastSolverChoice:
     eps: float  # the end time of the ODE
     rms: float  # its per-coordinate RMS error against the reference on the pilot points
     default_rms: float  # the same for fast_sample's fixed default
-    pilot_points: int  # the pilot points the choice was made on (a sequential pilot: those it grew to)
+    pilot_points: int  # the pilot points the choice was made on
     reference_steps: int  # steps of the finer reference solve
     reference_difference: float  # RMS between the references of reference_steps / 2 and reference_steps steps
     evaluations: int  # batched score evaluations the tuning made
-    errors: tuple[tuple[str, float], ...] = field(default=())  # (label, pilot RMS) of every distinct solve, best first
-    lead: float = math.nan  # the best solve's lead over the default, in paired standard errors (improvement_evidence)
+    errors: tuple[tuple[str, float], ...] = field(default=())  # (label, RMS on the first points) of every distinct solve, best first
+    lead: float = math.nan  # the best solve's lead over the default, in paired standard errors (Strata.lead)
+    first_points: int | None = None  # the points every candidate was solved on (None in records that predate it)
+    screened: tuple[tuple[str, float], ...] = field(default=())  # a screened pilot's (label, estimated RMS over all points)
 
     def sample_kwargs(self) -> dict[str, Any]:
         return dict(nfe=self.nfe, eps=self.eps, **self.options.kwargs())
@@ -187,6 +236,7 @@ class FastSolverChoice:
     def to_json(self) -> str:
         record = asdict(self)
         record["errors"] = [list(e) for e in self.errors]
+        record["screened"] = [list(e) for e in self.screened]
         return json.dumps(record, indent=1, allow_nan=True)
 
     @classmethod
@@ -196,11 +246,29 @@ class FastSolverChoice:
             record = json.loads(text)
             options = FastSolverOptions.from_dict(record.pop("options"))
             errors = tuple((str(label), float(value)) for label, value in record.pop("errors"))
-            choice = cls(options=options, errors=errors, **record)
+            screened = tuple((str(label), float(value)) for label, value in record.pop("screened", ()))
+            choice = cls(options=options, errors=errors, screened=screened, **record)
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"not a fast solver choice record: {error}") from None
         check_positive_int("nfe", choice.nfe)
         return choice
+
+
+def finalists_of(ranked: Sequence[tuple], chosen: dict[tuple, FastSolverOptions], default_key: tuple) -> list[tuple]:
+    """A screened pilot's finalists, best first: the :data:`FINALISTS` best on the first points, the best of each
+    family (method, prediction, schedule) and the fixed default. A family's best is there because a few points that
+    end in another mode can decide the error over all points, and which options move fewer points to another mode
+    tends to follow the family, not the error on the first points."""
+    finalists = list(ranked[:FINALISTS])
+    families = set()
+    for key in ranked:
+        options = chosen[key]
+        family = (options.method, options.prediction, options.schedule)
+        if family not in families:
+            families.add(family)
+            if key not in finalists:
+                finalists.append(key)
+    return finalists + ([] if default_key in finalists else [default_key])
 
 
 def tune_fast_sample(
@@ -227,7 +295,7 @@ def tune_fast_sample(
 
     Args:
         sde, score_fn, eps: as for :func:`samplers.fast_sample`.
-        shape: ``(P, ...)``: the pilot points' shape (``P`` points of the samples' shape), the most the pilot takes.
+        shape: ``(P, ...)``: the pilot points' shape (``P`` points of the samples' shape).
         nfe: the budget the options are chosen for.
         x_init: the pilot points ``z`` at ``t = T``; default ``P`` draws from the prior with ``generator``.
         dtype, generator, device: as for ``fast_sample``.
@@ -238,15 +306,15 @@ def tune_fast_sample(
         reference_tolerance: the largest RMS difference between the two references, relative to the best
             candidate's error.
         max_reference_steps: bound on ``2N``; if the references still differ by more, a warning says so.
-        evidence: with all ``P`` points, the fixed default is kept unless the best candidate's mean squared error is
-            lower than the default's by at least this many standard errors of their paired per-point difference
-            (0: always take the best on the pilot points).
-        first_points: a sequential pilot: start with this many of the ``P`` points and double them while the best
-            candidate is not the fixed default and leads it by fewer than :data:`GROWTH_EVIDENCE` standard errors
-            (default: all ``P`` at once). Points are solved once; the candidates' errors are those on all points so far.
+        evidence: the fixed default is kept unless the best candidate's mean squared error is lower than the
+            default's by at least this many standard errors of their paired per-point difference (0: always take the
+            best).
+        first_points: a screened pilot: every candidate and the reference are solved on the first ``n`` of the
+            ``P`` points, the finalists (:func:`finalists_of`) on all ``P``, and every candidate and the reference
+            on ``n`` more, those where the finalists disagree most; the errors over all ``P`` points are estimated
+            by :class:`Strata`. Default: every candidate and the reference on all ``P``.
         on_progress: called after each solve with ``(evaluations made, evaluations planned)``, each a call of
-            ``score_fn`` on a pilot batch (the plan grows if the reference's steps double or the pilot grows), for
-            progress lines.
+            ``score_fn`` on a pilot batch (the plan grows if the reference's steps double), for progress lines.
 
     Returns:
         a :class:`FastSolverChoice`.
@@ -286,7 +354,8 @@ def tune_fast_sample(
             continue  # the budget is too small for this order
         chosen[key], labels[key] = options, options.label()
     default_key = solve_key(default, sde, nfe, eps)
-    planned = len(chosen) * nfe + 3 * reference_steps
+    screen = size < shape[0]
+    planned = len(chosen) * nfe + 3 * reference_steps * (2 if screen else 1)
     bar = tqdm(total=planned, desc="tune_fast_sample", unit="eval", leave=False, dynamic_ncols=True, disable=not progress)
 
     def solve(options: dict[str, Any], steps: int, points: Tensor) -> Tensor:
@@ -296,43 +365,66 @@ def tune_fast_sample(
             on_progress(counting.nfe, planned)
         return x
 
-    done = 0  # points solved so far: z[:done]
-    solved: dict[tuple, Tensor] = {}
-    coarse = fine = z[:0]
-    while True:
-        batch = z[done:size]
-        solved = {key: torch.cat([solved[key], solve(options.kwargs(), nfe, batch)]) if done else
-                  solve(options.kwargs(), nfe, batch) for key, options in chosen.items()}
-        coarse = torch.cat([coarse, solve(REFERENCE_OPTIONS, reference_steps, batch)])
-        fine = torch.cat([fine, solve(REFERENCE_OPTIONS, 2 * reference_steps, batch)])
-        done = size
-        while True:  # the reference of every point so far, refined until it cannot change the ranking
-            per_point = {key: squared_errors(x, fine) for key, x in solved.items()}  # type: ignore[arg-type]
-            errors = {key: math.sqrt(float(e.mean())) for key, e in per_point.items()}
-            best = min(errors.values())
+    def errors_against_reference(points: Tensor, solutions: dict[tuple, Tensor]) -> tuple[dict[tuple, Tensor], float]:
+        """Per-point squared errors of ``solutions`` against the reference from ``points``, whose steps double
+        until its two resolutions differ by at most ``reference_tolerance`` times the best solution's RMS error
+        there; and that difference."""
+        nonlocal reference_steps, planned
+        coarse = solve(REFERENCE_OPTIONS, reference_steps, points)
+        fine = solve(REFERENCE_OPTIONS, 2 * reference_steps, points)
+        while True:
+            per_point = {key: squared_errors(x, fine) for key, x in solutions.items()}
+            best = min(math.sqrt(float(e.mean())) for e in per_point.values())
             difference = math.sqrt(float(squared_errors(coarse, fine).mean()))
             if difference <= reference_tolerance * best or 4 * reference_steps > max_reference_steps:
                 break
             reference_steps *= 2
             planned += 2 * reference_steps
             bar.total = planned
-            coarse, fine = fine, solve(REFERENCE_OPTIONS, 2 * reference_steps, z[:done])
-        ranked = sorted(errors, key=lambda key: errors[key])  # stable: the default first among equals
-        winner = ranked[0]
-        lead = improvement_evidence(per_point[winner], per_point[default_key]) if winner != default_key else 0.0
-        if done == shape[0] or winner == default_key or lead >= GROWTH_EVIDENCE:
-            break
-        size = min(2 * done, shape[0])
-        planned += len(chosen) * nfe + 3 * reference_steps  # calls on the new points' batch
+            coarse, fine = fine, solve(REFERENCE_OPTIONS, 2 * reference_steps, points)
+        if difference > reference_tolerance * best:
+            warnings.warn(
+                f"tune_fast_sample: the reference solves of {reference_steps} and {2 * reference_steps} steps differ "
+                f"by {difference:.3g} (RMS), more than {reference_tolerance} x the best candidate's error {best:.3g}; "
+                f"raise max_reference_steps for a firmer choice",
+                stacklevel=3,
+            )
+        return per_point, difference
+
+    first = z[:size]
+    solved = {key: solve(options.kwargs(), nfe, first) for key, options in chosen.items()}
+    per_point, difference = errors_against_reference(first, solved)
+    strata = Strata.everything(size)
+    errors = {key: math.sqrt(strata.mean(e)) for key, e in per_point.items()}
+    ranked = sorted(errors, key=lambda key: errors[key])  # stable: the default first among equals
+    first_errors = tuple((labels[key], errors[key]) for key in ranked)
+    if screen:
+        finalists = finalists_of(ranked, chosen, default_key)
+        rest = z[size:]
+        planned += len(finalists) * nfe
         bar.total = planned
+        screened = {key: solve(chosen[key].kwargs(), nfe, rest) for key in finalists}
+        leader, others = ranked[0], [key for key in finalists if key != ranked[0]]
+        # each finalist's distance from the leader relative to its typical one: the points where one of them
+        # leaves the others (to another mode of the data) stand out whatever its error elsewhere
+        typical = [squared_errors(screened[key], screened[leader]).median().clamp_min(1e-300) for key in others]
+        spread, first_spread = (torch.stack([squared_errors(x[key], x[leader]) / scale for key, scale in
+                                             zip(others, typical)] + [squared_errors(x[leader], x[leader])]).amax(dim=0)
+                                for x in (screened, solved))
+        widest = spread.topk(min(size, rest.shape[0])).indices
+        strata = Strata.screened(first_spread, spread, widest)
+        # every candidate on the widest points too: the high stratum is then known for all of them
+        planned += (len(chosen) - len(finalists)) * nfe
+        bar.total = planned
+        at_widest = {key: screened[key][widest] if key in screened else solve(options.kwargs(), nfe, rest[widest])
+                     for key, options in chosen.items()}
+        added, _ = errors_against_reference(rest[widest], at_widest)
+        per_point = {key: torch.cat([per_point[key], added[key]]) for key in chosen}
+        errors = {key: math.sqrt(strata.mean(per_point[key])) for key in chosen}
+        ranked = sorted(errors, key=lambda key: errors[key])
     bar.close()
-    if difference > reference_tolerance * best:
-        warnings.warn(
-            f"tune_fast_sample: the reference solves of {reference_steps} and {2 * reference_steps} steps differ by "
-            f"{difference:.3g} (RMS), more than {reference_tolerance} x the best candidate's error {best:.3g}; raise "
-            f"max_reference_steps for a firmer choice",
-            stacklevel=2,
-        )
+    winner = ranked[0]
+    lead = strata.lead(per_point[winner], per_point[default_key]) if winner != default_key else 0.0
     if lead < evidence:
         winner = default_key
     return FastSolverChoice(
@@ -341,10 +433,12 @@ def tune_fast_sample(
         eps=eps,
         rms=errors[winner],
         default_rms=errors[default_key],
-        pilot_points=done,
+        pilot_points=shape[0],
         reference_steps=2 * reference_steps,
         reference_difference=difference,
         evaluations=counting.nfe,
-        errors=tuple((labels[key], errors[key]) for key in ranked),
+        errors=first_errors,
         lead=lead,
+        first_points=size,
+        screened=tuple((labels[key], errors[key]) for key in ranked) if screen else (),
     )

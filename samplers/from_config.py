@@ -97,10 +97,10 @@ def fast_tuning_enabled(config: Any) -> bool:
 
 def fast_tuning_points(config: Any, data_shape: Sequence[int], conditional: bool = False) -> tuple[int, int]:
     """The pilot of ``config.sampling.fast_tuning`` as ``(first, most)`` points: ``config.sampling.fast_tuning_points``
-    at once if set; unset, a sequential pilot (:func:`samplers.tune_fast_sample`'s ``first_points``) that starts
-    with :func:`samplers.fast_tuning.default_pilot_points` and doubles up to
-    :func:`samplers.fast_tuning.default_most_pilot_points` while its choice is unclear. A ``conditional`` pilot (one
-    class label per point) is solved at once, on ``first`` points."""
+    at once if set; unset, a screened pilot (:func:`samplers.tune_fast_sample`'s ``first_points``): every candidate
+    on :func:`samplers.fast_tuning.default_pilot_points`, the finalists on
+    :func:`samplers.fast_tuning.default_most_pilot_points`. A ``conditional`` pilot (one class label per point) is
+    solved at once, on ``first`` points."""
     points = config_value(config, "sampling.fast_tuning_points", None)
     if points is not None:
         points = check_positive_int("config.sampling.fast_tuning_points", points)

@@ -117,10 +117,10 @@ def test_evaluation_rounds_use_the_choice(workdir, tunings):
 
 
 def test_unset_pilot_size_follows_the_data_dimension(workdir, tunings, monkeypatch):
-    """Unset, the pilot starts at the rule's size and may double up to 8 times that and 2048; the job and the tuning
-    take both sizes from the rule (spied, with small sizes)."""
+    """Unset, every candidate is solved on the rule's first points and the finalists on at least 2048; the job and
+    the tuning take both sizes from the rule (spied, with small sizes)."""
     assert [default_pilot_points(shape) for shape in [(2,), (3,), (1, 8, 8), (3, 32, 32)]] == [2048, 1366, 64, 64]
-    assert [default_most_pilot_points(shape) for shape in [(1,), (2,), (3,), (1, 8, 8)]] == [4096, 2048, 2048, 512]
+    assert [default_most_pilot_points(shape) for shape in [(1,), (2,), (3,), (1, 8, 8)]] == [4096, 2048, 2048, 2048]
     asked, calls = [], []
 
     def small_pilot(shape):
@@ -136,16 +136,16 @@ def test_unset_pilot_size_follows_the_data_dimension(workdir, tunings, monkeypat
     monkeypatch.setattr(samplers.from_config, "tune_fast_sample", spied_tuning)
     report = evaluate(tiny_config(**{**TUNED, "sampling__fast_tuning_points": None}), workdir)[1]
     assert calls == [((32, 2), 8)] and set(asked) == {(2,)}
-    assert report["samples"]["fast_tuning"]["pilot_points"] in (8, 16, 32)
+    assert report["samples"]["fast_tuning"]["pilot_points"] == 32
 
 
 def test_pilot_sizes_from_the_config():
-    """``(first, most)``: a set ``fast_tuning_points`` is solved at once; unset, the pilot grows from the rule's size up
-    to 8 times that and 2048, except a class-conditional one (a label per point), which is solved at once."""
+    """``(first, most)``: a set ``fast_tuning_points`` is solved at once; unset, every candidate on the rule's size
+    and the finalists on at least 2048, except a class-conditional pilot (a label per point), solved at once."""
     sizes = samplers.from_config.fast_tuning_points
     assert sizes(tiny_config(**TUNED), (2,)) == (POINTS, POINTS)
     unset = tiny_config(**{**TUNED, "sampling__fast_tuning_points": None})
-    assert sizes(unset, (2,)) == (2048, 2048) and sizes(unset, (1, 8, 8)) == (64, 512)
+    assert sizes(unset, (2,)) == (2048, 2048) and sizes(unset, (1, 8, 8)) == (64, 2048)
     assert sizes(unset, (1, 8, 8), conditional=True) == (64, 64)
 
 
