@@ -225,10 +225,12 @@ class FastSolverChoice:
     reference_steps: int  # steps of the finer reference solve
     reference_difference: float  # RMS between the references of reference_steps / 2 and reference_steps steps
     evaluations: int  # batched score evaluations the tuning made
-    errors: tuple[tuple[str, float], ...] = field(default=())  # (label, RMS on the first points) of every distinct solve, best first
+    # (label, RMS on the first points) of every distinct solve, best first
+    errors: tuple[tuple[str, float], ...] = field(default=())
     lead: float = math.nan  # the best solve's lead over the default, in paired standard errors (Strata.lead)
     first_points: int | None = None  # the points every candidate was solved on (None in records that predate it)
-    screened: tuple[tuple[str, float], ...] = field(default=())  # a screened pilot's (label, estimated RMS over all points)
+    # a screened pilot's (label, RMS over all points, estimated) of every distinct solve, best first
+    screened: tuple[tuple[str, float], ...] = field(default=())
 
     def sample_kwargs(self) -> dict[str, Any]:
         return dict(nfe=self.nfe, eps=self.eps, **self.options.kwargs())
@@ -408,9 +410,11 @@ def tune_fast_sample(
         # each finalist's distance from the leader relative to its typical one: the points where one of them
         # leaves the others (to another mode of the data) stand out whatever its error elsewhere
         typical = [squared_errors(screened[key], screened[leader]).median().clamp_min(1e-300) for key in others]
-        spread, first_spread = (torch.stack([squared_errors(x[key], x[leader]) / scale for key, scale in
-                                             zip(others, typical)] + [squared_errors(x[leader], x[leader])]).amax(dim=0)
-                                for x in (screened, solved))
+        def spread_of(x: dict[tuple, Tensor]) -> Tensor:
+            ratios = [squared_errors(x[key], x[leader]) / scale for key, scale in zip(others, typical)]
+            return torch.stack(ratios + [squared_errors(x[leader], x[leader])]).nan_to_num(nan=math.inf).amax(dim=0)
+
+        spread, first_spread = spread_of(screened), spread_of(solved)
         widest = spread.topk(min(size, rest.shape[0])).indices
         strata = Strata.screened(first_spread, spread, widest)
         # every candidate on the widest points too: the high stratum is then known for all of them
