@@ -56,7 +56,7 @@ TOOLKIT_FIELDS: dict[str, dict[str, tuple[Any, type, str]]] = {
                         "(samplers.tune_fast_sample), cached in workdir/fast_tuning/; order and schedule must be unset"),
         "fast_tuning_points": (None, int, "fast_tuning: pilot samples, solved at once (~4000-8000 batched "
                                "evaluations); unset: every option on max(64, ceil(4096 / data dimension)), the "
-                               "finalists on at least 2048"),
+                               "finalists on at least 1024"),
         "fast_tuning_evidence": (0.0, float, "fast_tuning: keep the fixed default unless a candidate leads by this "
                                  "many standard errors on the whole pilot (0: take the pilot's best)"),
         "inpainting": ("replacement", str, "--mode inpaint / colorize: 'replacement' or 'smc'"),

@@ -2,7 +2,7 @@
 
 * On data it was not designed on (a 3-component uneven 2-D mixture and a 4-component 64-D mixture, not among the
   benchmark's problems), the options chosen on 2000 pilot points (64-D: the default screened pilot, every candidate
-  on 64 of 2048) are within 1.1x of the best of all 190 option combinations on 2000 separate test points, and move
+  on 64 of 1024) are within 1.1x of the best of all 190 option combinations on 2000 separate test points, and move
   no more test points to another component than that best combination, where the fixed default is more than 1.2x
   the best.
 * A screened pilot's stratified estimates are unbiased, with honest standard errors (against the exact mean).
@@ -62,9 +62,9 @@ def rms(x, reference):
 ])
 def test_tuned_options_are_within_the_target_of_the_best(problem, sde, nfe, first):
     """2-D: every candidate on 2000 pilot points (the config's default pilot in 2-D); 64-D: the config's default,
-    every candidate on 64 of 2048 points and the finalists screened on all."""
+    every candidate on 64 of 1024 points and the finalists screened on all."""
     data = {"uneven_three": uneven_three, "uneven_64d": uneven_64d}[problem]()
-    score, points = data.score_fn(sde), 2000 if first is None else 2048
+    score, points = data.score_fn(sde), 2000 if first is None else 1024
     choice = tune_fast_sample(sde, score, (points, *data.event_shape), nfe, eps=EPS, x_init=prior(sde, data, points, 1),
                               first_points=first)
     z = prior(sde, data, 2000, 2)

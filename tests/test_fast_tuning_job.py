@@ -117,10 +117,10 @@ def test_evaluation_rounds_use_the_choice(workdir, tunings):
 
 
 def test_unset_pilot_size_follows_the_data_dimension(workdir, tunings, monkeypatch):
-    """Unset, every candidate is solved on the rule's first points and the finalists on at least 2048; the job and
+    """Unset, every candidate is solved on the rule's first points and the finalists on at least 1024; the job and
     the tuning take both sizes from the rule (spied, with small sizes)."""
     assert [default_pilot_points(shape) for shape in [(2,), (3,), (1, 8, 8), (3, 32, 32)]] == [2048, 1366, 64, 64]
-    assert [default_most_pilot_points(shape) for shape in [(1,), (2,), (3,), (1, 8, 8)]] == [4096, 2048, 2048, 2048]
+    assert [default_most_pilot_points(shape) for shape in [(1,), (2,), (3,), (1, 8, 8)]] == [4096, 2048, 1366, 1024]
     asked, calls = [], []
 
     def small_pilot(shape):
@@ -141,11 +141,11 @@ def test_unset_pilot_size_follows_the_data_dimension(workdir, tunings, monkeypat
 
 def test_pilot_sizes_from_the_config():
     """``(first, most)``: a set ``fast_tuning_points`` is solved at once; unset, every candidate on the rule's size
-    and the finalists on at least 2048, except a class-conditional pilot (a label per point), solved at once."""
+    and the finalists on at least 1024, except a class-conditional pilot (a label per point), solved at once."""
     sizes = samplers.from_config.fast_tuning_points
     assert sizes(tiny_config(**TUNED), (2,)) == (POINTS, POINTS)
     unset = tiny_config(**{**TUNED, "sampling__fast_tuning_points": None})
-    assert sizes(unset, (2,)) == (2048, 2048) and sizes(unset, (1, 8, 8)) == (64, 2048)
+    assert sizes(unset, (2,)) == (2048, 2048) and sizes(unset, (1, 8, 8)) == (64, 1024)
     assert sizes(unset, (1, 8, 8), conditional=True) == (64, 64)
 
 
