@@ -164,9 +164,10 @@ class Strata:
 
     The known points come in the order of the errors given to :meth:`mean`. Those marked ``sampled`` are a simple
     random sample of the ``low_size`` points of the low stratum; the others are the whole high stratum. The mean is
-    ``(sum_high e + low_size * mean_sampled e) / total``, unbiased, and its sampling error comes from the low stratum
-    alone: ``low_size / total * sd_sampled(e) / sqrt(n_sampled)`` (without the finite-population correction, so on
-    the safe side).
+    ``(sum_high e + low_size * mean_sampled e) / total``, unbiased for strata fixed in advance (a threshold set by
+    the data, as :meth:`screened` sets it, leaves a bias far below the sampling error), and its sampling error comes
+    from the low stratum alone: ``low_size / total * sd_sampled(e) / sqrt(n_sampled)`` (without the
+    finite-population correction, so on the safe side).
     """
 
     sampled: Tensor  # bool, one per known point: a random member of the low stratum
@@ -220,7 +221,7 @@ class FastSolverChoice:
     options: FastSolverOptions  # the configuration of least pilot error
     nfe: int  # the budget it was chosen for
     eps: float  # the end time of the ODE
-    rms: float  # its per-coordinate RMS error against the reference on the pilot points
+    rms: float  # its per-coordinate RMS error against the reference on the pilot points (screened: estimated)
     default_rms: float  # the same for fast_sample's fixed default
     pilot_points: int  # the pilot points the choice was made on
     reference_steps: int  # steps of the finer reference solve
@@ -411,6 +412,7 @@ def tune_fast_sample(
         # each finalist's distance from the leader relative to its typical one: the points where one of them
         # leaves the others (to another mode of the data) stand out whatever its error elsewhere
         typical = [squared_errors(screened[key], screened[leader]).median().clamp_min(1e-300) for key in others]
+
         def spread_of(x: dict[tuple, Tensor]) -> Tensor:
             ratios = [squared_errors(x[key], x[leader]) / scale for key, scale in zip(others, typical)]
             return torch.stack(ratios + [squared_errors(x[leader], x[leader])]).nan_to_num(nan=math.inf).amax(dim=0)
