@@ -497,7 +497,7 @@ def tuned_rows(case: Case, rows: list[Row], pilot: Tensor, evidence: float,
         evaluations.append(choice.evaluations)
         pilot_ratios.append(choice.default_rms / choice.rms)
         leads.append(choice.lead)
-    screened = "" if first_points is None else f", every row on the first {first_points}, the finalists on all"
+    screened = "" if first_points is None else f", every row on the first {first_points} and the widest, the finalists on all"
     summary = (f"tuned on {pilot.shape[0]} pilot points{screened} (evidence {evidence:g}): "
                f"{min(evaluations)}-{max(evaluations)} evaluations per NFE "
                f"(reference {choice.reference_steps} steps); pilot default/tuned RMS "

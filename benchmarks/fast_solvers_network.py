@@ -9,7 +9,7 @@ the one its sampling rounds follow. For each NFE, :func:`samplers.tune_fast_samp
 of ``fast_sample`` on ``--pilot`` prior samples (seed 1), as ``config.sampling.fast_tuning`` does (with ``--most``: a
 screened pilot of ``--most`` samples, every combination on the first ``--pilot``, as the config's default pilot).
 Then the fixed default, the tuned choice and the next ``--top`` combinations of the pilot's ranking (a screened
-pilot's: of its finalists) are solved from ``--fresh``
+pilot's: by its estimate over all its samples) are solved from ``--fresh``
 other prior samples (seed 2) and compared with one converged solve from those (DPM-Solver-3 + UniC on ``logSNR``
 steps, doubled until two solves differ by at most 1/10 of the smallest error measured): a choice that was lucky on
 the pilot shows there. The exact-score benchmark (``benchmarks/fast_solvers.py``) has no network error; this one
@@ -87,7 +87,8 @@ def main(args: argparse.Namespace) -> None:
                                             generator=torch.Generator().manual_seed(1),
                                             first_points=None if args.most is None else args.pilot)
             c = choices[nfe]
-            print(f"NFE {nfe:3d}: pilot ({c.first_points} of {c.pilot_points}) RMS fixed default {c.default_rms:.4g}, tuned {c.rms:.4g} "
+            print(f"NFE {nfe:3d}: pilot ({c.first_points} of {c.pilot_points}) RMS fixed default {c.default_rms:.4g}, "
+                  f"tuned {c.rms:.4g} "
                   f"({c.options.label()}, lead {c.lead:.1f} SE); "
                   f"reference {c.reference_steps} steps; {c.evaluations} evaluations, "
                   f"{time.perf_counter() - start:.0f} s", flush=True)

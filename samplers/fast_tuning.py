@@ -359,7 +359,8 @@ def tune_fast_sample(
         chosen[key], labels[key] = options, options.label()
     default_key = solve_key(default, sde, nfe, eps)
     screen = size < shape[0]
-    planned = len(chosen) * nfe + 3 * reference_steps * (2 if screen else 1)
+    # a screen solves each candidate and the reference once more: the finalists on the rest, the others on the widest
+    planned = (len(chosen) * nfe + 3 * reference_steps) * (2 if screen else 1)
     bar = tqdm(total=planned, desc="tune_fast_sample", unit="eval", leave=False, dynamic_ncols=True, disable=not progress)
 
     def solve(options: dict[str, Any], steps: int, points: Tensor) -> Tensor:
@@ -405,8 +406,6 @@ def tune_fast_sample(
     if screen:
         finalists = finalists_of(ranked, chosen, default_key)
         rest = z[size:]
-        planned += len(finalists) * nfe
-        bar.total = planned
         screened = {key: solve(chosen[key].kwargs(), nfe, rest) for key in finalists}
         leader, others = ranked[0], [key for key in finalists if key != ranked[0]]
         # each finalist's distance from the leader relative to its typical one: the points where one of them
@@ -421,8 +420,6 @@ def tune_fast_sample(
         widest = spread.topk(min(size, rest.shape[0])).indices
         strata = Strata.screened(first_spread, spread, widest)
         # every candidate on the widest points too: the high stratum is then known for all of them
-        planned += (len(chosen) - len(finalists)) * nfe
-        bar.total = planned
         at_widest = {key: screened[key][widest] if key in screened else solve(options.kwargs(), nfe, rest[widest])
                      for key, options in chosen.items()}
         added, _ = errors_against_reference(rest[widest], at_widest)

@@ -170,7 +170,9 @@ def test_a_screened_pilot_ranks_every_candidate_on_all_points(monkeypatch):
     whole, first = tune(z), tune(z[:24])
     assert tune(z, first_points=48) == whole
     monkeypatch.setattr(samplers.fast_tuning, "FINALISTS", 1)
-    screened = tune(z, first_points=24)
+    calls = []
+    screened = tune(z, first_points=24, on_progress=lambda done, planned: calls.append((done, planned)))
+    assert calls[-1] == (screened.evaluations, screened.evaluations)  # the plan is what was made
     assert screened.first_points == 24 and screened.pilot_points == 48 and screened.errors == first.errors
     one_shot = dict(whole.errors)
     assert {label for label, _ in screened.screened} == set(one_shot)
