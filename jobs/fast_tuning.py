@@ -32,7 +32,7 @@ import torch
 from base_lib.config import config_value
 from base_lib.files import atomic_write
 from samplers.fast_tuning import FastSolverChoice
-from samplers.from_config import fast_tuning_enabled, fast_tuning_points, get_fast_tuning_fn
+from samplers.from_config import ScoreFactory, fast_tuning_enabled, fast_tuning_points, get_fast_tuning_fn
 
 from .conditional import sample_class_labels
 from .experiment import Experiment
@@ -85,11 +85,15 @@ def fast_solver_choice(
         logger.info("fast_sample options for step %d from %s: %s", step, path, choice.options.label())
         return choice
     if exp.distributed.is_main:
-        first, most = fast_tuning_points(config, exp.data_shape, conditional=exp.conditioning is not None)
-        factory = None
+        first, most = fast_tuning_points(config, exp.data_shape)
+        factory_for_points = None
         if exp.conditioning is not None:
-            factory = dataclasses.replace(exp.conditioning, labels=sample_class_labels(config, most)).score_factory
-        tuning_fn = get_fast_tuning_fn(config, exp.sde, exp.data_shape, exp.sampling_eps, factory)
+            labels = sample_class_labels(config, most)
+
+            def factory_for_points(index: torch.Tensor) -> ScoreFactory:
+                return dataclasses.replace(exp.conditioning, labels=labels[index]).score_factory
+
+        tuning_fn = get_fast_tuning_fn(config, exp.sde, exp.data_shape, exp.sampling_eps, factory_for_points)
         pilot = (f"{most} pilot samples" if first == most else
                  f"{most} pilot samples, every option on the first {first}, the finalists on all")
         logger.info("tuning fast_sample's options for step %d at nfe=%s on %s", step,

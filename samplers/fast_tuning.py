@@ -293,6 +293,7 @@ def tune_fast_sample(
     max_reference_steps: int = 8192,
     evidence: float = 0.0,
     first_points: int | None = None,
+    score_for_points: Callable[[Tensor], ScoreFn] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> FastSolverChoice:
     """Choose ``fast_sample``'s options for ``score_fn`` at budget ``nfe`` by their error on pilot points.
@@ -317,6 +318,10 @@ def tune_fast_sample(
             ``P`` points, the finalists (:func:`finalists_of`) on all ``P``, and every candidate and the reference
             on ``n`` more, those where the finalists disagree most; the errors over all ``P`` points are estimated
             by :class:`Strata`. Default: every candidate and the reference on all ``P``.
+        score_for_points: for a score that depends on the points it is given (e.g. guided towards a class label per
+            point): ``score_for_points(index)`` is the score of the pilot points at ``index`` (int64 positions among
+            the ``P``, on the CPU), which a screened pilot's solves of part of the points take; ``score_fn`` is then
+            the score of all ``P`` points in order. Default: ``score_fn`` for any points.
         on_progress: called after each solve with ``(evaluations made, evaluations planned)``, each a call of
             ``score_fn`` on a pilot batch (the plan grows if the reference's steps double), for progress lines.
 
@@ -344,7 +349,11 @@ def tune_fast_sample(
     dtype = resolve_dtype(dtype, x_init)
     device = resolve_device(device, generator, x_init)
     z = initial_state(sde, shape, x_init, generator, device, dtype).to(dtype)
-    counting = CountingScoreFn(score_fn)
+    if not callable(score_fn):
+        raise ValueError(f"score_fn must be callable as score_fn(x, t); got {type(score_fn).__name__}")
+    if score_for_points is not None and not callable(score_for_points):
+        raise ValueError(f"score_for_points must be callable as score_for_points(index) -> score_fn; got {score_for_points!r}")
+    evaluations = 0
 
     labels: dict[tuple, str] = {}
     chosen: dict[tuple, FastSolverOptions] = {}
@@ -363,14 +372,24 @@ def tune_fast_sample(
     planned = (len(chosen) * nfe + 3 * reference_steps) * (2 if screen else 1)
     bar = tqdm(total=planned, desc="tune_fast_sample", unit="eval", leave=False, dynamic_ncols=True, disable=not progress)
 
-    def solve(options: dict[str, Any], steps: int, points: Tensor) -> Tensor:
-        x = fast_sample(sde, counting, tuple(points.shape), nfe=steps, eps=eps, x_init=points, **options)[0]
-        bar.update(counting.nfe - bar.n)
+    def points_at(index: Tensor) -> tuple[Tensor, ScoreFn]:
+        """The pilot points at ``index`` and their score."""
+        score = score_fn if score_for_points is None or index.numel() == shape[0] else score_for_points(index)
+        return z[index.to(z.device)], score
+
+    def solve(options: dict[str, Any], steps: int, points: tuple[Tensor, ScoreFn]) -> Tensor:
+        nonlocal evaluations
+        x_init, counting = points[0], CountingScoreFn(points[1])
+        x = fast_sample(sde, counting, tuple(x_init.shape), nfe=steps, eps=eps, x_init=x_init, **options)[0]
+        evaluations += counting.nfe
+        bar.update(evaluations - bar.n)
         if on_progress is not None:
-            on_progress(counting.nfe, planned)
+            on_progress(evaluations, planned)
         return x
 
-    def errors_against_reference(points: Tensor, solutions: dict[tuple, Tensor]) -> tuple[dict[tuple, Tensor], float]:
+    def errors_against_reference(
+        points: tuple[Tensor, ScoreFn], solutions: dict[tuple, Tensor]
+    ) -> tuple[dict[tuple, Tensor], float]:
         """Per-point squared errors of ``solutions`` against the reference from ``points``, whose steps double
         until its two resolutions differ by at most ``reference_tolerance`` times the best solution's RMS error
         there; and that difference."""
@@ -396,7 +415,7 @@ def tune_fast_sample(
             )
         return per_point, difference
 
-    first = z[:size]
+    first = points_at(torch.arange(size))
     solved = {key: solve(options.kwargs(), nfe, first) for key, options in chosen.items()}
     per_point, difference = errors_against_reference(first, solved)
     strata = Strata.everything(size)
@@ -405,7 +424,7 @@ def tune_fast_sample(
     first_errors = tuple((labels[key], errors[key]) for key in ranked)
     if screen:
         finalists = finalists_of(ranked, chosen, default_key)
-        rest = z[size:]
+        rest = points_at(torch.arange(size, shape[0]))
         screened = {key: solve(chosen[key].kwargs(), nfe, rest) for key in finalists}
         leader, others = ranked[0], [key for key in finalists if key != ranked[0]]
         # each finalist's distance from the leader relative to its typical one: the points where one of them
@@ -417,12 +436,13 @@ def tune_fast_sample(
             return torch.stack(ratios + [squared_errors(x[leader], x[leader])]).nan_to_num(nan=math.inf).amax(dim=0)
 
         spread, first_spread = spread_of(screened), spread_of(solved)
-        widest = spread.topk(min(size, rest.shape[0])).indices
+        widest = spread.topk(min(size, shape[0] - size)).indices
         strata = Strata.screened(first_spread, spread, widest)
         # every candidate on the widest points too: the high stratum is then known for all of them
-        at_widest = {key: screened[key][widest] if key in screened else solve(options.kwargs(), nfe, rest[widest])
-                     for key, options in chosen.items()}
-        added, _ = errors_against_reference(rest[widest], at_widest)
+        at_widest = points_at(size + widest.cpu())
+        solved_at_widest = {key: screened[key][widest] if key in screened else solve(options.kwargs(), nfe, at_widest)
+                            for key, options in chosen.items()}
+        added, _ = errors_against_reference(at_widest, solved_at_widest)
         per_point = {key: torch.cat([per_point[key], added[key]]) for key in chosen}
         errors = {key: math.sqrt(strata.mean(per_point[key])) for key in chosen}
         ranked = sorted(errors, key=lambda key: errors[key])
@@ -440,7 +460,7 @@ def tune_fast_sample(
         pilot_points=shape[0],
         reference_steps=2 * reference_steps,
         reference_difference=difference,
-        evaluations=counting.nfe,
+        evaluations=evaluations,
         errors=first_errors,
         lead=lead,
         first_points=size,

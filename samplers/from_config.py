@@ -95,40 +95,46 @@ def fast_tuning_enabled(config: Any) -> bool:
     return method == "fast" and bool(config_value(config, "sampling.fast_tuning", False))
 
 
-def fast_tuning_points(config: Any, data_shape: Sequence[int], conditional: bool = False) -> tuple[int, int]:
+def fast_tuning_points(config: Any, data_shape: Sequence[int]) -> tuple[int, int]:
     """The pilot of ``config.sampling.fast_tuning`` as ``(first, most)`` points: ``config.sampling.fast_tuning_points``
     at once if set; unset, a screened pilot (:func:`samplers.tune_fast_sample`'s ``first_points``): every candidate
     on :func:`samplers.fast_tuning.default_pilot_points`, the finalists on
-    :func:`samplers.fast_tuning.default_most_pilot_points`. A ``conditional`` pilot (one class label per point) is
-    solved at once, on ``first`` points."""
+    :func:`samplers.fast_tuning.default_most_pilot_points`."""
     points = config_value(config, "sampling.fast_tuning_points", None)
     if points is not None:
         points = check_positive_int("config.sampling.fast_tuning_points", points)
         return points, points
-    first = default_pilot_points(data_shape)
-    return (first, first) if conditional else (first, default_most_pilot_points(data_shape))
+    return default_pilot_points(data_shape), default_most_pilot_points(data_shape)
 
 
 def get_fast_tuning_fn(
-    config: Any, sde: SDE, data_shape: tuple[int, ...], eps: float, score_fn_factory: ScoreFactory | None = None
+    config: Any, sde: SDE, data_shape: tuple[int, ...], eps: float,
+    factory_for_points: Callable[[Tensor], ScoreFactory] | None = None,
 ):
     """:func:`samplers.tune_fast_sample` for the config's sampler as ``fn(model, generator=None, progress=False) ->
     FastSolverChoice``: the options of ``fast_sample`` for the ODE's share of ``config.sampling.nfe`` (less the
     evaluation of ``noise_removal``, which follows the ODE and is the same for every option), chosen on
     :func:`fast_tuning_points` pilot samples drawn from the prior with ``generator``, following the
-    score :func:`get_sampling_fn` follows (``score_fn_factory`` guides the pilot batch: a conditional pilot, solved at
-    once). The fixed default is kept unless a candidate leads by ``config.sampling.fast_tuning_evidence`` [0]
-    standard errors on the whole pilot.
+    score :func:`get_sampling_fn` follows. ``factory_for_points(index)`` guides the pilot samples at ``index``
+    (int64 positions among the pilot's, on the CPU), e.g. towards a class label per sample. The fixed default is
+    kept unless a candidate leads by ``config.sampling.fast_tuning_evidence`` [0] standard errors on the pilot.
     """
     method = config_value(config, "sampling.method")
     if str(method).lower() != "fast":
         raise ValueError(f"config.sampling.fast_tuning tunes method 'fast'; config.sampling.method is {method!r}")
-    first, most = fast_tuning_points(config, data_shape, conditional=score_fn_factory is not None)
+    first, most = fast_tuning_points(config, data_shape)
     nfe = check_positive_int("config.sampling.nfe", config_value(config, "sampling.nfe", 20))
     nfe -= int(bool(config_value(config, "sampling.noise_removal", False)))  # the ODE's share of the budget
     nfe = check_positive_int("config.sampling.nfe less noise_removal's evaluation", nfe)
     evidence = float(config_value(config, "sampling.fast_tuning_evidence", 0.0))
-    follow = followed_score(config, sde, score_fn_factory)
+    if factory_for_points is not None and not callable(factory_for_points):
+        raise ValueError(f"factory_for_points must be callable as factory_for_points(index) -> score factory; "
+                         f"got {factory_for_points!r}")
+
+    def follow_points(index: Tensor) -> Callable[[torch.nn.Module], ScoreFn]:
+        return followed_score(config, sde, None if factory_for_points is None else factory_for_points(index))
+
+    follow = follow_points(torch.arange(most))
     shape = check_shape((most, *data_shape))
     device = config_value(config, "device", None)
 
@@ -136,9 +142,11 @@ def get_fast_tuning_fn(
         model: torch.nn.Module, generator: torch.Generator | None = None, progress: bool = False,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> FastSolverChoice:
+        score_for_points = None if factory_for_points is None else (lambda index: follow_points(index)(model))
         with torch.no_grad():
             return tune_fast_sample(sde, follow(model), shape, nfe, eps=eps, generator=generator, device=device,
-                                    progress=progress, evidence=evidence, first_points=first, on_progress=on_progress)
+                                    progress=progress, evidence=evidence, first_points=first,
+                                    score_for_points=score_for_points, on_progress=on_progress)
 
     return tuning_fn
 

@@ -96,6 +96,35 @@ def test_one_class_and_same_seed_same_samples(cfg_run):
     assert float((torch.from_numpy(a["samples"]) - mean).norm(dim=1).max()) < 2.5  # all near component 5 (sd 0.3)
 
 
+def test_fast_tuning_screens_a_class_conditional_pilot(cfg_run, monkeypatch):
+    """``config.sampling.fast_tuning`` on a label-conditional network: the pilot is screened as an unconditional
+    one is (sizes from the rule, made small here), and each part of it is guided towards its own samples' classes:
+    the score of pilot samples ``index`` equals those rows of the score of all pilot samples."""
+    import samplers.from_config
+    from samplers import tune_fast_sample
+
+    monkeypatch.setattr(samplers.from_config, "default_pilot_points", lambda shape: 8)
+    monkeypatch.setattr(samplers.from_config, "default_most_pilot_points", lambda shape: 32)
+    calls = []
+
+    def spied_tuning(sde, score_fn, shape, nfe, **kwargs):
+        calls.append((score_fn, shape, kwargs))
+        return tune_fast_sample(sde, score_fn, shape, nfe, **kwargs)
+
+    monkeypatch.setattr(samplers.from_config, "tune_fast_sample", spied_tuning)
+    config = toy_config("toy_mlp_cfg", **{"sampling.method": "fast", "sampling.nfe": 6, "sampling.fast_tuning": True})
+    report = sample(config, cfg_run, eval_folder="tuned")
+    assert report["fast_tuning"]["first_points"] == 8 and report["fast_tuning"]["pilot_points"] == 32
+    ((score_fn, shape, kwargs),) = calls
+    x, t = torch.randn(shape, generator=torch.Generator().manual_seed(0)), torch.full((32,), 0.3)
+    rest = torch.tensor([3, 17, 9, 30])
+    with torch.no_grad():
+        whole, part = score_fn(x, t), kwargs["score_for_points"](rest)(x[rest], t[rest])
+        others = kwargs["score_for_points"](rest.roll(1))(x[rest], t[rest])  # guided to other samples' classes
+    torch.testing.assert_close(part, whole[rest])
+    assert not torch.allclose(others, whole[rest])
+
+
 # ------------------------------------------------------------------ classifier guidance
 def test_classifier_guidance_samples_land_in_the_requested_component(guidance_run):
     workdir, report = guidance_run

@@ -186,6 +186,43 @@ def test_a_screened_pilot_ranks_every_candidate_on_all_points(monkeypatch):
     assert FastSolverChoice.from_json(screened.to_json()) == screened
 
 
+def class_score(sde, data: sde_lib.GaussianMixture, labels: torch.Tensor):
+    """The exact score of each point's own component (the mixture's class-conditional score) for a batch whose
+    points have the classes ``labels``."""
+    parts = [sde_lib.GaussianMixture([1.0], data.means[k:k + 1], data.variances[k:k + 1]).score_fn(sde)
+             for k in range(data.num_components)]
+    return lambda x, t: torch.stack([part(x, t) for part in parts])[labels, torch.arange(len(labels))]
+
+
+def test_a_screened_pilot_guides_each_point_towards_its_own_class(monkeypatch):
+    """A score that depends on its points (a class label per point, ``score_for_points``): each part of a screened
+    pilot takes the score of its own points, so with every point referenced the estimates are the one-shot
+    tuning's errors under the score of all points, as for an unconditional score."""
+    data, sde = uneven_three(), sde_lib.VPSDE()
+    z, labels = prior(sde, data, 48, 9), torch.arange(48) % 3
+    candidates = [FastSolverOptions("dpm_solver", order, prediction, "bh1", "logSNR", True)
+                  for order in (2, 3) for prediction in ("data", "noise")]
+    tune = lambda **kwargs: tune_fast_sample(sde, class_score(sde, data, labels), z.shape, 8, x_init=z,  # noqa: E731
+                                             candidates=candidates, reference_steps=64, **kwargs)
+    asked = []
+
+    def score_for_points(index):
+        asked.append(index.tolist())
+        return class_score(sde, data, labels[index])
+
+    whole = tune()
+    assert tune(score_for_points=score_for_points) == whole and asked == []  # solved at once: all points' score
+    monkeypatch.setattr(samplers.fast_tuning, "FINALISTS", 1)
+    screened = tune(first_points=24, score_for_points=score_for_points)
+    assert asked[:2] == [list(range(24)), list(range(24, 48))] and sorted(asked[2]) == list(range(24, 48))
+    one_shot = dict(whole.errors)
+    for label, error in screened.screened:
+        assert error == pytest.approx(one_shot[label], abs=2 * whole.reference_difference), label
+    assert screened.options == whole.options
+    with pytest.raises(ValueError, match="score_for_points must be callable"):
+        tune(first_points=24, score_for_points=3)
+
+
 def test_finalists_are_the_best_and_each_familys_best():
     """The :data:`FINALISTS` best on the first points, then the best of each (method, prediction, schedule) not yet
     in, then the fixed default."""

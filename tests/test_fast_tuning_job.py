@@ -141,12 +141,11 @@ def test_unset_pilot_size_follows_the_data_dimension(workdir, tunings, monkeypat
 
 def test_pilot_sizes_from_the_config():
     """``(first, most)``: a set ``fast_tuning_points`` is solved at once; unset, every candidate on the rule's size
-    and the finalists on at least 1024, except a class-conditional pilot (a label per point), solved at once."""
+    and the finalists on at least 1024."""
     sizes = samplers.from_config.fast_tuning_points
     assert sizes(tiny_config(**TUNED), (2,)) == (POINTS, POINTS)
     unset = tiny_config(**{**TUNED, "sampling__fast_tuning_points": None})
     assert sizes(unset, (2,)) == (2048, 2048) and sizes(unset, (1, 8, 8)) == (64, 1024)
-    assert sizes(unset, (1, 8, 8), conditional=True) == (64, 64)
 
 
 @pytest.mark.parametrize("extra, match", [
