@@ -388,11 +388,11 @@ def tune_fast_sample(
         return x
 
     def errors_against_reference(
-        points: tuple[Tensor, ScoreFn], solutions: dict[tuple, Tensor]
+        points: tuple[Tensor, ScoreFn], solutions: dict[tuple, Tensor], later: int
     ) -> tuple[dict[tuple, Tensor], float]:
         """Per-point squared errors of ``solutions`` against the reference from ``points``, whose steps double
         until its two resolutions differ by at most ``reference_tolerance`` times the best solution's RMS error
-        there; and that difference."""
+        there; and that difference. ``later`` reference solves follow, which start from the doubled steps."""
         nonlocal reference_steps, planned
         coarse = solve(REFERENCE_OPTIONS, reference_steps, points)
         fine = solve(REFERENCE_OPTIONS, 2 * reference_steps, points)
@@ -403,7 +403,7 @@ def tune_fast_sample(
             if difference <= reference_tolerance * best or 4 * reference_steps > max_reference_steps:
                 break
             reference_steps *= 2
-            planned += 2 * reference_steps
+            planned += 2 * reference_steps + later * 3 * reference_steps // 2
             bar.total = planned
             coarse, fine = fine, solve(REFERENCE_OPTIONS, 2 * reference_steps, points)
         if difference > reference_tolerance * best:
@@ -417,7 +417,7 @@ def tune_fast_sample(
 
     first = points_at(torch.arange(size))
     solved = {key: solve(options.kwargs(), nfe, first) for key, options in chosen.items()}
-    per_point, difference = errors_against_reference(first, solved)
+    per_point, difference = errors_against_reference(first, solved, later=int(screen))
     strata = Strata.everything(size)
     errors = {key: math.sqrt(strata.mean(e)) for key, e in per_point.items()}
     ranked = sorted(errors, key=lambda key: errors[key])  # stable: the default first among equals
@@ -442,7 +442,7 @@ def tune_fast_sample(
         at_widest = points_at(size + widest.cpu())
         solved_at_widest = {key: screened[key][widest] if key in screened else solve(options.kwargs(), nfe, at_widest)
                             for key, options in chosen.items()}
-        added, _ = errors_against_reference(at_widest, solved_at_widest)
+        added, _ = errors_against_reference(at_widest, solved_at_widest, later=0)
         per_point = {key: torch.cat([per_point[key], added[key]]) for key in chosen}
         errors = {key: math.sqrt(strata.mean(per_point[key])) for key in chosen}
         ranked = sorted(errors, key=lambda key: errors[key])

@@ -184,6 +184,11 @@ def test_a_screened_pilot_ranks_every_candidate_on_all_points(monkeypatch):
     # here all), and the reference on the rest
     assert screened.evaluations == first.evaluations + len(one_shot) * 10 + 3 * 64
     assert FastSolverChoice.from_json(screened.to_json()) == screened
+    # a reference whose steps double on the first points starts from the doubled steps on the widest: so does the plan
+    calls.clear()
+    doubled = tune_fast_sample(sde, score, z.shape, 10, x_init=z, candidates=candidates, reference_steps=4,
+                               first_points=24, on_progress=lambda done, planned: calls.append((done, planned)))
+    assert doubled.reference_steps > 8 and calls[-1] == (doubled.evaluations, doubled.evaluations)
 
 
 def class_score(sde, data: sde_lib.GaussianMixture, labels: torch.Tensor):
