@@ -403,6 +403,7 @@ def tune_fast_sample(
             if difference <= reference_tolerance * best or 4 * reference_steps > max_reference_steps:
                 break
             reference_steps *= 2
+            # this stage's finer solve, and each later stage's two solves (3N) from the doubled N
             planned += 2 * reference_steps + later * 3 * reference_steps // 2
             bar.total = planned
             coarse, fine = fine, solve(REFERENCE_OPTIONS, 2 * reference_steps, points)
