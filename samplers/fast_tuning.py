@@ -349,11 +349,9 @@ def tune_fast_sample(
     dtype = resolve_dtype(dtype, x_init)
     device = resolve_device(device, generator, x_init)
     z = initial_state(sde, shape, x_init, generator, device, dtype).to(dtype)
-    if not callable(score_fn):
-        raise ValueError(f"score_fn must be callable as score_fn(x, t); got {type(score_fn).__name__}")
+    counters = [CountingScoreFn(score_fn)]  # the score of all points first; one more per part of a screen
     if score_for_points is not None and not callable(score_for_points):
         raise ValueError(f"score_for_points must be callable as score_for_points(index) -> score_fn; got {score_for_points!r}")
-    evaluations = 0
 
     labels: dict[tuple, str] = {}
     chosen: dict[tuple, FastSolverOptions] = {}
@@ -372,23 +370,24 @@ def tune_fast_sample(
     planned = (len(chosen) * nfe + 3 * reference_steps) * (2 if screen else 1)
     bar = tqdm(total=planned, desc="tune_fast_sample", unit="eval", leave=False, dynamic_ncols=True, disable=not progress)
 
-    def points_at(index: Tensor) -> tuple[Tensor, ScoreFn]:
-        """The pilot points at ``index`` and their score."""
-        score = score_fn if score_for_points is None or index.numel() == shape[0] else score_for_points(index)
-        return z[index.to(z.device)], score
+    def points_at(index: Tensor) -> tuple[Tensor, CountingScoreFn]:
+        """The pilot points at ``index`` and their (counted) score."""
+        if score_for_points is not None and index.numel() < shape[0]:
+            counters.append(CountingScoreFn(score_for_points(index)))
+            return z[index.to(z.device)], counters[-1]
+        return z[index.to(z.device)], counters[0]
 
-    def solve(options: dict[str, Any], steps: int, points: tuple[Tensor, ScoreFn]) -> Tensor:
-        nonlocal evaluations
-        x_init, counting = points[0], CountingScoreFn(points[1])
+    def solve(options: dict[str, Any], steps: int, points: tuple[Tensor, CountingScoreFn]) -> Tensor:
+        x_init, counting = points
         x = fast_sample(sde, counting, tuple(x_init.shape), nfe=steps, eps=eps, x_init=x_init, **options)[0]
-        evaluations += counting.nfe
+        evaluations = sum(c.nfe for c in counters)
         bar.update(evaluations - bar.n)
         if on_progress is not None:
             on_progress(evaluations, planned)
         return x
 
     def errors_against_reference(
-        points: tuple[Tensor, ScoreFn], solutions: dict[tuple, Tensor], later: int
+        points: tuple[Tensor, CountingScoreFn], solutions: dict[tuple, Tensor], later: int
     ) -> tuple[dict[tuple, Tensor], float]:
         """Per-point squared errors of ``solutions`` against the reference from ``points``, whose steps double
         until its two resolutions differ by at most ``reference_tolerance`` times the best solution's RMS error
@@ -461,7 +460,7 @@ def tune_fast_sample(
         pilot_points=shape[0],
         reference_steps=2 * reference_steps,
         reference_difference=difference,
-        evaluations=evaluations,
+        evaluations=sum(c.nfe for c in counters),
         errors=first_errors,
         lead=lead,
         first_points=size,
