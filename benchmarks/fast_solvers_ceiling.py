@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(BENCHMARKS))  # this repository's packages
 sys.path.insert(0, BENCHMARKS)  # fast_solvers.py beside this script
 
 import fast_solvers as fs  # noqa: E402
-from samplers.fast_tuning import REFERENCE_OPTIONS, default_most_pilot_points, default_pilot_points  # noqa: E402
+from samplers.fast_tuning import Strata, default_most_pilot_points, default_pilot_points, squared_errors  # noqa: E402
 
 MIXTURES = ("ring", "uneven2d", "mix64", "mix128x8")
 DECIDED_LEAD = 2.0  # standard errors: a smaller lead leaves the true best undecided
@@ -66,19 +66,12 @@ class Fresh:
         return int((ordered < 0.5 * ordered[-1]).sum()) + 1
 
 
-def paired_lead(better: Fresh, worse: Fresh) -> float:
-    """``worse``'s mean squared error less ``better``'s, in standard errors of the paired per-point difference."""
-    difference = worse.errors - better.errors
-    se = float(difference.std() / math.sqrt(difference.numel()))
-    return float(difference.mean()) / se if se > 0 else math.inf
-
-
-def fresh_case(case: fs.Case, points: int, seed: int) -> tuple[fs.Solve, Tensor, Tensor, float]:
-    """The fresh points' solver, reference, reference components and the reference's self-convergence RMS."""
-    z = fs.prior_points(case.sde, case.problem, points, seed)
-    solve = fs.make_solver(case.sde, case.score, z)
-    coarse, fine = (solve(fs.Config(**REFERENCE_OPTIONS), n) for n in fs.REFERENCE_STEPS)
-    return solve, fine, case.problem.data.most_probable_component(fine), fs.errors(coarse, fine)[0]
+def make_case(problem: fs.Problem, sde_name: str, sde, points: int, seed: int) -> fs.Case:
+    """``points`` prior points of ``seed``, their solver and converged reference (as ``fast_solvers.py`` makes them)."""
+    z = fs.prior_points(sde, problem, points, seed)
+    score = problem.data.score_fn(sde)
+    solve = fs.make_solver(sde, score, z)
+    return fs.Case(problem, sde_name, sde, score, solve, fs.make_reference(problem, sde, score, solve, z))
 
 
 def candidates_at(rows: list[fs.Row], tuned: fs.Row, sde, nfe: int, top: int) -> list[fs.Config]:
@@ -97,18 +90,16 @@ def candidates_at(rows: list[fs.Row], tuned: fs.Row, sde, nfe: int, top: int) ->
 
 def run_case(problem: fs.Problem, sde_name: str, sde, args: argparse.Namespace) -> list[dict]:
     start = time.perf_counter()
-    z = fs.prior_points(sde, problem, problem.points, args.seed)
-    score = problem.data.score_fn(sde)
-    solve = fs.make_solver(sde, score, z)
-    case = fs.Case(problem, sde_name, sde, score, solve, fs.make_reference(problem, sde, score, solve, z))
+    case = make_case(problem, sde_name, sde, problem.points, args.seed)
     rows = fs.solve_rows(case, fs.make_configs())
     shape = problem.data.event_shape
     pilot = fs.prior_points(sde, problem, default_most_pilot_points(shape), args.seed + 1)
     tuned, _ = fs.tuned_rows(case, rows, pilot, 0.0, default_pilot_points(shape))
-    fresh_solve, fresh_reference, fresh_labels, self_diff = fresh_case(case, args.fresh, args.seed + 3)
+    fresh = make_case(problem, sde_name, sde, args.fresh, args.seed + 3)
     per_2000 = 2000 / args.fresh
     print(f"\n{problem.name}, {sde_name}: {problem.points} test points, {args.fresh} fresh points (reference "
-          f"{fs.REFERENCE_STEPS[-1]} steps, vs {fs.REFERENCE_STEPS[0]} RMS {self_diff:.1e})")
+          f"{fs.REFERENCE_STEPS[-1]} steps, vs {fs.REFERENCE_STEPS[0]} RMS {fresh.reference.self_diff[0]:.1e}, vs data "
+          f"prediction RMS {fresh.reference.cross_diff[0]:.1e})")
     print(f"  {'NFE':>4s}  {'true best (fresh)':36s} {'RMS':>9s} {'sw/2000':>7s} {'lead':>6s}  "
           f"{'test best':36s} {'true/best':>9s} {'ceiling':>7s}  {'tuned':36s} {'tuned/true':>10s} {'half':>4s} {'test':>6s}")
     cells = []
@@ -119,14 +110,11 @@ def run_case(problem: fs.Problem, sde_name: str, sde, args: argparse.Namespace) 
         best = fs.best_of([r for r in group if not r.config.tuned])
         results = []
         for config in candidates_at(group, tuned_row, sde, nfe, args.top):
-            x = fresh_solve(config, nfe)
-            flat = (x - fresh_reference).reshape(x.shape[0], -1)
-            errors = torch.nan_to_num(flat.square().mean(dim=1), nan=math.inf)
-            switches = int((problem.data.most_probable_component(torch.nan_to_num(x)) != fresh_labels).sum())
-            results.append(Fresh(config, errors, switches))
+            x = fresh.solve(config, nfe)
+            results.append(Fresh(config, squared_errors(x, fresh.reference.x), fresh.row(nfe, config, x).switches or 0))
         results.sort(key=lambda f: f.rms)
         true, runner_up = results[0], results[1]
-        lead = paired_lead(true, runner_up)
+        lead = Strata.everything(args.fresh).lead(true.errors, runner_up.errors)
         on_test = by_key[nfe, true.config]
         ceiling = not fs.misses_target(on_test, best)
         fresh_tuned = next(f for f in results if f.config.solve_key(nfe, sde) == tuned_row.effective.solve_key(nfe, sde))
