@@ -18,7 +18,7 @@ network beside the U-Nets (config name ``"dit"``).
    regresses a shift, a scale and a gate for its attention and its MLP,
    ``h += gate_a * Attn(LN(h) (1 + scale_a) + shift_a)``, ``h += gate_m * MLP(LN(h) (1 + scale_m) + shift_m)``, with
    the regression initialised to zero, so that every block starts as the identity. Attention is multi-head
-   self-attention over all tokens through ``torch.nn.functional.scaled_dot_product_attention``; the MLP is
+   self-attention over all tokens through one fused call (:func:`models.layers.attention`); the MLP is
    ``hidden -> mlp_ratio * hidden -> hidden`` with tanh-GELU.
 4. **Final layer**: adaptive LayerNorm (shift and scale from ``c``), a linear map of each token to its ``p x p x C``
    output patch, then unpatchify and crop to ``H x W``. The modulation and the linear map are zero-initialised too,
@@ -48,6 +48,7 @@ from base_lib.config import config_value
 
 from .conditional_mlp import check_class_labels
 from .embeddings import GaussianFourierProjection, check_image_inputs, sinusoidal_embedding
+from .layers import attention
 from .ncsnpp import class_count_from_config
 from .registry import register_model
 
@@ -85,7 +86,7 @@ def modulate(h: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over the tokens ``(B, N, d)``, one fused ``scaled_dot_product_attention`` call."""
+    """Multi-head self-attention over the tokens ``(B, N, d)``, one fused attention call (:func:`models.layers.attention`)."""
 
     def __init__(self, hidden_size: int, num_heads: int):
         super().__init__()
@@ -96,7 +97,7 @@ class Attention(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         batch, tokens, width = h.shape
         qkv = self.qkv(h).reshape(batch, tokens, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        out = attention(qkv[0], qkv[1], qkv[2])
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, width))
 
 

@@ -9,7 +9,8 @@ Parameter names inside every block are those of the 2021 reference (``GroupNorm_
   use it.
 * :class:`ResnetBlockDDPM`: the residual block of DDPM and of DDPM++ (``resblock_type='ddpm'``).
 * :class:`ResnetBlockBigGAN`: the BigGAN-style residual block of NCSN++ with optional FIR or naive up/down-sampling.
-* :class:`SelfAttention`: DDPM's single-head self-attention over pixels.
+* :class:`SelfAttention`: DDPM's single-head self-attention over pixels; :func:`attention`, the attention product
+  it and the DiT's heads share.
 * :class:`Upsample`, :class:`Downsample`: factor-2 resampling, FIR or not, with or without a convolution.
 * :class:`ResampleConv2d`: a convolution fused with FIR up- or down-sampling (StyleGAN2's ``Conv2d``).
 * :class:`Combine`: merges a progressive-growing input into the feature maps (sum or concatenation).
@@ -111,6 +112,28 @@ class GroupNorm(nn.GroupNorm):
             y = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
             return y.contiguous(memory_format=torch.channels_last)
         return super().forward(x)
+
+
+SLOW_CPU_ATTENTION_BACKWARD_BELOW = 256  # tokens under which torch's bf16/fp16 CPU attention backward is slow
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` for ``(B, heads, N, d)`` queries, keys and values
+    (``F.scaled_dot_product_attention``, autocast as usual), stepping around a slow CPU kernel.
+
+    On the CPU, torch's bf16/fp16 attention backward is 2-5x slower than the float32 one for fewer than 256 tokens
+    (the 16 of an 8x8 digit, the 169 of a 26x26 face in 2x2 patches) and faster from 256 on; its forward is about
+    as fast as float32's (torch 2.13; figures in ``benchmarks/results/precision_cpu.txt``). So when autograd records
+    a reduced-precision attention of fewer tokens on the CPU, the product is taken in float32 and the result
+    returned in the reduced dtype, as the blocks expect. Everything else takes the fused call as it is.
+    """
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    if (q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+            and q.shape[-2] < SLOW_CPU_ATTENTION_BACKWARD_BELOW and torch.is_grad_enabled()
+            and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        with torch.autocast("cpu", enabled=False):  # autocast would cast the float32 inputs back down
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(dtype)
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def group_norm(channels: int, groups: int | None = None) -> nn.GroupNorm:
@@ -304,7 +327,7 @@ class SelfAttention(nn.Module):
     """Single-head self-attention over the ``H * W`` pixels (DDPM's ``AttnBlock``, NCSN++'s ``AttnBlockpp``).
 
     ``q, k, v = NIN_0..2(GN(x))``; ``out = x + NIN_3(softmax(q^T k / sqrt(C)) v)`` (divided by sqrt(2) with
-    ``skip_rescale``), via ``F.scaled_dot_product_attention``.
+    ``skip_rescale``), via :func:`attention`.
     """
 
     def __init__(self, channels: int, skip_rescale: bool = False, init_scale: float = 0.0, groups: int | None = None):
@@ -323,7 +346,7 @@ class SelfAttention(nn.Module):
         weight = torch.cat([self.NIN_0.W, self.NIN_1.W, self.NIN_2.W], dim=1)
         bias = torch.cat([self.NIN_0.b, self.NIN_1.b, self.NIN_2.b])
         q, k, v = torch.addmm(bias, h, weight).view(b, 1, height * width, 3 * c).chunk(3, dim=-1)  # one head
-        h = F.scaled_dot_product_attention(q, k, v)  # softmax over keys, scale 1 / sqrt(C); (B, 1, HW, C)
+        h = attention(q, k, v)  # softmax over keys, scale 1 / sqrt(C); (B, 1, HW, C)
         h = torch.addmm(self.NIN_3.b, h.reshape(b * height * width, c), self.NIN_3.W)
         h = h.view(b, height, width, c).permute(0, 3, 1, 2)  # channels-last (B, C, H, W)
         return residual_sum_(x, h, self.skip_rescale)

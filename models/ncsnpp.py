@@ -43,7 +43,7 @@ sums and concatenations all preserve it) and returns the input's layout. ``model
 torch.contiguous_format)`` switches to the plain layout (the input then stays as it is). In CPU inference the 3x3
 convolutions at 8x8 and above run by Winograd's F(4x4, 3x3) (:mod:`models.winograd`: same results up to float32
 rounding, ~5e-6 relative). Without autograd, activations run in place; attention is one fused
-``F.scaled_dot_product_attention`` call on a single head.
+call on a single head (:func:`models.layers.attention`).
 
 Config (read only by :meth:`NCSNpp.from_config`): ``data.image_size`` and ``model.nf``, ``ch_mult``,
 ``num_res_blocks``, ``attn_resolutions`` (required); ``data.num_channels`` [3], ``data.centered`` [False] and

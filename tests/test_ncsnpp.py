@@ -25,12 +25,14 @@ from sde_lib import VESDE
 from models.checkpoint import from_reference_keys, load_reference_weights, to_reference_keys
 from models.layers import (
     NIN,
+    SLOW_CPU_ATTENTION_BACKWARD_BELOW,
     Combine,
     Downsample,
     ResnetBlockBigGAN,
     ResnetBlockDDPM,
     SelfAttention,
     Upsample,
+    attention,
     ddpm_init_,
     group_norm,
 )
@@ -453,6 +455,45 @@ def test_group_norm_equals_torch_and_keeps_channels_last(shape, dtype):
     x_ref = x.detach().float().requires_grad_(True)
     (F.group_norm(x_ref, norm.num_groups, norm.weight, norm.bias, norm.eps) * upstream).sum().backward()
     torch.testing.assert_close(x.grad.float(), x_ref.grad, rtol=10 * tolerance, atol=10 * tolerance)
+
+
+@pytest.mark.parametrize("tokens", [16, 256])
+@pytest.mark.parametrize("precision", ["float32", "bf16 inputs", "bf16 autocast"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_attention_is_the_softmax_product_and_takes_float32_only_where_the_bf16_backward_is_slow(tokens, precision, grad):
+    """``layers.attention`` equals ``softmax(q k^T / sqrt(d)) v`` (float64, explicit) to the rounding of the dtype,
+    forward and backward, in the dtype the blocks expect. Which kernel ran is told by exact equality: a
+    reduced-precision product of fewer than 256 tokens under autograd is the float32 product rounded once to bf16;
+    every other case is the fused call in its own dtype."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, tokens, 8, generator=gen) for _ in range(3))
+    if precision == "bf16 inputs":
+        q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    q, k, v = (t.requires_grad_(grad) for t in (q, k, v))
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16 autocast")
+    with autocast:
+        out = attention(q, k, v)
+    reduced = precision != "float32"
+    assert out.dtype == (torch.bfloat16 if reduced else torch.float32)
+
+    with torch.no_grad(), autocast:
+        fused = F.scaled_dot_product_attention(q, k, v)
+    in_float32 = F.scaled_dot_product_attention(q.detach().float(), k.detach().float(), v.detach().float()).to(out.dtype)
+    takes_float32 = reduced and grad and tokens < SLOW_CPU_ATTENTION_BACKWARD_BELOW
+    if reduced:
+        assert not torch.equal(fused, in_float32)  # the two paths are told apart
+    assert torch.equal(out.detach(), in_float32 if takes_float32 else fused)
+
+    q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    expected = torch.softmax(q64 @ k64.transpose(-1, -2) / math.sqrt(8), dim=-1) @ v64
+    tolerance = 2e-2 if reduced else 1e-5  # bf16 keeps 8 significant bits: 2^-8 relative, values of order 1
+    torch.testing.assert_close(out.detach().double(), expected.detach(), rtol=tolerance, atol=tolerance)
+    if grad:
+        upstream = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+        (out.double() * upstream).sum().backward()
+        (expected * upstream).sum().backward()
+        for ours, exact in ((q, q64), (k, k64), (v, v64)):
+            torch.testing.assert_close(ours.grad.double(), exact.grad, rtol=5 * tolerance, atol=5 * tolerance)
 
 
 def test_nin_is_a_channel_contraction_with_w_stored_in_out():
