@@ -156,6 +156,16 @@ def test_stratified_estimates_are_unbiased_and_their_standard_errors_hold():
     assert everything.lead(candidate, baseline) == pytest.approx(plain, rel=1e-12)
 
 
+def assert_screened_as_one_shot(screened: FastSolverChoice, whole: FastSolverChoice) -> None:
+    """Every candidate's screened estimate is its one-shot error on all points (to the references' convergence),
+    and the two choose the same options."""
+    one_shot = dict(whole.errors)
+    assert {label for label, _ in screened.screened} == set(one_shot)
+    for label, error in screened.screened:
+        assert error == pytest.approx(one_shot[label], abs=2 * whole.reference_difference), label
+    assert screened.options == whole.options
+
+
 def test_a_screened_pilot_ranks_every_candidate_on_all_points(monkeypatch):
     """``first_points``: every candidate on the first points, the finalists on all, every candidate on the widest.
     Where the widest points are all the rest, every point is referenced and every candidate's estimate is its
@@ -174,15 +184,11 @@ def test_a_screened_pilot_ranks_every_candidate_on_all_points(monkeypatch):
     screened = tune(z, first_points=24, on_progress=lambda done, planned: calls.append((done, planned)))
     assert calls[-1] == (screened.evaluations, screened.evaluations)  # the plan is what was made
     assert screened.first_points == 24 and screened.pilot_points == 48 and screened.errors == first.errors
-    one_shot = dict(whole.errors)
-    assert {label for label, _ in screened.screened} == set(one_shot)
-    for label, error in screened.screened:
-        assert error == pytest.approx(one_shot[label], abs=2 * whole.reference_difference), label
+    assert_screened_as_one_shot(screened, whole)
     assert screened.options.label() == screened.screened[0][0] and screened.rms == screened.screened[0][1]
-    assert screened.options == whole.options
     # the first points' solves, the rest's by each candidate once (finalists on all, the others on the widest,
     # here all), and the reference on the rest
-    assert screened.evaluations == first.evaluations + len(one_shot) * 10 + 3 * 64
+    assert screened.evaluations == first.evaluations + len(dict(whole.errors)) * 10 + 3 * 64
     assert FastSolverChoice.from_json(screened.to_json()) == screened
     # a reference whose steps double on the first points starts from the doubled steps on the widest: so does the plan
     calls.clear()
@@ -220,10 +226,7 @@ def test_a_screened_pilot_guides_each_point_towards_its_own_class(monkeypatch):
     monkeypatch.setattr(samplers.fast_tuning, "FINALISTS", 1)
     screened = tune(first_points=24, score_for_points=score_for_points)
     assert asked[:2] == [list(range(24)), list(range(24, 48))] and sorted(asked[2]) == list(range(24, 48))
-    one_shot = dict(whole.errors)
-    for label, error in screened.screened:
-        assert error == pytest.approx(one_shot[label], abs=2 * whole.reference_difference), label
-    assert screened.options == whole.options
+    assert_screened_as_one_shot(screened, whole)
     with pytest.raises(ValueError, match="score_for_points must be callable"):
         tune(first_points=24, score_for_points=3)
 
