@@ -56,16 +56,24 @@ class ProgressLog:
         self._logger, self._total, self._label, self._unit, self._enabled = logger, total, label, unit, enabled
         self._every = check_finite_positive("every", every)
         self._clock = clock
+        self._first_after = check_finite_positive("first_after", first_after)
         self._mark_time, self._mark_done = clock(), done
-        self._next_line = self._mark_time + check_finite_positive("first_after", first_after)
+        self._next_line = self._mark_time + self._first_after
 
     def tick(self, done: int) -> bool:
-        """Log a line if one is due, ``done`` units being done; whether a line was logged."""
-        if not self._enabled or self._clock() < self._next_line:
+        """Log a line if one is due and units were done since the previous line or reading (a loop's own work
+        at the same count, such as samples drawn at a checkpoint, gives no rate); whether a line was logged."""
+        if not self._enabled or self._clock() < self._next_line or done == self._mark_done:
             return False
         count = f"{done}/{self._total}" if self._total is not None else f"{done}"
         self._logger.info("%s %s  %s", self._label, count, self.speed(done))
         return True
+
+    def restart(self, done: int) -> None:
+        """Measure from now, ``done`` units being done, and log the next line ``first_after`` seconds from now: for
+        a loop whose work so far held one-off costs (a compilation) that would make the ETA far too long."""
+        self._mark_time, self._mark_done = self._clock(), done
+        self._next_line = self._mark_time + self._first_after
 
     def speed(self, done: int) -> str:
         """``3.40 steps/s  ETA 9m12s`` since the previous line or reading; restarts the interval (the next line is

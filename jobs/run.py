@@ -51,6 +51,7 @@ import data_lib
 from data_lib import mix_seeds
 from base_lib.config import config_value
 from base_lib.checks import check_positive_int
+from models.compiled import is_compiled
 from models.precision import native_bf16, resolve_mixed_precision
 
 from train_lib.checkpoints import (
@@ -370,6 +371,7 @@ def _train_loop(exp: TrainingExperiment, schedule: Schedule, step: int, logger: 
         logging_redirect_tqdm([logger]) if show_bar else contextlib.nullcontext()
     ):
         batch = model_batch(exp, next(batches))
+        first_step = step
         while step < schedule.n_iters:
             generator.manual_seed(step_seed(config, Stream.LOSS_NOISE, step, context.rank))
             _reseed_global_rng(exp.device, step_seed(config, Stream.GLOBAL_RNG, step, context.rank))
@@ -377,6 +379,8 @@ def _train_loop(exp: TrainingExperiment, schedule: Schedule, step: int, logger: 
             step = exp.state["step"] = int(state["step"])
             if step < schedule.n_iters:  # the next batch, built and sent while an accelerator still runs this step
                 batch = model_batch(exp, next(batches))
+            if step == first_step + 1 and is_compiled(exp.model):
+                progress.restart(step)  # the first step compiled the graphs: its time is no measure of the rest
             bar.update(1)
             loss = None
             if _losses_due(schedule, step, len(losses)):

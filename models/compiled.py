@@ -37,12 +37,12 @@ CompileReport = Callable[[float, int, bool], None]
 ``autograd``: the call was recorded for a backward pass, whose graph compiles at the first backward."""
 
 
-def _graphs_compiled() -> int:
-    """Dynamo's count of the graphs compiled in this process so far (0 where the counter is not available)."""
+def _graphs_compiled() -> int | None:
+    """Dynamo's count of the graphs compiled in this process so far (``None`` where the counter is not available)."""
     try:
         from torch._dynamo.utils import counters
-    except ImportError:  # a torch without Dynamo's counters: every call counts as a non-compiling one
-        return 0
+    except ImportError:
+        return None
     return int(counters["stats"]["unique_graphs"])
 
 
@@ -75,7 +75,10 @@ def compile_network(network: nn.Module, mode: str = "default", on_compile: Compi
         # timed outside the compiled region: a clock inside the traced forward would break the graph
         graphs, start = _graphs_compiled(), time.perf_counter()
         out = compiled(*args, **kwargs)
-        if compilations == 0 or _graphs_compiled() != graphs:
+        after = _graphs_compiled()
+        # without Dynamo's counter only the first call is known to compile; with it, a first call that found its
+        # graphs already compiled in this process (another module of the same code) compiled nothing
+        if after != graphs or (after is None and compilations == 0):
             compilations += 1
             autograd = isinstance(out, torch.Tensor) and out.requires_grad
             on_compile(time.perf_counter() - start, compilations, autograd)

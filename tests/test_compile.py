@@ -84,6 +84,21 @@ def test_mlp_forward_and_gradient_step_match_eager():
     assert not is_compiled(copied) and not is_compiled(uncompiled(compiled))
 
 
+@pytest.mark.parametrize("counter, reported", [("unchanged", False), ("grows", True), ("unavailable", True)])
+def test_a_first_call_is_reported_only_if_it_compiled(counter, reported, monkeypatch):
+    """A network whose first call finds its graphs already compiled in the process (another module of the same code,
+    e.g. the evaluation's copy of a trained network) compiled nothing and is not reported; without Dynamo's graph
+    counter the first call is reported, as the one known to compile."""
+    counts = iter(range(100))
+    values = {"unchanged": lambda: 7, "grows": lambda: next(counts), "unavailable": lambda: None}
+    monkeypatch.setattr(models.compiled, "_graphs_compiled", values[counter])
+    reports: list[tuple[float, int, bool]] = []
+    network = compile_network(_mlp(), "default", on_compile=lambda *report: reports.append(report))
+    with torch.no_grad():
+        network.eval()(torch.zeros(4, 2), torch.full((4,), 0.5))
+    assert [report[1:] for report in reports] == ([(1, False)] if reported else [])
+
+
 def test_checkpoints_load_with_compilation_on_or_off(tmp_path):
     """Train two steps compiled, save, restore into an uncompiled experiment: the same weights and outputs; then one
     step there, save, restore into the compiled one."""

@@ -106,6 +106,31 @@ def test_no_progress_since_the_last_line_gives_an_unknown_eta():
     assert progress.speed(3) == "0.003 steps/s  ETA 38m53s"  # slow rates keep two significant digits
 
 
+def test_no_line_without_units_done_since_the_last_one():
+    """Work of the loop at the same count (samples drawn after a step's loss line) gives no rate: no line; the
+    next unit's line measures from the reading."""
+    progress, clock, lines = progress_log(100, first_after=1.0, every=20.0)
+    clock.now += 10.0
+    assert progress.speed(50) == "5.00 steps/s  ETA 10s"
+    clock.now += 30.0
+    assert not progress.tick(50) and lines == []
+    assert progress.tick(51)
+    assert lines == ["step 51/100  0.033 steps/s  ETA 24m30s"]
+
+
+def test_restart_measures_from_now():
+    """After one-off work (a compilation in the first step) the next line comes ``first_after`` seconds later, with
+    the rate since then."""
+    progress, clock, lines = progress_log(100, first_after=5.0, every=20.0)
+    clock.now += 90.0
+    progress.restart(1)
+    clock.now += 4.0
+    assert not progress.tick(9)
+    clock.now += 1.0
+    assert progress.tick(11)
+    assert lines == ["step 11/100  2.00 steps/s  ETA 44s"]
+
+
 @pytest.mark.parametrize("seconds, text", [(0.4, "0s"), (59.4, "59s"), (59.6, "1m00s"), (612, "10m12s"),
                                            (3599, "59m59s"), (3600, "1h00m"), (7500, "2h05m"),
                                            (float("inf"), "unknown")])
@@ -174,6 +199,31 @@ def test_training_logs_progress_from_the_first_seconds(slow_steps, monkeypatch, 
         "step 50/60  1.00 steps/s  ETA 10s",
         "step 60/60  training_loss X  1.00 steps/s  ETA 0s",
     ]
+
+
+def test_a_compiled_run_measures_its_speed_after_the_compiling_first_step(slow_steps, monkeypatch, tmp_path):
+    """A first step of 60 s (the compilation of a compiled network), then steps of 1 s: the first line comes 5 s after
+    the first step, at the steady speed, instead of an ETA of an hour."""
+    monkeypatch.setattr(jobs.run, "output_is_terminal", lambda: False)
+    monkeypatch.setattr(jobs.run, "is_compiled", lambda model: True)
+    build = jobs.run.build_experiment
+
+    def build_with_a_slow_first_step(*args, **kwargs):
+        exp = build(*args, **kwargs)
+        step_fn, calls = exp.train_step_fn, []
+
+        def step(*step_args):
+            calls.append(None)
+            slow_steps.now += 59.0 if len(calls) == 1 else 0.0
+            return step_fn(*step_args)
+
+        exp.train_step_fn = step
+        return exp
+
+    monkeypatch.setattr(jobs.run, "build_experiment", build_with_a_slow_first_step)
+    train(toy_config(n_iters=60, log_freq=30, **EVERYTHING_ELSE_AT_60), tmp_path)
+    speed = [line for line in logged_messages(tmp_path) if "steps/s" in line]
+    assert speed[0] == "step 6/60  1.00 steps/s  ETA 54s"
 
 
 def test_no_progress_lines_on_a_terminal(slow_steps, monkeypatch, tmp_path):
