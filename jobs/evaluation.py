@@ -77,6 +77,7 @@ from sample_quality import (
     load_statistics,
     toy_metrics,
 )
+from models.compiled import eager, is_compiled
 from models.precision import resolve_mixed_precision
 from samplers import dequantized_bits_per_dim, log_likelihood
 from samplers.from_config import get_sampling_fn
@@ -481,7 +482,20 @@ def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, 
 
 def test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
     """Bits/dim of the dequantized test split (quantized data) or its log-likelihood in nats (continuous data); for a
-    signal-conditioned network, that of each example given its own signal ``condition_map(x0)``."""
+    signal-conditioned network, that of each example given its own signal ``condition_map(x0)``.
+
+    The network runs uncompiled here (``config.model.compile`` is for training and sampling): the adaptive solvers
+    drop the examples that finish, so the batch changes shape from step to step, and a compiled network compiles
+    its forward and backward again for new shapes and then runs the dynamic-shape graph, which made the digits
+    model's likelihood several times slower on the CPU."""
+    if is_compiled(exp.model):
+        logging.getLogger(LOGGER_NAME).info("likelihood: the network runs uncompiled (its batches change shape as "
+                                            "examples finish; config.model.compile applies to training and sampling)")
+    with eager(exp.model):
+        return _test_likelihood(exp, ckpt)
+
+
+def _test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
     precision = resolve_mixed_precision(
         config_value(exp.config, "eval.likelihood_mixed_precision", "no"), exp.device,
         name="config.eval.likelihood_mixed_precision",

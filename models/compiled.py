@@ -21,8 +21,9 @@ later, at the first backward pass through it (outside the call, so not in ``seco
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -86,6 +87,17 @@ def compile_network(network: nn.Module, mode: str = "default", on_compile: Compi
 
     network._compiled_call_impl = call
     return network
+
+
+@contextlib.contextmanager
+def eager(network: nn.Module) -> Iterator[nn.Module]:
+    """Run ``network`` uncompiled inside the block, and with the compiled call it had (if any) after it."""
+    compiled_call = getattr(network, "_compiled_call_impl", None)
+    network._compiled_call_impl = None
+    try:
+        yield network
+    finally:
+        network._compiled_call_impl = compiled_call
 
 
 def uncompiled(network: nn.Module) -> nn.Module:

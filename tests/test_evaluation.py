@@ -50,6 +50,7 @@ from jobs.evaluation import (
 from jobs.experiment import build_experiment
 from jobs.run import step_seed, train
 from jobs.streams import Stream
+from models.compiled import is_compiled
 
 from call_spies import count_built_calls
 
@@ -158,6 +159,26 @@ def test_toy_log_likelihood_matches_a_direct_computation_and_gibbs(toy_run):
     # and the model has learnt more than the moment-matched Gaussian (mean log-density -log(2 pi e var) ~ -4.9)
     gaussian = -math.log(2 * math.pi * math.e) - 0.5 * float(torch.log(test.double().var(0)).sum())
     assert report["mean"] > gaussian + 1.0
+
+
+def test_the_likelihood_runs_a_compiled_network_uncompiled(toy_run):
+    """``model.compile`` is for training and sampling: the likelihood's solver drops finished examples, and every
+    new batch shape would compile again. The network is called eagerly there, and is compiled again after it."""
+    config, workdir, _ = toy_run
+    config = make_config(TOY_CONFIG, TOY, eval__likelihood_method="rk4", eval__likelihood_steps=2,
+                         model__compile="default")
+    exp = ema_experiment(config, workdir, workdir / "checkpoints" / "checkpoint_1.pth")
+    assert is_compiled(exp.model)
+    traced, forward = [], exp.model.forward
+
+    def spy(*args, **kwargs):
+        traced.append(torch.compiler.is_compiling())
+        return forward(*args, **kwargs)
+
+    exp.model.forward = spy
+    evaluation.test_likelihood(exp, 1)
+    assert traced and not any(traced)
+    assert is_compiled(exp.model)
 
 
 def test_fixed_grid_likelihood_and_its_error_check(toy_run):
