@@ -5,8 +5,9 @@
 * :func:`write_record` / :func:`read_record`: the resolved config, every field with its value and type, in
   ``workdir/config.json`` (written atomically).
 * :func:`trajectory_differences`: the fields in which two configs train differently. Everything but
-  :data:`FREE_FIELDS` (evaluation, sampling, the device, the cadence of logs and checkpoints, the run length, the data
-  folder) changes the trajectory of a training run.
+  :data:`FREE_FIELDS` (evaluation, sampling, the device, the thread count and the network's compilation, which change
+  results by float rounding only, the cadence of logs and checkpoints, the run length, the data folder) changes the
+  trajectory of a training run.
 * :func:`reconcile_with_record`: ``train`` on a workdir with a record resumes only when the trajectory fields match
   (or the user allowed the change); :func:`resolve_config`: what ``main.py`` runs for each mode (the record is the
   base of every mode but ``train``, so a user does not retype the overrides of the training run).
@@ -38,7 +39,7 @@ RECORD_NAME = "config.json"
 
 #: fields (or sections, ending in '.') that do not change what a training run computes at a given step
 FREE_FIELDS = (
-    "eval.", "sampling.", "classifier.", "device", "num_threads", "data.root",
+    "eval.", "sampling.", "classifier.", "device", "num_threads", "model.compile", "data.root",
     "training.n_iters", "training.log_freq", "training.eval_freq", "training.snapshot_freq",
     "training.snapshot_freq_for_preemption", "training.snapshot_sampling",
 )

@@ -203,8 +203,8 @@ def test_train_resumes_only_with_the_recorded_trajectory(tmp_path):
     config = _toy()
     assert reconcile_with_record(config, tmp_path) == {}
     assert read_record(tmp_path) is not None
-    longer = apply_overrides(config, [("training.n_iters", "99"), ("sampling.method", "ode")])
-    assert set(reconcile_with_record(longer, tmp_path)) == {"training.n_iters", "sampling.method"}
+    longer = apply_overrides(config, [("training.n_iters", "99"), ("sampling.method", "ode"), ("model.compile", "default")])
+    assert set(reconcile_with_record(longer, tmp_path)) == {"training.n_iters", "sampling.method", "model.compile"}
     changed = apply_overrides(longer, [("optim.lr", "0.5"), ("model.nf", "64")])
     with pytest.raises(ConfigError, match=r"config\.model\.nf \(128 -> 64\), config\.optim\.lr \(0\.001 -> 0\.5\).*"
                                           r"--allow_config_change=model\.nf,optim\.lr"):
@@ -217,8 +217,8 @@ def test_train_resumes_only_with_the_recorded_trajectory(tmp_path):
 def test_other_modes_start_from_the_record(tmp_path):
     trained = apply_overrides(_toy(), [("model.nf", "32"), ("training.n_iters", "7")])
     write_record(trained, tmp_path)
-    config, notes = resolve_config(None, [("eval.num_samples", "8")], tmp_path, "eval")
-    assert config.model.nf == 32 and config.eval.num_samples == 8 and not notes
+    config, notes = resolve_config(None, [("eval.num_samples", "8"), ("model.compile", "default")], tmp_path, "eval")
+    assert config.model.nf == 32 and config.eval.num_samples == 8 and config.model.compile == "default" and not notes
     file = str(ROOT / "configs/vp/toy_mlp_continuous.py")
     config, notes = resolve_config(file, [("sampling.method", "ode")], tmp_path, "sample")
     assert config.model.nf == 32 and config.sampling.method == "ode"
