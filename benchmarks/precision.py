@@ -6,9 +6,9 @@ attention of the shipped networks' shapes (forward, and forward + backward; bf16
 :func:`models.layers.attention`, which takes short sequences under autograd in float32), and for the README main
 job's network (``configs/vp/digits_ddpmpp_continuous.py``) and its DiT twin (``digits_dit_continuous.py``): forward,
 and forward + backward, batch 64, bf16 also with the fused attention kernel. The variants of a row take turns, and
-each figure is the best of ``--repeats``. Without bf16 units oneDNN has no bf16 convolution and torch uses its reference kernels
-(``aten::_slow_conv2d_forward`` in a profile): bf16 is then many times slower, which is why the toolkit only
-recommends bf16 where :func:`train_lib.steps.native_bf16` is true.
+each figure is the best of ``--repeats``. Without bf16 units oneDNN has no bf16 convolution and torch uses its
+reference kernels (``aten::_slow_conv2d_forward`` in a profile): bf16 is then many times slower, which is why the
+toolkit only recommends bf16 where :func:`models.precision.native_bf16` is true.
 
 With ``--workdir`` of a trained digits run (the README's main job writes ``runs/digits``), it also samples that run's
 last checkpoint (EMA weights) with the run's sampler in float32 and in bf16 from the same prior noise, side by side:
@@ -45,7 +45,10 @@ ATTENTION_SHAPES = {  # (batch, heads, tokens, features per head) of the shipped
     "DiT faces, 2x2 patches": (16, 4, 169, 16),
     "DDPM++ CIFAR-10, 16x16 maps": (8, 1, 256, 256),
 }
-NETWORKS = {"digits DDPM++": "configs/vp/digits_ddpmpp_continuous.py", "digits DiT": "configs/vp/digits_dit_continuous.py"}
+NETWORKS = {  # the README main job's network and its DiT twin
+    "digits DDPM++": "configs/vp/digits_ddpmpp_continuous.py",
+    "digits DiT": "configs/vp/digits_dit_continuous.py",
+}
 
 
 def interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:

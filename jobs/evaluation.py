@@ -486,8 +486,8 @@ def test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
 
     The network runs uncompiled here (``config.model.compile`` is for training and sampling): the adaptive solvers
     drop the examples that finish, so the batch changes shape from step to step, and a compiled network compiles
-    its forward and backward again for new shapes and then runs the dynamic-shape graph, which made the digits
-    model's likelihood several times slower on the CPU."""
+    its forward and backward again for new shapes and then runs a dynamic-shape graph, slower than eager on the
+    CPU."""
     if is_compiled(exp.model):
         logging.getLogger(LOGGER_NAME).info("likelihood: the network runs uncompiled (its batches change shape as "
                                             "examples finish; config.model.compile applies to training and sampling)")

@@ -86,7 +86,7 @@ def modulate(h: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over the tokens ``(B, N, d)``, one fused attention call (:func:`models.layers.attention`)."""
+    """Multi-head self-attention over the tokens ``(B, N, d)``: one fused call of :func:`models.layers.attention`."""
 
     def __init__(self, hidden_size: int, num_heads: int):
         super().__init__()

@@ -121,11 +121,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """``softmax(q k^T / sqrt(d)) v`` for ``(B, heads, N, d)`` queries, keys and values
     (``F.scaled_dot_product_attention``, autocast as usual), stepping around a slow CPU kernel.
 
-    On the CPU, torch's bf16/fp16 attention backward is 2-5x slower than the float32 one for fewer than 256 tokens
-    (the 16 of an 8x8 digit, the 169 of a 26x26 face in 2x2 patches) and faster from 256 on; its forward is about
-    as fast as float32's (torch 2.13; figures in ``benchmarks/results/precision_cpu.txt``). So when autograd records
-    a reduced-precision attention of fewer tokens on the CPU, the product is taken in float32 and the result
-    returned in the reduced dtype, as the blocks expect. Everything else takes the fused call as it is.
+    On the CPU, torch's bf16/fp16 attention backward is several times slower than the float32 one for fewer than 256
+    tokens (the 16 of an 8x8 digit, the 169 of a 26x26 face in 2x2 patches) and as fast or faster from 256 on; its
+    forward is about as fast as float32's (torch 2.13; figures in ``benchmarks/results/precision_cpu.txt``). So
+    when autograd records a reduced-precision attention of fewer tokens on the CPU, the product is taken in float32
+    and the result returned in the reduced dtype, as the blocks expect. Everything else takes the fused call as it
+    is.
     """
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
     if (q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)

@@ -203,7 +203,8 @@ def test_train_resumes_only_with_the_recorded_trajectory(tmp_path):
     config = _toy()
     assert reconcile_with_record(config, tmp_path) == {}
     assert read_record(tmp_path) is not None
-    longer = apply_overrides(config, [("training.n_iters", "99"), ("sampling.method", "ode"), ("model.compile", "default")])
+    longer = apply_overrides(config, [("training.n_iters", "99"), ("sampling.method", "ode"),
+                                      ("model.compile", "default")])
     assert set(reconcile_with_record(longer, tmp_path)) == {"training.n_iters", "sampling.method", "model.compile"}
     changed = apply_overrides(longer, [("optim.lr", "0.5"), ("model.nf", "64")])
     with pytest.raises(ConfigError, match=r"config\.model\.nf \(128 -> 64\), config\.optim\.lr \(0\.001 -> 0\.5\).*"

@@ -460,7 +460,7 @@ def test_group_norm_equals_torch_and_keeps_channels_last(shape, dtype):
 @pytest.mark.parametrize("tokens", [16, 256])
 @pytest.mark.parametrize("precision", ["float32", "bf16 inputs", "bf16 autocast"])
 @pytest.mark.parametrize("grad", [False, True])
-def test_attention_is_the_softmax_product_and_takes_float32_only_where_the_bf16_backward_is_slow(tokens, precision, grad):
+def test_attention_is_the_softmax_product_and_takes_float32_where_the_bf16_backward_is_slow(tokens, precision, grad):
     """``layers.attention`` equals ``softmax(q k^T / sqrt(d)) v`` (float64, explicit) to the rounding of the dtype,
     forward and backward, in the dtype the blocks expect. Which kernel ran is told by exact equality: a
     reduced-precision product of fewer than 256 tokens under autograd is the float32 product rounded once to bf16;
@@ -478,7 +478,8 @@ def test_attention_is_the_softmax_product_and_takes_float32_only_where_the_bf16_
 
     with torch.no_grad(), autocast:
         fused = F.scaled_dot_product_attention(q, k, v)
-    in_float32 = F.scaled_dot_product_attention(q.detach().float(), k.detach().float(), v.detach().float()).to(out.dtype)
+    q32, k32, v32 = (t.detach().float() for t in (q, k, v))
+    in_float32 = F.scaled_dot_product_attention(q32, k32, v32).to(out.dtype)
     takes_float32 = reduced and grad and tokens < SLOW_CPU_ATTENTION_BACKWARD_BELOW
     if reduced:
         assert not torch.equal(fused, in_float32)  # the two paths are told apart
