@@ -32,7 +32,8 @@ Reported per experiment, after ``--warmup`` untimed steps: the median (and minim
 ``--steps`` timed steps (``--digits-steps`` for the digits), steps/s and images/s at the median; the peak memory
 of one more step above what was allocated before it (:func:`benchmarks.models.peak_memory`: on CUDA
 ``torch.cuda.max_memory_allocated``, on the CPU the profiler's tensor allocations at operator granularity), and
-the persistent training state (weights, gradients, Adam moments, EMA copy); the process's peak resident size last.
+the persistent training state (weights, gradients, Adam moments, EMA copy); the FLOPs of a step's matrix products
+(:func:`step_flops`) and the rate they ran at in the median step; the process's peak resident size last.
 
     python benchmarks/training.py [--device auto|cpu|cuda] [--threads 2] [--batch 4] [--steps 3]
                                   [--digits-steps 20] [--warmup 1] [--mixed-precision no|bf16|fp16]
@@ -118,6 +119,17 @@ def make_batches(key: str, exp: Experiment, count: int) -> list[torch.Tensor]:
     return [exp.scaler(x.to(exp.device)) for x in raw]
 
 
+def step_flops(run_step: Callable[[], None]) -> int:
+    """Floating-point operations of the matrix products in one step, forward and backward, as
+    ``torch.utils.flop_counter`` counts them (convolutions, matrix multiplications, attention: the work that matrix
+    units speed up; elementwise work and normalisations are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run_step()
+    return int(counter.get_total_flops())
+
+
 def state_bytes(exp: Experiment) -> int:
     """Bytes of the persistent training state: weights, gradients, optimizer state, EMA shadow weights."""
     tensors = [*exp.model.parameters(), *exp.ema.shadow_params]
@@ -144,6 +156,7 @@ def run_experiment(key: str, args: argparse.Namespace, device: torch.device, wor
         step(batch)()
     seconds = [timed(step(batch), device) for batch in batches[args.warmup : args.warmup + timed_steps]]
     peak = peak_memory(step(batches[-1]), device)
+    flops = step_flops(step(batches[-1]))
     median, low = statistics.median(seconds), min(seconds)
     batch = int(exp.config.training.batch_size)
     params = sum(p.numel() for p in exp.model.parameters())
@@ -155,6 +168,8 @@ def run_experiment(key: str, args: argparse.Namespace, device: torch.device, wor
           f"{1 / median:.2f} steps/s, {batch / median:.1f} images/s")
     print(f"  peak memory of a step above the state: {peak / MIB:.1f} MiB; training state (weights, grads, Adam, "
           f"EMA): {state_bytes(exp) / MIB:.1f} MiB; losses finite: {all(map(math.isfinite, losses))}")
+    print(f"  matrix products of a step (convolutions, matmuls, attention; forward and backward): {flops / 1e9:.2f} "
+          f"GFLOP, {flops / median / 1e9:.0f} GFLOP/s at the median step")
 
 
 # ------------------------------------------------------------------ the training loop
