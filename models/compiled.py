@@ -93,9 +93,8 @@ def compile_network(network: nn.Module, mode: str = "default", on_compile: Compi
 def eager(network: nn.Module) -> Iterator[nn.Module]:
     """Run ``network`` uncompiled inside the block, and with the compiled call it had (if any) after it."""
     compiled_call = getattr(network, "_compiled_call_impl", None)
-    network._compiled_call_impl = None
     try:
-        yield network
+        yield uncompiled(network)
     finally:
         network._compiled_call_impl = compiled_call
 
