@@ -19,7 +19,7 @@ setup(
     # experiment configs are files passed by path (configs/vp/..., configs/ve/ncsnv2/...), not subpackages
     package_data={"configs": ["*/*.py", "*/*/*.py"]},
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.4",  # torch.get_autocast_dtype(device), torch.nn.attention.sdpa_kernel, torch.amp.GradScaler(device)
         "torchsde>=0.2.6",
         "scipy>=1.10",
         "numpy>=1.24",
