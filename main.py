@@ -7,8 +7,8 @@
 ``--workdir`` holds checkpoints, samples, TensorBoard events, ``log.txt`` and the run's resolved config
 (``config.json``). A re-run of ``train`` in the same workdir resumes from its last pre-emption checkpoint when the
 config trains the same way; every other mode starts from the recorded config, so ``--config`` may be left out.
-``--print_config`` prints the resolved config and exits. Several processes: ``torchrun --nproc_per_node=N main.py
-...``.
+``--print_config`` prints the resolved config and exits (no ``--workdir`` needed with ``--config``). Several
+processes: ``torchrun --nproc_per_node=N main.py ...``.
 
 A mistake in the command line or the config (an unknown flag or field, a value of the wrong type or out of range, a
 config file that does not load) is reported in one line on stderr with exit status 2, before any work; an error of
@@ -34,7 +34,7 @@ from jobs.experiment import ConfigError, shutdown_distributed  # noqa: E402
 from jobs.run import TrainingDivergedError  # noqa: E402
 from jobs.run_config import format_config, reconcile_with_record, resolve_config, split_overrides  # noqa: E402
 from jobs.runtime import configure_threads  # noqa: E402
-from jobs.workdir import workdir_lock  # noqa: E402
+from jobs.workdir import WorkdirBusyError, workdir_lock  # noqa: E402
 from train_lib.checkpoints import CheckpointError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -86,12 +86,17 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         return fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are written --name=value)")
-    if not FLAGS.workdir:
+    if FLAGS["mask"].present and FLAGS.mode != "inpaint":
+        return fail(f"--mask applies to --mode inpaint only; got --mode {FLAGS.mode}")
+    if FLAGS.allow_config_change and FLAGS.mode != "train":
+        return fail(f"--allow_config_change applies to --mode train only (the other modes use the recorded config); "
+                    f"got --mode {FLAGS.mode}")
+    if not FLAGS.workdir and not (FLAGS.print_config and FLAGS.config):
         return fail("--workdir is required: the folder of the run")
     try:
-        config, notes = resolve_config(FLAGS.config, _OVERRIDES, FLAGS.workdir, FLAGS.mode)
+        config, notes = resolve_config(FLAGS.config, _OVERRIDES, FLAGS.workdir or None, FLAGS.mode)
         check_config_values(config)
-        if FLAGS.mode == "train":  # a config that trains differently from the recorded run: refused before any work
+        if FLAGS.mode == "train" and FLAGS.workdir:  # a config that trains differently from the recorded run: refused before any work
             reconcile_with_record(config, FLAGS.workdir, FLAGS.allow_config_change, write=False)
     except ConfigError as error:
         return fail(error)
@@ -107,8 +112,10 @@ def main(argv: list[str]) -> int:
         configure_threads(config)
         with workdir_lock(FLAGS.workdir, FLAGS.mode):
             JOBS[FLAGS.mode](config, FLAGS.workdir, FLAGS.eval_folder, **options)
-    except ConfigError as error:
+    except WorkdirBusyError as error:  # another job holds the workdir: not a mistake of this command line
         return fail(error, JOB_ERROR)
+    except ConfigError as error:  # a config the job cannot run, found when it builds (before any long work)
+        return fail(error)
     except (CheckpointError, TrainingDivergedError) as error:
         return fail(error, JOB_ERROR)
     except WriteError as error:  # a workdir that cannot be written: disk full, read-only, a file in the way

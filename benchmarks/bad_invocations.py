@@ -4,8 +4,10 @@
 
 Each case is one invocation in a fresh folder with the words its error message must contain. Outcomes:
 
-* ``one-line``: exit status not 0, stderr is one line ``main.py: error: ...`` that contains the expected words, no
-  checkpoint was written (the error came before any training);
+* ``one-line``: stderr is one line ``main.py: error: ...`` that contains the expected words, the exit status is the
+  case's (2 for a mistake in the command line or the config, 1 for an error of the job: no checkpoint, a workdir in
+  use or not writable), no checkpoint was written (the error came before any training);
+* ``status``: such a line, with another exit status than the case's;
 * ``unclear``: a one-line error that lacks the expected words (it does not name the problem);
 * ``traceback``: a Python traceback, or more than one line on stderr;
 * ``silent``: exit status 0: the mistake was accepted;
@@ -53,13 +55,14 @@ class Case:
     arguments: list[str]  # after main.py; {dir} is the case's folder
     expect: str  # a regular expression the one-line message must match
     setup: str = ""  # 'record', 'corrupt_record', 'lock', 'workdir_file'
+    status: int = 2  # the exit status: 2 for a mistake in the command line or config, 1 for an error of the job
 
 
 def cases() -> list[Case]:
     out: list[Case] = []
 
-    def add(name: str, arguments: list[str], expect: str, setup: str = "") -> None:
-        out.append(Case(name, arguments, expect, setup))
+    def add(name: str, arguments: list[str], expect: str, setup: str = "", status: int = 2) -> None:
+        out.append(Case(name, arguments, expect, setup, status))
 
     toy = [f"--config={TOY}", "--workdir={dir}/run"]
     digits = [f"--config={DIGITS}", "--workdir={dir}/run"]
@@ -127,6 +130,23 @@ def cases() -> list[Case]:
         add(f"name: {field}={value}", [*toy, f"--config.{field}={value}"], expect)
     add("image size the network cannot take", [*digits, "--config.data.image_size=7"], "config.model.name.*image_size=7")
     add("channels the data does not have", [*digits, "--config.data.num_channels=3"], "num_channels|channels")
+    # combinations the job finds when it builds the run
+    for overrides, expect in [
+        (["--config.model.beta_min=30"], "config.model: beta_min"),
+        (["--config.training.sde=vesde", "--config.model.sigma_min=100", "--config.model.sigma_max=1"],
+         "config.model: sigma_min"),
+        (["--config.training.sde=subvpsde", "--config.training.continuous=False"], "continuous"),
+        (["--config.sampling.clip_denoised=True"], "clip_denoised"),
+        (["--config.model.nf=0"], "nf"),
+        (["--config.training.importance_weighting=True"], "importance_weighting"),
+        (["--config.sampling.method=edm", "--config.sampling.s_min=5", "--config.sampling.s_max=1"], "config.sampling .*s_min"),
+        (["--config.sampling.method=fast", "--config.sampling.nfe=1"], "config.sampling.nfe"),
+        (["--config.training.batch_size=200000"], "config.training.batch_size"),
+        (["--config.device=gpu"], "config.device"),
+    ]:
+        add(f"build: {' '.join(o.removeprefix('--config.') for o in overrides)}", [*toy, *overrides], expect)
+    add("superresolution factor the image cannot take", [*digits, "--mode=superresolve",
+                                                         "--config.sampling.superresolution_factor=3"], "factor")
     add("CIFAR-10 without data.root", [f"--config={CIFAR}", "--workdir={dir}/run", "--config.training.batch_size=4"],
         "config.data.root")
     add("CIFAR-10 with a missing data.root", [f"--config={CIFAR}", "--workdir={dir}/run", "--config.data.root={dir}/none",
@@ -135,21 +155,24 @@ def cases() -> list[Case]:
     add("misspelt flag", [*toy, "--mdoe=eval"], "Unknown command line flag 'mdoe'")
     add("unknown mode", [*toy, "--mode=fit"], "mode")
     add("unknown mask", [*digits, "--mode=inpaint", "--mask=circle"], "mask")
+    add("--mask outside inpaint", [*toy, "--mask=center"], "--mask applies to --mode inpaint")
+    add("--allow_config_change outside train", [*toy, "--mode=sample", "--allow_config_change=optim.lr"],
+        "--allow_config_change applies to --mode train")
     add("no --workdir", [f"--config={TOY}"], "--workdir is required")
     add("no --config on a new workdir", ["--workdir={dir}/run"], "--config is required")
     add("positional argument", [*toy, "extra"], "unexpected arguments")
     add("workdir is a file", [f"--config={TOY}", "--workdir={dir}/file", "--config.training.n_iters=2"],
-        "file|Not a directory|exists", setup="workdir_file")
+        "exists and is not a folder", setup="workdir_file")
     # jobs on a workdir without what they need
-    add("eval without checkpoints", [*toy, "--mode=eval"], "no checkpoint")
-    add("sample without checkpoints", [*toy, "--mode=sample"], "checkpoint")
+    add("eval without checkpoints", [*toy, "--mode=eval"], "no checkpoint", status=1)
+    add("sample without checkpoints", [*toy, "--mode=sample"], "checkpoint", status=1)
     add("colorize on grey digits", [*digits, "--mode=colorize"], "colorize needs RGB")
     add("train on a workdir recorded with another network", [*toy, "--config.model.nf=64"],
         r"config\.model\.nf.*--allow_config_change", setup="record")
     add("eval overriding a recorded trajectory field", [*toy, "--mode=eval", "--config.model.nf=64"],
         "was trained with", setup="record")
     add("corrupt recorded config", [*toy, "--mode=eval"], "config.json", setup="corrupt_record")
-    add("workdir in use", [*toy, "--config.training.n_iters=2"], "in use|busy|locked|held", setup="lock")
+    add("workdir in use", [*toy, "--config.training.n_iters=2"], "in use|busy|locked|held", setup="lock", status=1)
     return out
 
 
@@ -207,9 +230,11 @@ def run_case(case: Case, timeout: float) -> Outcome:
             kind = "traceback"
         elif trained or not re.search(case.expect, stderr):
             kind = "unclear"
+        elif done.returncode != case.status:
+            kind = "status"
         else:
             kind = "one-line"
-        return Outcome(case, kind, seconds, stderr.splitlines()[-1] if stderr else "")
+        return Outcome(case, kind, seconds, f"[{done.returncode}] {stderr.splitlines()[-1] if stderr else ''}")
 
 
 def main() -> int:

@@ -58,6 +58,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
     model.nf = 128
     model.num_layers = 3
     model.embedding_type = "positional"
+    model.fourier_scale = 16.0  # std of the random Fourier frequencies (embedding_type "fourier")
+    model.scale_by_sigma = False  # divide the output by sigma ("fourier" only)
     model.dropout = 0.0
     model.ema_rate = 0.999
     model.sigma_min = 0.01

@@ -379,12 +379,14 @@ def _barrier(exp: Experiment) -> None:
 
 
 # ------------------------------------------------------------------ the measurements
-def _test_batches(exp: EvaluationExperiment, dequantize: bool, with_labels: bool = False) -> Iterator[Tensor] | Iterator[tuple[Tensor, Tensor]]:
-    """This rank's shard of the test split, in dataset order, ``eval.batch_size`` per batch, in ``[0, 1]`` (or the
-    toy coordinates); quantized levels ``k / (L - 1)`` unless ``dequantize`` (the config's training preprocessing);
-    pairs ``(x, y)`` with the class labels if ``with_labels``."""
+def _test_batches(
+    exp: EvaluationExperiment, dequantize: bool, with_labels: bool = False, dataset: data_lib.Dataset | None = None
+) -> Iterator[Tensor] | Iterator[tuple[Tensor, Tensor]]:
+    """This rank's shard of the test split (or of ``dataset``), in dataset order, ``eval.batch_size`` per batch, in
+    ``[0, 1]`` (or the toy coordinates); quantized levels ``k / (L - 1)`` unless ``dequantize`` (the config's
+    training preprocessing); pairs ``(x, y)`` with the class labels if ``with_labels``."""
     return data_lib.iterate_batches(
-        exp.test_ds, int(exp.config.eval.batch_size), shuffle=False, rank=exp.distributed.rank,
+        exp.test_ds if dataset is None else dataset, int(exp.config.eval.batch_size), shuffle=False, rank=exp.distributed.rank,
         world_size=exp.distributed.world_size, uniform_dequantization=dequantize, dtype=exp.batch_dtype,
         with_labels=with_labels,
     )
@@ -440,7 +442,7 @@ def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, 
     chosen from it (:func:`samplers.likelihood.choose_tolerance`; ``options`` gets ``rtol = atol``, or a fixed-grid
     method's ``steps``).
 
-    It is taken on the first ``eval.likelihood_error_samples`` problems of the test split's first batch, with the
+    It is taken on the first ``eval.likelihood_error_samples`` problems of the measured split's first batch, with the
     dequantization and probes that batch gets (its seed, drawn in the order of ``dequantized_bits_per_dim``), so on the
     torch solvers and fixed grids it is the error of values in the reported mean. ``coarse``: those values (nats, the
     first dequantization) when the pass has computed them; only the finer solve is then made. Every rank computes the
@@ -453,13 +455,14 @@ def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, 
         check_positive_int("config.eval.likelihood_error_samples (with config.eval.likelihood_accuracy)", samples)
     if samples < 1:
         return {"accuracy": None, "solver_error": None, "solver_error_samples": 0, "solver_error_nfe": 0}
+    dataset = exp.likelihood_ds
     batch = next(iter(data_lib.iterate_batches(
-        exp.test_ds, int(exp.config.eval.batch_size), shuffle=False, rank=0, world_size=1, uniform_dequantization=False,
+        dataset, int(exp.config.eval.batch_size), shuffle=False, rank=0, world_size=1, uniform_dequantization=False,
         dtype=exp.batch_dtype,
     ))).to(exp.device)
     generator = torch.Generator(exp.device).manual_seed(step_seed(exp.config, Stream.LIKELIHOOD, ckpt, 0, 0))
-    quantized = exp.test_ds.num_levels is not None
-    x = exp.scaler(data_lib.dequantize.uniform_dequantize(batch, exp.test_ds.num_levels, generator) if quantized else batch)
+    quantized = dataset.num_levels is not None
+    x = exp.scaler(data_lib.dequantize.uniform_dequantize(batch, dataset.num_levels, generator) if quantized else batch)
     probe = None if options["divergence"] == "exact" else hutchinson_probe(x, options["divergence"], generator)[:samples]
     offset = grid_offsets(x, generator)[:samples] if options["method"] in GRID_METHODS else None  # drawn as the pass does
     x = x[:samples]
@@ -481,8 +484,9 @@ def likelihood_error_check(exp: EvaluationExperiment, ckpt: int, score_fn: Any, 
 
 
 def test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
-    """Bits/dim of the dequantized test split (quantized data) or its log-likelihood in nats (continuous data); for a
-    signal-conditioned network, that of each example given its own signal ``condition_map(x0)``.
+    """Bits/dim of the dequantized test split (the train split with ``eval.bpd_dataset='train'``; quantized data) or
+    its log-likelihood in nats (continuous data); for a signal-conditioned network, that of each example given its
+    own signal ``condition_map(x0)``.
 
     The network runs uncompiled here (``config.model.compile`` is for training and sampling): the adaptive solvers
     drop the examples that finish, so the batch changes shape from step to step, and a compiled network compiles
@@ -505,7 +509,8 @@ def _test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
     conditioned = score_model.condition_map is not None
     score_fn = score_model if conditioned else score_model.score_fn()
     options = likelihood_options(exp.config)
-    quantized = exp.test_ds.num_levels is not None
+    dataset = exp.likelihood_ds
+    quantized = dataset.num_levels is not None
     if not quantized and math.prod(exp.data_shape) <= EXACT_DIVERGENCE_MAX_DIM:
         options["divergence"] = "exact"
     # a tolerance chosen from the accuracy must come before the pass; a plain estimate comes after it, and on one
@@ -516,17 +521,17 @@ def _test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
     first_values = None
     repeats = check_positive_int("config.eval.bpd_num_repeats", int(config_value(exp.config, "eval.bpd_num_repeats", 1)))
     total = total_sq = count = nfe = true_total = 0.0
-    toy = exp.test_ds.name.lower() in data_lib.TOY_DATASETS
-    true_log_prob = data_lib.toy_log_prob(exp.test_ds.name) if toy and not quantized else None
+    toy = dataset.name.lower() in data_lib.TOY_DATASETS
+    true_log_prob = data_lib.toy_log_prob(dataset.name) if toy and not quantized else None
     generator = torch.Generator(exp.device)
     progress = ProgressLog(logging.getLogger(LOGGER_NAME), None, label="likelihood batch", unit="batches")
-    for index, batch in enumerate(_test_batches(exp, dequantize=False)):
+    for index, batch in enumerate(_test_batches(exp, dequantize=False, dataset=dataset)):
         generator.manual_seed(step_seed(exp.config, Stream.LIKELIHOOD, ckpt, exp.distributed.rank, index))
         batch = batch.to(exp.device)
         batch_score_fn = signal_conditioned.score_fn_for(score_model, exp.scaler, batch) if conditioned else score_fn
         if quantized:
             result = dequantized_bits_per_dim(
-                exp.sde, batch_score_fn, batch, n_bins=exp.test_ds.num_levels, scaler=exp.scaler,
+                exp.sde, batch_score_fn, batch, n_bins=dataset.num_levels, scaler=exp.scaler,
                 inverse_scaler=exp.inverse_scaler, num_repeats=repeats, generator=generator, **options,
             )
             values, batch_nfe, nats = result.per_sample, result.nfe, result.log_likelihood[0]
@@ -546,9 +551,10 @@ def _test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
     nfe += error_check["solver_error_nfe"]  # the check's solves are part of the cost
     total, total_sq, count, nfe, true_total = _all_reduce_sums([total, total_sq, count, nfe, true_total], exp)
     mean, stderr = _mean_and_stderr(total, total_sq, count)
-    report = {"mean": mean, "stderr": stderr, "count": int(count), "nfe": int(nfe), **error_check, **options}
+    report = {"split": dataset.split, "mean": mean, "stderr": stderr, "count": int(count), "nfe": int(nfe), **error_check,
+              **options}
     if quantized:
-        return {"unit": "bits/dim", "n_bins": exp.test_ds.num_levels, "num_repeats": repeats, **report}
+        return {"unit": "bits/dim", "n_bins": dataset.num_levels, "num_repeats": repeats, **report}
     report = {"unit": "nats", **report}
     if true_log_prob is not None:
         report["true_log_density_mean"] = true_total / count
@@ -732,14 +738,14 @@ def _describe(ckpt: int, step: int, report: dict[str, Any]) -> list[str]:
     if "likelihood" in report:
         lik = report["likelihood"]
         what = "bits/dim" if lik["unit"] == "bits/dim" else "log-likelihood (nats per example)"
-        line = f"{head} test {what} {lik['mean']:.4f} +- {lik['stderr']:.4f} over {lik['count']} examples"
+        line = f"{head} {lik.get('split', 'test')} {what} {lik['mean']:.4f} +- {lik['stderr']:.4f} over {lik['count']} examples"
         if lik["unit"] == "bits/dim":
             line += f" ({lik['num_repeats']} dequantization(s), {lik['n_bins']} levels)"
         if "true_log_density_mean" in lik:
             line += f"; true log-density of the same points {lik['true_log_density_mean']:.4f}"
         if lik.get("solver_error") is not None and lik.get("steps") is not None:
             line += (f"; solver error ~{lik['solver_error']:.2g} ({lik['method']} {lik['steps']} steps, estimated on "
-                     f"{lik['solver_error_samples']} examples against {2 * lik['steps']})")
+                     f"{lik['solver_error_samples']} examples against {2 * lik['steps']} steps)")
         elif lik.get("solver_error") is not None:
             line += (f"; solver error ~{lik['solver_error']:.2g} (rtol {lik['rtol']:.2g}, estimated on "
                      f"{lik['solver_error_samples']} examples at rtol / 10)")

@@ -141,7 +141,7 @@ class WorkdirLayout:
 
     @property
     def checkpoint_dir(self) -> Path:
-        """Numbered checkpoints ``checkpoint_{k}.pth``, ``k = step // snapshot_freq``."""
+        """Numbered checkpoints ``checkpoint_{k}.pth``, ``k = ceil(step / snapshot_freq)`` (:meth:`checkpoint_index`)."""
         return self.workdir / "checkpoints"
 
     @property
@@ -167,6 +167,15 @@ class WorkdirLayout:
     def log_file(self) -> Path:
         """The human-readable log of every run in this workdir (appended to)."""
         return self.workdir / "log.txt"
+
+    @staticmethod
+    def checkpoint_index(step: int, snapshot_freq: int) -> int:
+        """The number of the checkpoint of ``step``: ``ceil(step / snapshot_freq)``. At multiples of ``snapshot_freq``
+        it is the reference's ``step // snapshot_freq``; a run that ends between two multiples writes its last step
+        into the next number, so it neither replaces the checkpoint of the multiple before it nor gets number 0 (which
+        no evaluation range starts at). Training on past that step replaces it with a later state of the same
+        interval, up to the multiple itself."""
+        return -(-step // snapshot_freq)
 
     def checkpoint_path(self, index: int) -> Path:
         return self.checkpoint_dir / f"checkpoint_{index}.pth"
@@ -237,6 +246,14 @@ class EvaluationExperiment(Experiment):
     eval_step_fn: StepFn  # loss of a batch under the EMA weights
     test_ds: data_lib.Dataset  # test split
     train_ds: data_lib.Dataset | None = None  # training split, for bits/dim on it
+
+    @property
+    def likelihood_ds(self) -> data_lib.Dataset:
+        """The split whose likelihood (bits/dim) is measured: ``config.eval.bpd_dataset``, ``'test'`` by default."""
+        train = str(config_value(self.config, "eval.bpd_dataset", "test")) == "train"
+        if train and self.train_ds is None:
+            raise ConfigError("config.eval.bpd_dataset='train', but the train split was not loaded")
+        return self.train_ds if train else self.test_ds
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -469,6 +486,9 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
     if mode == "eval":
         init_distributed(context, device)
         return EvaluationExperiment(**common, eval_step_fn=eval_step_fn, test_ds=test_ds, train_ds=train_ds)
+    if len(train_ds) < int(config.training.batch_size):
+        raise ConfigError(f"config.training.batch_size={config.training.batch_size} is more than the {len(train_ds)} "
+                          f"examples of the train split of {train_ds.name}; use at most {len(train_ds)}")
     optimizer = state["optimizer"] = get_optimizer(config, model.parameters())
     train_step_fn = get_step_fn_from_config(config, sde, train=True, task=task)
     init_distributed(context, device)

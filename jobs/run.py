@@ -11,7 +11,8 @@ more). After step ``s``:
 * every ``snapshot_freq_for_preemption`` steps and at the end: ``checkpoints-meta/checkpoint.pth``, from which a
   re-run resumes;
 * every ``eval_freq`` steps: the loss of a test batch under the EMA weights (``eval_loss``);
-* every ``snapshot_freq`` steps and at the end: ``checkpoints/checkpoint_{s // snapshot_freq}.pth`` and, with
+* every ``snapshot_freq`` steps and at the end: ``checkpoints/checkpoint_{ceil(s / snapshot_freq)}.pth`` (the
+  reference's ``s // snapshot_freq``, except that a last step between two multiples takes the next number) and, with
   ``snapshot_sampling``, samples of the configured sampler under the EMA weights in ``samples/iter_{s}/``
   (``sample.png``: an image grid, or a scatter plot of 2-D points; ``sample.npz``).
 
@@ -410,7 +411,7 @@ def _after_step(
         logger.info("step %d/%d  eval_loss %.6e", step, n_iters, eval_loss)
         writer.add_scalar("eval_loss", eval_loss, step)
     if step % schedule.snapshot_freq == 0 or step == n_iters:
-        path = layout.checkpoint_path(step // schedule.snapshot_freq)
+        path = layout.checkpoint_path(layout.checkpoint_index(step, schedule.snapshot_freq))
         _save(path, exp, step)
         logger.info("step %d/%d  saved %s", step, n_iters, path)
         if schedule.snapshot_sampling and exp.sampling_fn is not None:

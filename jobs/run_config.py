@@ -260,7 +260,7 @@ def reconcile_with_record(
 
 
 def resolve_config(
-    config_file: str | None, overrides: list[tuple[str, str]], workdir: str | os.PathLike, mode: str,
+    config_file: str | None, overrides: list[tuple[str, str]], workdir: str | os.PathLike | None, mode: str,
 ) -> tuple[ml_collections.ConfigDict, list[str]]:
     """The config ``main.py`` runs in ``mode``, and notes for the log.
 
@@ -268,9 +268,9 @@ def resolve_config(
     when training starts (:func:`reconcile_with_record`). Every other mode on a workdir with a record: the fields
     that define the trained model come from the record, the others (evaluation, sampling, ..., and fields the record
     lacks) from the file when one is given, then the overrides; an override of a recorded trajectory field is
-    refused.
+    refused. ``workdir=None``: the file and the overrides alone.
     """
-    recorded = read_record(workdir)
+    recorded = None if workdir is None else read_record(workdir)
     if config_file is None and recorded is None:
         raise ConfigError(f"--config is required: {workdir} has no recorded config ({RECORD_NAME}) to run from")
     try:
@@ -299,13 +299,14 @@ def resolve_config(
 
 def _with_trajectory_of(config: ml_collections.ConfigDict, recorded: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """``recorded``, with the free fields (:data:`FREE_FIELDS`) that ``config`` sets taken from ``config``, and the
-    fields the record lacks (they cannot have defined the recorded model: e.g. ``data.num_classes`` of a classifier
-    that guides an unconditional run)."""
+    fields the record lacks outside ``model.`` (they cannot have defined the recorded model: e.g. ``data.num_classes``
+    of a classifier that guides an unconditional run). A ``model.`` field the record lacks is left out: the recorded
+    network was built with its default."""
     out = copy.deepcopy(recorded)
     known = flatten_fields(recorded)
     with out.unlocked():
         for field, value in flatten_fields(config).items():
-            if not _is_free(field) and field in known:
+            if not _is_free(field) and (field in known or field.startswith("model.")):
                 continue
             parts = field.split(".")
             node, source = out, config

@@ -119,6 +119,8 @@ def _make_folders(workdir: Path) -> list[Path]:
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)
         folder = folder.parent
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {workdir} exists and is not a folder")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -27,7 +27,7 @@ from .adaptive import adaptive_sde_sample
 from .denoised_projection import clip_denoised
 from .common import check_choice, check_shape
 from .edm import check_edm_options, edm_sample
-from .fast import fast_sample
+from .fast import default_order, fast_sample, solver_steps
 from .fast_tuning import (
     FastSolverChoice, FastSolverOptions, default_most_pilot_points, default_pilot_points, tune_fast_sample,
 )
@@ -151,6 +151,20 @@ def get_fast_tuning_fn(
     return tuning_fn
 
 
+def check_fast_budget(options: dict[str, Any]) -> None:
+    """``ValueError`` naming ``config.sampling.nfe`` when ``fast_sample`` with ``options`` could not start: each order
+    needs that many evaluations, and ``noise_removal`` one more (:func:`samplers.fast.solver_steps`)."""
+    nfe, denoise = check_positive_int("config.sampling.nfe", options["nfe"]), options["denoise"]
+    method = options.get("method") or "dpm_solver"
+    order = options["order"] if options["order"] is not None else default_order(method, nfe - int(denoise))
+    if isinstance(order, int) and not isinstance(order, bool):  # fast_sample itself names a bad order
+        try:
+            solver_steps(method, order, nfe, denoise)
+        except ValueError as error:
+            raise ValueError(f"config.sampling.nfe is too small for the fast sampler (config.sampling.order, "
+                             f"noise_removal): {error}") from None
+
+
 def get_sampling_fn(
     config: Any,
     sde: SDE,
@@ -219,13 +233,18 @@ def get_sampling_fn(
                 raise ValueError("config.sampling.order and config.sampling.schedule must be unset when fast_sample's "
                                  "options are given (config.sampling.fast_tuning=True chooses them)")
             options |= fast_options.kwargs()
+        check_fast_budget(options)
         sampler = fast_sample
     else:
         s_max = get("s_max", None)
-        checked = check_edm_options(
-            (int(get("nfe", 35)) + 1) // 2, get("rho", 7.0), get("s_churn", 0.0), get("s_min", 0.0),
-            math.inf if s_max is None else s_max, get("s_noise", 1.0),
-        )
+        try:
+            checked = check_edm_options(
+                (int(get("nfe", 35)) + 1) // 2, get("rho", 7.0), get("s_churn", 0.0), get("s_min", 0.0),
+                math.inf if s_max is None else s_max, get("s_noise", 1.0),
+            )
+        except ValueError as error:  # EDM's names: S_min is config.sampling.s_min, steps come from nfe
+            raise ValueError(f"config.sampling (method 'edm', fields nfe, rho, s_churn, s_min, s_max, s_noise): "
+                             f"{error}") from None
         options = dict(zip(("steps", "rho", "S_churn", "S_min", "S_max", "S_noise"), checked), eps=eps)
         sampler = edm_sample
 

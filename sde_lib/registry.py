@@ -48,4 +48,7 @@ def get_sde(config: Any) -> SDE:
     name = config_value(config, "training.sde")
     if not isinstance(name, str) or name.lower() not in _SDES:
         raise ValueError(f"config.training.sde={name!r} is not a known SDE; known: {', '.join(available_sdes())}")
-    return _SDES[name.lower()].from_config(config)
+    try:
+        return _SDES[name.lower()].from_config(config)
+    except ValueError as error:  # the parameters are config.model's fields of the same names
+        raise ValueError(f"config.training.sde={name!r} cannot be built from config.model: {error}") from None

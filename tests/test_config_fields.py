@@ -28,7 +28,7 @@ from config_reads import all_fields_read
 from configs import load_config
 from configs.toolkit_fields import declared_fields
 from jobs.config_checks import CHECKS, check_config_values, config_errors
-from jobs.experiment import ConfigError
+from jobs.experiment import ConfigError, build_experiment
 from jobs.run_config import (
     apply_overrides,
     differences,
@@ -244,6 +244,20 @@ def test_fields_the_record_lacks_come_from_the_file(tmp_path):
     assert notes and "num_classes" not in notes[0] and "config.model.nf (16 -> 32)" in notes[0]
 
 
+def test_model_fields_the_record_lacks_keep_the_recorded_network(tmp_path):
+    """A VP toy run recorded without ``model.scale_by_sigma`` and ``model.fourier_scale`` (their defaults built it),
+    sampled with the VE toy file: the network stays the recorded one, not a hybrid of the two files."""
+    trained = _toy()
+    with trained.unlocked():
+        del trained.model["scale_by_sigma"], trained.model["fourier_scale"]
+    write_record(trained, tmp_path)
+    config, notes = resolve_config(str(ROOT / "configs/ve/toy_mlp_continuous.py"), [], tmp_path, "sample")
+    assert "scale_by_sigma" not in config.model and "fourier_scale" not in config.model
+    assert config.model.embedding_type == "positional" and config.training.sde == "vpsde"
+    assert notes and "config.training.sde ('vpsde' -> 'vesde')" in notes[0]
+    build_experiment(config, tmp_path, "sample")  # builds: the recorded network
+
+
 def test_a_placeholder_the_record_lacks_keeps_its_type(tmp_path):
     """A run recorded before a field existed: an unset placeholder the file declares (``eval.likelihood_steps``, an
     int) still parses an override as its type, not as text."""
@@ -295,6 +309,25 @@ def test_main_reports_a_bad_command_line_in_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists(), "nothing is written for a refused command line"
 
 
+def test_main_reports_a_config_the_job_cannot_build_with_status_2_before_any_work(tmp_path):
+    """Mistakes found when the job builds the run (an unknown SDE, a budget the fast sampler cannot start with, a
+    batch larger than the data) and flags of another mode: one line, status 2, no checkpoint and no record."""
+    toy = str(ROOT / "configs/vp/toy_mlp_continuous.py")
+    cases = [
+        (["--config.training.sde=foo"], "config.training.sde='foo' is not a known SDE"),
+        (["--config.sampling.method=fast", "--config.sampling.nfe=1"], r"config.sampling.nfe is too small .* >= 2"),
+        (["--config.training.batch_size=200000"], r"config.training.batch_size=200000 is more than the 100000"),
+        (["--mask=center"], "--mask applies to --mode inpaint only"),
+    ]
+    for index, (arguments, message) in enumerate(cases):
+        run = tmp_path / f"run{index}"
+        done = _main(f"--config={toy}", f"--workdir={run}", "--config.training.n_iters=5", *arguments, cwd=tmp_path)
+        assert done.returncode == 2, (arguments, done.stderr[-2000:])
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("main.py: error: "), done.stderr[-2000:]
+        assert re.search(message, done.stderr), done.stderr
+        assert not (run / "checkpoints").exists() and not (run / "config.json").exists()
+
+
 def test_main_prints_the_resolved_config(tmp_path):
     done = _main(f"--config={ROOT / 'configs/vp/toy_mlp_continuous.py'}", f"--workdir={tmp_path}",
                  "--config.sampling.nfe=7", "--print_config", cwd=tmp_path)
@@ -302,3 +335,6 @@ def test_main_prints_the_resolved_config(tmp_path):
     lines = done.stdout.splitlines()
     assert "config.sampling.nfe = 7" in lines and "config.model.name = 'mlp'" in lines
     assert len(lines) == len(set(lines)) > 60
+    alone = _main(f"--config={ROOT / 'configs/vp/toy_mlp_continuous.py'}", "--config.sampling.nfe=7", "--print_config",
+                  cwd=tmp_path)  # no --workdir: the file and the overrides
+    assert alone.returncode == 0 and alone.stdout == done.stdout, alone.stderr

@@ -126,6 +126,20 @@ def test_toy_report(toy_run):
     assert "ckpt 1 (step 300): test log-likelihood (nats per example)" in log and "sliced_wasserstein" in log
 
 
+def test_the_likelihood_of_the_train_split_with_bpd_dataset_train(toy_run, tmp_path):
+    """``eval.bpd_dataset='train'`` measures the train split: its examples, named in the report and the log."""
+    config, workdir, reports = toy_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    train_config = make_config(TOY_CONFIG, TOY, data__num_train=250, eval__bpd_dataset="train",
+                               eval__enable_sampling=False, eval__enable_loss=False)
+    likelihood = evaluate(train_config, copy, "eval_train")[1]["likelihood"]
+    assert likelihood["split"] == "train" and likelihood["count"] == 250
+    assert reports[1]["likelihood"]["split"] == "test" and reports[1]["likelihood"]["count"] == 500
+    assert likelihood["mean"] != reports[1]["likelihood"]["mean"]
+    assert "ckpt 1 (step 300): train log-likelihood (nats per example)" in (copy / "log.txt").read_text()
+
+
 def test_toy_loss_is_the_mean_over_the_test_split(toy_run):
     """The loss equals the eval step function applied to the test batches with the documented seeds."""
     config, workdir, reports = toy_run

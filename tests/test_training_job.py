@@ -209,6 +209,23 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in [*exp.model.parameters(), *exp.ema.shadow_params])
 
 
+def test_a_last_step_between_snapshots_takes_the_next_checkpoint_number(tmp_path):
+    """``checkpoint_k`` is step ``k * snapshot_freq``; a run that ends between two multiples writes its last step
+    as the next number (the reference overwrote the previous multiple's), and a run shorter than ``snapshot_freq``
+    writes ``checkpoint_1``, which the default evaluation range starts at."""
+    def steps(workdir: Path) -> dict[int, int]:
+        return {int(p.stem.split("_")[1]): int(torch.load(p, weights_only=True)["step"])
+                for p in (workdir / "checkpoints").glob("checkpoint_*.pth")}
+
+    fields = dict(training__batch_size=16, training__snapshot_freq=5, training__log_freq=1, training__eval_freq=100)
+    train(toy_config("vp", training__n_iters=7, **fields), tmp_path / "run")
+    assert steps(tmp_path / "run") == {1: 5, 2: 7}
+    train(toy_config("vp", training__n_iters=9, **fields), tmp_path / "run")  # trained further: the same interval
+    assert steps(tmp_path / "run") == {1: 5, 2: 9}
+    train(toy_config("vp", training__n_iters=3, **fields), tmp_path / "short")
+    assert steps(tmp_path / "short") == {1: 3}
+
+
 # ------------------------------------------------------------------ 4. errors before any step
 @pytest.mark.parametrize(
     "fields, message",
@@ -221,6 +238,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         ({"data__dim": 3}, r"config.data.dim must be 2"),
         ({"training__batch_size": 0}, r"config.training.batch_size"),
         ({"training__n_iters": -1}, r"config.training.n_iters"),
+        ({"training__batch_size": 100_001}, r"config.training.batch_size=100001 is more than the 100000 examples"),
+        ({"sampling__method": "fast", "sampling__nfe": 3, "sampling__order": 3}, r"config.sampling.nfe is too small"),
     ],
 )
 def test_config_errors_stop_before_any_step(fields, message, tmp_path):
