@@ -166,6 +166,8 @@ def cases() -> list[Case]:
     # jobs on a workdir without what they need
     add("eval without checkpoints", [*toy, "--mode=eval"], "no checkpoint", status=1)
     add("sample without checkpoints", [*toy, "--mode=sample"], "checkpoint", status=1)
+    add("guidance of an unconditional network", [*toy, "--mode=sample", "--config.sampling.guidance_scale=3"],
+        "network is unconditional")
     add("colorize on grey digits", [*digits, "--mode=colorize"], "colorize needs RGB")
     add("train on a workdir recorded with another network", [*toy, "--config.model.nf=64"],
         r"config\.model\.nf.*--allow_config_change", setup="record")

@@ -98,6 +98,8 @@ def _check_scale(field: str, default: float) -> Callable[[Any], float]:
     return read
 
 
+#: the class-conditioning fields of config.sampling and their values for unconditional samples
+UNCONDITIONAL_SAMPLING = {"class_label": -1, "guidance_scale": 0.0, "classifier_scale": 1.0}
 classifier_scale = _check_scale("sampling.classifier_scale", 1.0)
 guidance_scale = _check_scale("sampling.guidance_scale", 0.0)
 
@@ -215,6 +217,15 @@ def sampling_conditioning(
     """
     folder = classifier_folder(config, workdir)
     conditional = label_conditional(model)
+    if folder is None and not conditional:
+        asked = [f"config.sampling.{name}={value!r}" for name, default in UNCONDITIONAL_SAMPLING.items()
+                 if (value := config_value(config, f"sampling.{name}", default)) != default]
+        if asked:
+            raise ConditioningError(
+                f"{', '.join(asked)} asks for class-conditional samples, but the network is unconditional and "
+                f"config.sampling.classifier is unset; train with config.training.label_dropout (classifier-free "
+                f"guidance) or set config.sampling.classifier (classifier guidance)"
+            )
     if folder is not None and conditional:
         raise ConditioningError(
             "config.sampling.classifier (classifier guidance) and a label-conditional network (classifier-free "

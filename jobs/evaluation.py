@@ -655,7 +655,8 @@ def sampling_rounds(
     Round ``r`` holds ``eval.batch_size`` samples (the last one what is left), is drawn by rank ``r mod
     WORLD_SIZE`` from a generator seeded by ``(seed, *seed_key, r)``, and records what produced it
     (:func:`round_record` of ``source``). A round whose file has the record asked for is kept (a job re-run after a
-    pre-emption only draws the missing rounds); any other is drawn again, and the log says why.
+    pre-emption only draws the missing rounds); any other is drawn again, and the log says why. Round files beyond
+    the last (from an earlier job that asked for more samples) are removed, so the folder holds these samples only.
     """
     config, context = exp.config, exp.distributed
     num_samples = check_positive_int("config.eval.num_samples", config_value(config, "eval.num_samples"))
@@ -678,6 +679,14 @@ def sampling_rounds(
         samples, nfe = _round_sampler(exp, sizes[r], r * batch)(exp.model, generator=generator)
         _save_round(paths[r], samples, nfe, labels, wanted)
         logger.info("sampling round %d/%d: %d samples, %d score evaluations -> %s", r + 1, rounds, samples.shape[0], nfe, paths[r])
+    if context.is_main:  # rounds of an earlier, larger request would mix into the folder's samples
+        beyond = sorted(p for p in folder.glob("samples_*.npz")
+                        if p.stem.removeprefix("samples_").isdigit() and int(p.stem.removeprefix("samples_")) >= rounds)
+        for path in beyond:
+            path.unlink()
+        if beyond:
+            logger.info("sampling: removed %d round(s) beyond the %d of config.eval.num_samples=%d (%s ...)",
+                        len(beyond), rounds, num_samples, beyond[0].name)
     _barrier(exp)
     loaded = [load_round(path) for path in paths]
     samples = torch.cat([round_.samples for round_ in loaded])

@@ -180,6 +180,21 @@ def test_the_last_round_draws_what_is_left_and_grows_when_asked(workdir, sampler
     assert "round_size 8 -> 32" in new_log(workdir, start)
 
 
+def test_fewer_samples_than_before_leave_no_round_of_the_former_request(workdir, sampler_calls):
+    """Asking for fewer rounds than the folder holds removes the rounds beyond them: the folder's files are the
+    report's, and round 0 is kept."""
+    folder = workdir / "samples" / "step_4"
+    sample(tiny_config(eval__num_samples=64), workdir)
+    first = round_files(folder)["samples_0.npz"]
+    start = log_size(workdir)
+    report = sample(tiny_config(eval__num_samples=20), workdir)
+    assert report["count"] == 20 and report["files"] == ["samples_0.npz"]
+    assert list(round_files(folder)) == ["samples_0.npz"] and sampler_calls[2:] == [(20, 2)]  # drawn again: 32 -> 20
+    assert "removed 1 round(s) beyond the 1 of config.eval.num_samples=20 (samples_1.npz" in new_log(workdir, start)
+    sample(tiny_config(eval__num_samples=64), workdir)
+    assert np.array_equal(round_files(folder)["samples_0.npz"][0], first[0])  # the same seed: the same samples
+
+
 def test_fewer_class_conditional_samples_than_a_round(tmp_path, sampler_calls):
     config = tiny_config("toy_mlp_cfg", eval__num_samples=5)
     train(config, tmp_path)
