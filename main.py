@@ -96,7 +96,7 @@ def main(argv: list[str]) -> int:
     try:
         config, notes = resolve_config(FLAGS.config, _OVERRIDES, FLAGS.workdir or None, FLAGS.mode)
         check_config_values(config)
-        if FLAGS.mode == "train" and FLAGS.workdir:  # a config that trains differently from the recorded run: refused before any work
+        if FLAGS.mode == "train" and FLAGS.workdir:  # a config that trains differently from the record: refused now
             reconcile_with_record(config, FLAGS.workdir, FLAGS.allow_config_change, write=False)
     except ConfigError as error:
         return fail(error)

@@ -386,8 +386,8 @@ def _test_batches(
     ``[0, 1]`` (or the toy coordinates); quantized levels ``k / (L - 1)`` unless ``dequantize`` (the config's
     training preprocessing); pairs ``(x, y)`` with the class labels if ``with_labels``."""
     return data_lib.iterate_batches(
-        exp.test_ds if dataset is None else dataset, int(exp.config.eval.batch_size), shuffle=False, rank=exp.distributed.rank,
-        world_size=exp.distributed.world_size, uniform_dequantization=dequantize, dtype=exp.batch_dtype,
+        exp.test_ds if dataset is None else dataset, int(exp.config.eval.batch_size), shuffle=False,
+        rank=exp.distributed.rank, world_size=exp.distributed.world_size, uniform_dequantization=dequantize, dtype=exp.batch_dtype,
         with_labels=with_labels,
     )
 
@@ -551,8 +551,8 @@ def _test_likelihood(exp: EvaluationExperiment, ckpt: int) -> dict[str, Any]:
     nfe += error_check["solver_error_nfe"]  # the check's solves are part of the cost
     total, total_sq, count, nfe, true_total = _all_reduce_sums([total, total_sq, count, nfe, true_total], exp)
     mean, stderr = _mean_and_stderr(total, total_sq, count)
-    report = {"split": dataset.split, "mean": mean, "stderr": stderr, "count": int(count), "nfe": int(nfe), **error_check,
-              **options}
+    report = {"split": dataset.split, "mean": mean, "stderr": stderr, "count": int(count), "nfe": int(nfe),
+              **error_check, **options}
     if quantized:
         return {"unit": "bits/dim", "n_bins": dataset.num_levels, "num_repeats": repeats, **report}
     report = {"unit": "nats", **report}
@@ -747,7 +747,8 @@ def _describe(ckpt: int, step: int, report: dict[str, Any]) -> list[str]:
     if "likelihood" in report:
         lik = report["likelihood"]
         what = "bits/dim" if lik["unit"] == "bits/dim" else "log-likelihood (nats per example)"
-        line = f"{head} {lik.get('split', 'test')} {what} {lik['mean']:.4f} +- {lik['stderr']:.4f} over {lik['count']} examples"
+        line = (f"{head} {lik.get('split', 'test')} {what} {lik['mean']:.4f} +- {lik['stderr']:.4f} over "
+                f"{lik['count']} examples")
         if lik["unit"] == "bits/dim":
             line += f" ({lik['num_repeats']} dequantization(s), {lik['n_bins']} levels)"
         if "true_log_density_mean" in lik:

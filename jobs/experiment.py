@@ -141,7 +141,8 @@ class WorkdirLayout:
 
     @property
     def checkpoint_dir(self) -> Path:
-        """Numbered checkpoints ``checkpoint_{k}.pth``, ``k = ceil(step / snapshot_freq)`` (:meth:`checkpoint_index`)."""
+        """Numbered checkpoints ``checkpoint_{k}.pth``, ``k = ceil(step / snapshot_freq)``
+        (:meth:`checkpoint_index`)."""
         return self.workdir / "checkpoints"
 
     @property

@@ -175,7 +175,7 @@ def test_class_labels_cycle_or_repeat():
         ("toy_mlp_cfg", {"sampling.classifier": "classifier"}, r"both given; use one"),
         ("toy_mlp_classifier_guidance", {}, r"no classifier checkpoint .*--mode train_classifier"),
         ("toy_mlp_classifier_guidance", {"sampling.classifier_scale": float("nan")}, r"classifier_scale must be a finite"),
-        ("toy_mlp_continuous", {"sampling.guidance_scale": 3.0}, r"guidance_scale=3.0 asks for class-conditional samples"),
+        ("toy_mlp_continuous", {"sampling.guidance_scale": 3.0}, r"guidance_scale=3.0 asks for class-conditional"),
         ("toy_mlp_continuous", {"sampling.class_label": 5}, r"class_label=5 asks for .* network is unconditional"),
     ],
 )
