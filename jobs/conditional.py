@@ -218,8 +218,11 @@ def sampling_conditioning(
     folder = classifier_folder(config, workdir)
     conditional = label_conditional(model)
     if folder is None and not conditional:
-        asked = [f"config.sampling.{name}={value!r}" for name, default in UNCONDITIONAL_SAMPLING.items()
-                 if (value := config_value(config, f"sampling.{name}", default)) != default]
+        values = {"class_label": config_value(config, "sampling.class_label", -1),
+                  "guidance_scale": config_value(config, "sampling.guidance_scale", 0.0),
+                  "classifier_scale": config_value(config, "sampling.classifier_scale", 1.0)}
+        asked = [f"config.sampling.{name}={value!r}" for name, value in values.items()
+                 if value != UNCONDITIONAL_SAMPLING[name]]
         if asked:
             raise ConditioningError(
                 f"{', '.join(asked)} asks for class-conditional samples, but the network is unconditional and "
