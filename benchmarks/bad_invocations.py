@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 TOY = str(ROOT / "configs/vp/toy_mlp_continuous.py")
 DIGITS = str(ROOT / "configs/vp/digits_ddpmpp_continuous.py")
 CIFAR = str(ROOT / "configs/vp/cifar10_ddpmpp_continuous.py")
+GUIDED_TOY = str(ROOT / "configs/vp/toy_mlp_classifier_guidance.py")
 
 #: config files written into the case's folder: name -> source
 BAD_FILES = {
@@ -117,6 +118,7 @@ def cases() -> list[Case]:
         ("training.eps", "0", "config.training.eps must be"),
         ("sampling.eps", "2", "config.sampling.eps must be"),
         ("model.dropout", "1", "config.model.dropout must be"),
+        ("sampling.fast_tuning_points", "1", "config.sampling.fast_tuning_points must be an integer >= 2"),
     ]:
         add(f"value: {field}={value}", [*toy, f"--config.{field}={value}"], re.escape(expect))
     # names resolved against registries, and what the data or the network cannot take
@@ -169,6 +171,8 @@ def cases() -> list[Case]:
     add("sample without checkpoints", [*toy, "--mode=sample"], "checkpoint", status=1)
     add("guidance of an unconditional network", [*toy, "--mode=sample", "--config.sampling.guidance_scale=3"],
         "network is unconditional")
+    add("classifier guidance before train_classifier", [f"--config={GUIDED_TOY}", "--workdir={dir}/run", "--mode=sample"],
+        "no classifier checkpoint", status=1)
     add("colorize on grey digits", [*digits, "--mode=colorize"], "colorize needs RGB")
     add("train on a workdir recorded with another network", [*toy, "--config.model.nf=64"],
         r"config\.model\.nf.*--allow_config_change", setup="record")

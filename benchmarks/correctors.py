@@ -20,12 +20,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 
-import torch
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script: this repository's packages, not benchmarks/models.py as `models`
 
-import sde_lib
-from samplers import pc_sample
+import torch  # noqa: E402
+
+import sde_lib  # noqa: E402
+from samplers import pc_sample  # noqa: E402
 
 CORRECTORS = ("langevin", "ald", "none")
 

@@ -19,7 +19,9 @@ def with_edm_formulation(
     model.parameterization = "edm"
     model.sigma_data = sigma_data
     model.sigma_min = 0.002
-    model.sigma_max = 80  # an int, as the reference default it overrides
+    with model.unlocked():  # the reference default it replaces is an int; a noise level is a float
+        del model["sigma_max"]
+        model.sigma_max = 80.0
     model.ema_halflife_images = ema_halflife_images
     model.ema_rampup_ratio = 0.05
     sampling.method = "edm"

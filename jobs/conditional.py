@@ -53,7 +53,7 @@ from samplers.from_config import ScoreFactory
 from sde_lib import SDE, ScoreFn
 from base_lib.config import config_value
 
-from train_lib.checkpoints import restore_checkpoint
+from train_lib.checkpoints import CheckpointError, restore_checkpoint
 
 #: the sections of ``config.classifier`` that replace or update those of the score model's config
 CLASSIFIER_SECTIONS = ("model", "training", "optim")
@@ -166,8 +166,8 @@ def classifier_config(config: Any) -> ml_collections.ConfigDict:
 def load_classifier(config: Any, folder: Path, device: torch.device) -> nn.Module:
     """The classifier of :func:`classifier_config` with the EMA weights of its run's final checkpoint, in eval mode."""
     path = folder / CLASSIFIER_CHECKPOINT
-    if not path.is_file():
-        raise ConditioningError(
+    if not path.is_file():  # a job error, as a missing checkpoint of the score model
+        raise CheckpointError(
             f"config.sampling.classifier points to {folder}, which has no classifier checkpoint {path}: train it first "
             "with `main.py --mode train_classifier` (same --config and --workdir)"
         )
@@ -229,6 +229,13 @@ def sampling_conditioning(
                 f"config.sampling.classifier is unset; train with config.training.label_dropout (classifier-free "
                 f"guidance) or set config.sampling.classifier (classifier guidance)"
             )
+    if folder is not None and config_value(config, "sampling.guidance_scale", 0.0) != 0.0:
+        raise ConditioningError("config.sampling.guidance_scale is the w of classifier-free guidance, but this run "
+                                "samples with classifier guidance (config.sampling.classifier); set "
+                                "config.sampling.classifier_scale instead")
+    if conditional and config_value(config, "sampling.classifier_scale", 1.0) != 1.0:
+        raise ConditioningError("config.sampling.classifier_scale scales classifier guidance, but the network is "
+                                "label-conditional (classifier-free guidance); set config.sampling.guidance_scale")
     if folder is not None and conditional:
         raise ConditioningError(
             "config.sampling.classifier (classifier guidance) and a label-conditional network (classifier-free "

@@ -121,7 +121,7 @@ CHECKS: dict[str, Check] = {
     "sampling.sde_method": _choice(*SDE_METHODS),
     "sampling.schedule": _choice(*SCHEDULES),
     "sampling.fast_tuning": _boolean,
-    "sampling.fast_tuning_points": _integer(1),
+    "sampling.fast_tuning_points": _integer(2, note="the lead over the default needs a standard error"),
     "sampling.fast_tuning_evidence": _number(0.0),
     "sampling.inpainting": _choice("replacement", "smc"),
     "sampling.smc_particles": _integer(1),
@@ -158,7 +158,7 @@ CHECKS: dict[str, Check] = {
     "model.parameterization": _registered(available_parameterizations),
     "model.compile": _choice(*COMPILE_MODES),
     "model.conditioning": _registered(available_conditions),
-    "model.low_resolution_factor": _integer(1),
+    "model.low_resolution_factor": _integer(2, note="1 would condition on the image itself"),
     "data.center_crop": _integer(1, 25, note="faces are 25x25"),
     "model.num_scales": _integer(1),
     "model.dropout": _number(0.0, 1.0, high_open=True),
@@ -202,8 +202,14 @@ def conditioning_error(config: Any) -> str | None:
 
 def fast_tuning_error(config: Any) -> str | None:
     """What is wrong with ``config.sampling.fast_tuning`` beside the other fields, else ``None``: the tuning chooses
-    ``order`` and ``schedule``, so they must be unset."""
-    if not fast_tuning_enabled(config) or field_error(config, "sampling.fast_tuning") is not None:
+    ``order`` and ``schedule``, so they must be unset; and it tunes method ``fast`` only."""
+    if field_error(config, "sampling.fast_tuning") is not None:
+        return None
+    method = str(config_value(config, "sampling.method", "")).lower()
+    if config_value(config, "sampling.fast_tuning", False) and method != "fast":
+        return (f"config.sampling.fast_tuning=True tunes the options of method 'fast', but config.sampling.method is "
+                f"{method!r}; set method 'fast' or fast_tuning=False")
+    if not fast_tuning_enabled(config):
         return None
     given = [f"config.sampling.{name}={config_value(config, f'sampling.{name}', None)!r}"
              for name in ("order", "schedule") if config_value(config, f"sampling.{name}", None) is not None]

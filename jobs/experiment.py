@@ -36,11 +36,14 @@ from sde_lib import SDE, get_sde
 from base_lib.config import config_value
 from base_lib.checks import check_positive_int
 from models.compiled import compile_network
+from models.precision import resolve_mixed_precision
+from sample_quality.audio import SPECTRUM_FFT
 
 from . import signal_conditioned
 from .config_checks import check_config_values
 from .progress import LOGGER_NAME
 from .conditional import ConditioningError, SamplingConditioning, check_label_dropout, num_classes, sampling_conditioning
+from train_lib.checkpoints import CheckpointError
 from train_lib.optim import get_optimizer
 from train_lib.steps import TASKS, StepFn, get_step_fn_from_config
 
@@ -273,6 +276,34 @@ def sampling_eps(config: Any, sde: SDE) -> float:
     return float(sde.sampling_eps)
 
 
+def _check_classes(config: Any, datasets: list[data_lib.Dataset], train_ds: data_lib.Dataset | None) -> None:
+    """``config.data.num_classes`` must be the classes of the labelled data: no label at or above it, and, where the
+    training split is loaded, no class beyond its labels (samples of such a class would follow a label the network
+    never saw)."""
+    if not datasets:
+        return
+    try:
+        classes = num_classes(config)
+    except ConditioningError as error:
+        raise ConfigError(str(error)) from None
+    present = max(int(d.labels.max()) + 1 for d in datasets)
+    if present > classes or (train_ds is not None and present != classes):
+        raise ConfigError(f"config.data.num_classes={classes}, but the labels of {datasets[0].name} are 0..{present - 1}; "
+                          f"set it to {present}")
+
+
+def _check_waveform_metrics(config: Any, mode: str, shape: tuple[int, ...]) -> None:
+    """Waveform samples that an evaluation will score (``eval.enable_sampling`` in ``eval``, or in ``train`` with
+    ``eval.after_training``) must be long enough for the spectra of :mod:`sample_quality.audio`: refused here, not
+    after training."""
+    evaluates = mode == "eval" or (mode == "train" and bool(config_value(config, "eval.after_training", False)))
+    scores = evaluates and bool(config_value(config, "eval.enable_sampling", True))
+    if len(shape) == 2 and scores and shape[-1] < SPECTRUM_FFT:
+        raise ConfigError(f"config.data.audio_length={shape[-1]} is shorter than the {SPECTRUM_FFT}-sample frames of the "
+                          f"spectral sample metrics of the evaluation; use at least {SPECTRUM_FFT} (or "
+                          f"config.eval.enable_sampling=False)")
+
+
 def data_shape(config: Any) -> tuple[int, ...]:
     """One example's shape from ``config.data``: ``(dim,)`` for the toy densities, ``(1, audio_length)`` for
     waveforms, ``(num_channels, image_size, image_size)`` for images."""
@@ -413,7 +444,7 @@ def build_experiment(config: Any, workdir: str | os.PathLike, mode: str = "train
     """
     try:
         return _build(config, Path(workdir), mode, task)
-    except ConfigError:
+    except (ConfigError, CheckpointError):  # a missing classifier checkpoint is a job error, as the model's
         raise
     except ValueError as error:
         raise ConfigError(str(error)) from error
@@ -433,6 +464,7 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
     sde = get_sde(config)
     eps = sampling_eps(config, sde)
     shape = data_shape(config)
+    _check_waveform_metrics(config, mode, shape)
     _check_model_name(config)
     scaler, inverse_scaler = data_lib.get_data_scaler(config), data_lib.get_data_inverse_scaler(config)
     batch_field = "training.batch_size" if mode == "train" else "eval.batch_size"
@@ -480,13 +512,17 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
         init_distributed(context, device)
         return SamplingExperiment(**common)
     train_ds, test_ds = _load_datasets(config, mode, shape)
-    for dataset in (train_ds, test_ds):
-        if common["labelled"] and dataset is not None:
-            data_lib.check_labelled(dataset)
+    if common["labelled"]:
+        _check_classes(config, [data_lib.check_labelled(d) for d in (train_ds, test_ds) if d is not None], train_ds)
     eval_step_fn = get_step_fn_from_config(config, sde, train=False, task=task)
     if mode == "eval":
         init_distributed(context, device)
         return EvaluationExperiment(**common, eval_step_fn=eval_step_fn, test_ds=test_ds, train_ds=train_ds)
+    try:  # fp16 needs CUDA: refused here, not at the first step
+        resolve_mixed_precision(config_value(config, "training.mixed_precision", "auto"), device,
+                                name="config.training.mixed_precision")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if len(train_ds) < int(config.training.batch_size):
         raise ConfigError(f"config.training.batch_size={config.training.batch_size} is more than the {len(train_ds)} "
                           f"examples of the train split of {train_ds.name}; use at most {len(train_ds)}")

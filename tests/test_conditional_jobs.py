@@ -25,6 +25,7 @@ import torch
 from configs import load_config
 from jobs import ConfigError, build_experiment, classifier_config, evaluate, sample, sample_class_labels, train, train_classifier
 from jobs.images import class_grid_columns
+from train_lib import CheckpointError
 
 N_SAMPLES = 1024
 OVERRIDES = {
@@ -173,10 +174,13 @@ def test_class_labels_cycle_or_repeat():
         ("toy_mlp_cfg", {"data.num_classes": 1}, r"num_classes must be"),
         ("toy_mlp_cfg", {"data.dataset": "swissroll"}, r"no class labels.*digits"),
         ("toy_mlp_cfg", {"sampling.classifier": "classifier"}, r"both given; use one"),
-        ("toy_mlp_classifier_guidance", {}, r"no classifier checkpoint .*--mode train_classifier"),
         ("toy_mlp_classifier_guidance", {"sampling.classifier_scale": float("nan")}, r"classifier_scale must be a finite"),
         ("toy_mlp_continuous", {"sampling.guidance_scale": 3.0}, r"guidance_scale=3.0 asks for class-conditional"),
         ("toy_mlp_continuous", {"sampling.class_label": 5}, r"class_label=5 asks for .* network is unconditional"),
+        ("toy_mlp_classifier_guidance", {"sampling.guidance_scale": 2.0}, r"guidance_scale is the w of classifier-free"),
+        ("toy_mlp_cfg", {"sampling.classifier_scale": 3.0}, r"classifier_scale scales classifier guidance, but the"),
+        ("toy_mlp_cfg", {"data.num_classes": 12}, r"num_classes=12, but the labels of 8gaussians are 0..7; set it to 8"),
+        ("toy_mlp_cfg", {"data.num_classes": 5}, r"num_classes=5, but the labels of 8gaussians are 0..7"),
     ],
 )
 def test_bad_conditioning_fails_before_any_work(name, fields, message, tmp_path):
@@ -185,10 +189,18 @@ def test_bad_conditioning_fails_before_any_work(name, fields, message, tmp_path)
         for path, value in fields.items():
             section, field = path.split(".")
             config[section][field] = value
-    mode = "train" if "label_dropout" in str(fields) or "num_classes" in str(fields) or "swissroll" in str(fields) else "sample"
+    train_fields = ("label_dropout", "num_classes", "swissroll")
+    mode = "train" if any(name in str(fields) for name in train_fields) else "sample"
     with pytest.raises(ConfigError, match=message):
         build_experiment(config, tmp_path, mode)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_missing_classifier_is_a_checkpoint_error(tmp_path):
+    """Classifier guidance before ``--mode train_classifier``: a job error (exit status 1), as a missing checkpoint of
+    the score model, named before any sampling."""
+    with pytest.raises(CheckpointError, match=r"no classifier checkpoint .*--mode train_classifier"):
+        build_experiment(toy_config("toy_mlp_classifier_guidance"), tmp_path, "sample")
 
 
 def test_train_classifier_needs_a_classifier_section(tmp_path):

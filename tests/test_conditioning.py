@@ -199,7 +199,7 @@ def test_a_training_step_of_the_sr3_config():
 # ------------------------------------------------------------------ config refusals, one line each
 @pytest.mark.parametrize("fields, pattern", [
     ({"model.low_resolution_factor": 3}, r"config.model.low_resolution_factor=3 must divide config.data.image_size=8"),
-    ({"model.low_resolution_factor": 0}, r"config.model.low_resolution_factor must be an integer >= 1"),
+    ({"model.low_resolution_factor": 1}, r"config.model.low_resolution_factor must be an integer >= 2 \(1 would condition"),
     ({"model.conditioning": "'nearest'"}, r"config.model.conditioning must be one of .*'low_resolution'"),
     ({"data.center_crop": 30}, r"config.data.center_crop must be an integer >= 1 and <= 25"),
 ])

@@ -151,7 +151,7 @@ def test_pilot_sizes_from_the_config():
 @pytest.mark.parametrize("extra, match", [
     (dict(sampling__order=2), r"config.sampling.fast_tuning=True chooses fast_sample's order and schedule, but config.sampling.order=2 is set"),
     (dict(sampling__schedule="logSNR"), r"config.sampling.schedule='logSNR' is set"),
-    (dict(sampling__fast_tuning_points=0), r"config.sampling.fast_tuning_points must be an integer >= 1"),
+    (dict(sampling__fast_tuning_points=1), r"config.sampling.fast_tuning_points must be an integer >= 2"),
     (dict(sampling__fast_tuning_evidence=-1.0), r"config.sampling.fast_tuning_evidence must be a finite number >= 0"),
 ])
 def test_bad_fields_are_refused_before_any_work(workdir, tunings, extra, match):

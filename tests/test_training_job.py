@@ -240,6 +240,8 @@ def test_a_last_step_between_snapshots_takes_the_next_checkpoint_number(tmp_path
         ({"training__n_iters": -1}, r"config.training.n_iters"),
         ({"training__batch_size": 100_001}, r"config.training.batch_size=100001 is more than the 100000 examples"),
         ({"sampling__method": "fast", "sampling__nfe": 3, "sampling__order": 3}, r"config.sampling.nfe is too small"),
+        ({"training__mixed_precision": "fp16"}, r"config.training.mixed_precision='fp16' needs a CUDA device"),
+        ({"sampling__fast_tuning": True}, r"fast_tuning=True tunes the options of method 'fast'"),
     ],
 )
 def test_config_errors_stop_before_any_step(fields, message, tmp_path):

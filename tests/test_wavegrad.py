@@ -119,6 +119,7 @@ def test_config_builds_the_network_and_the_waveform_shape(tmp_path):
     ("model.embedding_type", "learned", r"embedding_type must be one of"),
     ("data.num_channels", 2, r"config\.data\.num_channels must be 1"),
     ("data.audio_length", 8, r"config\.data\.audio_length must be an integer >= 16"),
+    ("data.audio_length", 100, r"config\.data\.audio_length=100 is shorter than the 256-sample frames"),
     ("data.centered", True, r"config\.data\.centered must be False"),
     ("model.fold", 0, r"fold must be"),
 ])
