@@ -98,8 +98,6 @@ def _check_scale(field: str, default: float) -> Callable[[Any], float]:
     return read
 
 
-#: the class-conditioning fields of config.sampling and their values for unconditional samples
-UNCONDITIONAL_SAMPLING = {"class_label": -1, "guidance_scale": 0.0, "classifier_scale": 1.0}
 classifier_scale = _check_scale("sampling.classifier_scale", 1.0)
 guidance_scale = _check_scale("sampling.guidance_scale", 0.0)
 
@@ -218,11 +216,11 @@ def sampling_conditioning(
     folder = classifier_folder(config, workdir)
     conditional = label_conditional(model)
     if folder is None and not conditional:
-        values = {"class_label": config_value(config, "sampling.class_label", -1),
-                  "guidance_scale": config_value(config, "sampling.guidance_scale", 0.0),
-                  "classifier_scale": config_value(config, "sampling.classifier_scale", 1.0)}
-        asked = [f"config.sampling.{name}={value!r}" for name, value in values.items()
-                 if value != UNCONDITIONAL_SAMPLING[name]]
+        values = {"class_label": (config_value(config, "sampling.class_label", -1), -1),
+                  "guidance_scale": (config_value(config, "sampling.guidance_scale", 0.0), 0.0),
+                  "classifier_scale": (config_value(config, "sampling.classifier_scale", 1.0), 1.0)}
+        asked = [f"config.sampling.{name}={value!r}" for name, (value, unconditional) in values.items()
+                 if value != unconditional]
         if asked:
             raise ConditioningError(
                 f"{', '.join(asked)} asks for class-conditional samples, but the network is unconditional and "

@@ -282,10 +282,7 @@ def _check_classes(config: Any, datasets: list[data_lib.Dataset], train_ds: data
     never saw)."""
     if not datasets:
         return
-    try:
-        classes = num_classes(config)
-    except ConditioningError as error:
-        raise ConfigError(str(error)) from None
+    classes = num_classes(config)  # a ConditioningError, a ValueError: build_experiment makes it a ConfigError
     present = max(int(d.labels.max()) + 1 for d in datasets)
     if present > classes or (train_ds is not None and present != classes):
         raise ConfigError(f"config.data.num_classes={classes}, but the labels of {datasets[0].name} are 0..{present - 1}; "
@@ -518,11 +515,9 @@ def _build(config: Any, workdir: Path, mode: str, task: str) -> Experiment:
     if mode == "eval":
         init_distributed(context, device)
         return EvaluationExperiment(**common, eval_step_fn=eval_step_fn, test_ds=test_ds, train_ds=train_ds)
-    try:  # fp16 needs CUDA: refused here, not at the first step
-        resolve_mixed_precision(config_value(config, "training.mixed_precision", "auto"), device,
-                                name="config.training.mixed_precision")
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    # fp16 needs CUDA: refused here (build_experiment makes the ValueError a ConfigError), not at the first step
+    resolve_mixed_precision(config_value(config, "training.mixed_precision", "auto"), device,
+                            name="config.training.mixed_precision")
     if len(train_ds) < int(config.training.batch_size):
         raise ConfigError(f"config.training.batch_size={config.training.batch_size} is more than the {len(train_ds)} "
                           f"examples of the train split of {train_ds.name}; use at most {len(train_ds)}")

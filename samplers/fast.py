@@ -69,6 +69,12 @@ def default_order(method: str, steps: int) -> int:
     return 1 if steps < FEW_STEPS else 3
 
 
+def order_for_budget(method: str, order: int | None, nfe: int, denoise: bool) -> int | None:
+    """``order``, or if it is ``None`` :func:`default_order` for the evaluations left to the solver after
+    ``denoise``'s one."""
+    return default_order(method, nfe - int(denoise)) if order is None else order
+
+
 def default_schedule(sde: LinearSDE, method: str, prediction: str = "noise") -> str:
     """``"vp_time_quadratic"`` for DPM-Solver with noise prediction, ``"logSNR"`` with data prediction, ``"edm"`` for Heun.
 
@@ -171,7 +177,7 @@ def fast_sample(
     method = check_choice("method", "dpm_solver" if method is None else method, METHODS)
     check_bool("denoise", denoise)
     orders = range(1, MAX_ORDER + 1) if method == "dpm_solver" else HEUN_ORDERS
-    order = default_order(method, nfe - int(denoise)) if order is None else order
+    order = order_for_budget(method, order, nfe, denoise)
     if isinstance(order, bool) or order not in orders:
         raise ValueError(f"order must be one of {', '.join(map(str, orders))} for method={method!r}; got {order!r}")
     if method == "heun" and prediction is not None:

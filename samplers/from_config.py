@@ -27,7 +27,7 @@ from .adaptive import adaptive_sde_sample
 from .denoised_projection import clip_denoised
 from .common import check_choice, check_shape
 from .edm import check_edm_options, edm_sample
-from .fast import default_order, fast_sample, solver_steps
+from .fast import fast_sample, order_for_budget, solver_steps
 from .fast_tuning import (
     FastSolverChoice, FastSolverOptions, default_most_pilot_points, default_pilot_points, tune_fast_sample,
 )
@@ -156,7 +156,7 @@ def check_fast_budget(options: dict[str, Any]) -> None:
     needs that many evaluations, and ``noise_removal`` one more (:func:`samplers.fast.solver_steps`)."""
     nfe, denoise = check_positive_int("config.sampling.nfe", options["nfe"]), options["denoise"]
     method = options.get("method") or "dpm_solver"
-    order = options["order"] if options["order"] is not None else default_order(method, nfe - int(denoise))
+    order = order_for_budget(method, options["order"], nfe, denoise)
     if isinstance(order, int) and not isinstance(order, bool):  # fast_sample itself names a bad order
         try:
             solver_steps(method, order, nfe, denoise)

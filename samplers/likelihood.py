@@ -184,9 +184,9 @@ def log_likelihood(
         steps = _grid_steps(method, steps)
     if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
         raise ValueError("x must be a floating-point tensor of shape (B, ...) with at least one data dimension")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"x must be finite; {int((~torch.isfinite(x)).flatten(1).any(1).sum())} of its {x.shape[0]} "
-                         f"examples have a NaN or infinite value")
+    bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())  # one host sync, at the boundary
+    if bad:
+        raise ValueError(f"x must be finite; {bad} of its {x.shape[0]} examples have a NaN or infinite value")
     if grid_offset is not None and (not isinstance(grid_offset, Tensor) or grid_offset.shape != x.shape[:1]
                                     or not bool(((grid_offset >= 0) & (grid_offset < 1)).all())):
         raise ValueError(f"grid_offset must be a tensor ({x.shape[0]},) of values in [0, 1)")
